@@ -1,0 +1,27 @@
+//! The cable engine: connections, channels, hub fan-out, outboxes and shutdown.
+//!
+//! Data flows through it in one direction:
+//! socket → [`connection`] (decode, dispatch) → [`channel`] (app code, returns effects as
+//! data) → [`hub`] (stream → subscribers) → [`outbox`] (bounded per connection) → socket.
+//!
+//! [`Node`] ties these together. It knows nothing of HTTP: a server hands it an upgraded
+//! WebSocket and the upgrade request's details ([`ConnectRequest`]).
+
+pub mod auth;
+pub mod channel;
+mod connection;
+pub mod hub;
+pub mod metrics;
+mod node;
+pub mod outbox;
+
+pub use auth::{AllowAll, Authenticator, ConnectRequest, Identity, Unauthorized};
+pub use channel::{Channel, ChannelContext, Effects, PerformError};
+pub use hub::{BroadcastReport, ConnId, Hub};
+pub use metrics::Metrics;
+pub use node::{BroadcastError, Node, NodeBuilder, NodeConfig, ShutdownReport};
+pub use outbox::{Outbox, OutboxLimits, PushError};
+
+/// Boxed, sendable future: how trait objects carry the async methods users write natively.
+pub(crate) type BoxFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;

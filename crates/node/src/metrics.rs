@@ -1,0 +1,166 @@
+//! Node metrics, rendered in the Prometheus text format for `GET /metrics`.
+//!
+//! Each node owns its registry (no process-global recorder), so several nodes in one test
+//! process keep separate counts. Counters are atomics; the fan-out adds once per broadcast,
+//! not once per delivery.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Label set for counters split by a reason code.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// A stable machine-readable code.
+    pub reason: String,
+}
+
+/// Every metric a node keeps.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Open WebSocket connections (authenticated or not).
+    pub connections: Gauge,
+    /// Connections accepted since start.
+    pub connections_opened: Counter,
+    /// Live subscriptions.
+    pub subscriptions: Gauge,
+    /// Broadcasts made on this node.
+    pub broadcasts: Counter,
+    /// Frames queued to subscribers by broadcasts.
+    pub broadcast_deliveries: Counter,
+    /// Inbound frames refused, by reason.
+    pub bad_frames: Family<ReasonLabel, Counter>,
+    /// Connections closed by the server, by reason.
+    pub disconnects: Family<ReasonLabel, Counter>,
+    /// Subscriptions refused (unknown channel, bad identifier, channel rejection).
+    pub rejected_subscriptions: Counter,
+    /// Upgrade requests refused before upgrading (origin, bad request), by reason.
+    pub refused_upgrades: Family<ReasonLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            connections: Gauge::default(),
+            connections_opened: Counter::default(),
+            subscriptions: Gauge::default(),
+            broadcasts: Counter::default(),
+            broadcast_deliveries: Counter::default(),
+            bad_frames: Family::default(),
+            disconnects: Family::default(),
+            rejected_subscriptions: Counter::default(),
+            refused_upgrades: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "ferrocable_connections",
+            "Open WebSocket connections",
+            m.connections.clone(),
+        );
+        registry.register(
+            "ferrocable_connections_opened",
+            "Connections accepted since start",
+            m.connections_opened.clone(),
+        );
+        registry.register(
+            "ferrocable_subscriptions",
+            "Live channel subscriptions",
+            m.subscriptions.clone(),
+        );
+        registry.register(
+            "ferrocable_broadcasts",
+            "Broadcasts made on this node",
+            m.broadcasts.clone(),
+        );
+        registry.register(
+            "ferrocable_broadcast_deliveries",
+            "Frames queued to subscribers by broadcasts",
+            m.broadcast_deliveries.clone(),
+        );
+        registry.register(
+            "ferrocable_bad_frames",
+            "Inbound frames refused, by reason",
+            m.bad_frames.clone(),
+        );
+        registry.register(
+            "ferrocable_disconnects",
+            "Connections closed by the server, by reason",
+            m.disconnects.clone(),
+        );
+        registry.register(
+            "ferrocable_rejected_subscriptions",
+            "Subscriptions refused",
+            m.rejected_subscriptions.clone(),
+        );
+        registry.register(
+            "ferrocable_refused_upgrades",
+            "Upgrade requests refused before upgrading, by reason",
+            m.refused_upgrades.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// Counts one refused inbound frame.
+    pub fn bad_frame(&self, reason: &str) {
+        self.bad_frames
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one server-initiated disconnect.
+    pub fn disconnect(&self, reason: &str) {
+        self.disconnects
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one refused upgrade request.
+    pub fn refused_upgrade(&self, reason: &str) {
+        self.refused_upgrades
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Renders every metric in the Prometheus text format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The `Content-Type` of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_named_metrics() {
+        let m = Metrics::default();
+        m.connections.inc();
+        m.bad_frame("malformed_json");
+        let text = m.render();
+        assert!(text.contains("ferrocable_connections 1"), "{text}");
+        assert!(text.contains("ferrocable_subscriptions 0"), "{text}");
+        assert!(text.contains("ferrocable_broadcasts_total 0"), "{text}");
+        assert!(
+            text.contains("ferrocable_bad_frames_total{reason=\"malformed_json\"} 1"),
+            "{text}"
+        );
+    }
+}

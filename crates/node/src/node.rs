@@ -1,0 +1,273 @@
+//! The node: hub, channels, authenticator, heartbeat, metrics and shutdown, wired together.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use ferrocable_protocol::{DEFAULT_MAX_COMMAND_BYTES, ServerFrame};
+use serde_json::value::RawValue;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tokio_websockets::WebSocketStream;
+
+use crate::auth::{AllowAll, Authenticator, ConnectRequest, DynAuthenticator};
+use crate::channel::{Channel, DynChannel};
+use crate::hub::{BroadcastReport, ConnId, Hub};
+use crate::metrics::Metrics;
+use crate::outbox::OutboxLimits;
+
+/// Tunables of a node. `Default` gives the reference values of the ActionCable and
+/// AnyCable servers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    /// Largest inbound command, in bytes; larger frames close the connection with 1009.
+    pub max_command_bytes: usize,
+    /// Per-connection outbox limits; exceeding them disconnects with `too_slow`.
+    pub outbox: OutboxLimits,
+    /// Heartbeat period (`ping` frames).
+    pub ping_interval: Duration,
+    /// Longest a write to one socket may take before the client counts as too slow.
+    pub write_timeout: Duration,
+    /// Longest a graceful shutdown waits for connections to say goodbye.
+    pub shutdown_timeout: Duration,
+    /// Hub shards (stream registry locks).
+    pub hub_shards: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            max_command_bytes: DEFAULT_MAX_COMMAND_BYTES,
+            outbox: OutboxLimits::default(),
+            ping_interval: Duration::from_secs(3),
+            write_timeout: Duration::from_secs(2),
+            shutdown_timeout: Duration::from_secs(10),
+            hub_shards: 64,
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: NodeConfig,
+    pub(crate) hub: Hub,
+    pub(crate) channels: HashMap<String, Arc<dyn DynChannel>>,
+    pub(crate) auth: Box<dyn DynAuthenticator>,
+    pub(crate) metrics: Metrics,
+    pub(crate) shutdown: CancellationToken,
+    tracker: TaskTracker,
+    pub(crate) ping: watch::Receiver<Bytes>,
+    next_id: AtomicU64,
+}
+
+impl Inner {
+    pub(crate) fn next_conn_id(&self) -> ConnId {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn broadcast_raw(
+        &self,
+        stream: &str,
+        message: &RawValue,
+        except: Option<ConnId>,
+    ) -> BroadcastReport {
+        let report = self.hub.broadcast(stream, message, except);
+        self.metrics.broadcasts.inc();
+        self.metrics
+            .broadcast_deliveries
+            .inc_by(report.delivered as u64);
+        report
+    }
+}
+
+/// A cable node. Cheap to clone; all clones share one hub.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("config", &self.inner.config)
+            .field("channels", &self.inner.channels.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Node`]: register channels, pick an authenticator, set the config.
+pub struct NodeBuilder {
+    config: NodeConfig,
+    channels: HashMap<String, Arc<dyn DynChannel>>,
+    auth: Box<dyn DynAuthenticator>,
+}
+
+impl std::fmt::Debug for NodeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for NodeBuilder {
+    fn default() -> Self {
+        NodeBuilder {
+            config: NodeConfig::default(),
+            channels: HashMap::new(),
+            auth: Box::new(AllowAll),
+        }
+    }
+}
+
+impl NodeBuilder {
+    /// Sets the node's tunables.
+    pub fn config(mut self, config: NodeConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Registers `channel` under `name` (the identifier's `channel` value, e.g.
+    /// `"ChatChannel"`). Only registered channels can be subscribed to.
+    pub fn channel(mut self, name: impl Into<String>, channel: impl Channel) -> Self {
+        self.channels.insert(name.into(), Arc::new(channel));
+        self
+    }
+
+    /// Sets the authenticator (default: [`AllowAll`]).
+    pub fn authenticator(mut self, auth: impl Authenticator) -> Self {
+        self.auth = Box::new(auth);
+        self
+    }
+
+    /// Builds the node and starts its heartbeat. Must run inside a tokio runtime.
+    pub fn build(self) -> Node {
+        let (ping_tx, ping_rx) = watch::channel(Bytes::new());
+        let shutdown = CancellationToken::new();
+        let inner = Arc::new(Inner {
+            hub: Hub::new(self.config.hub_shards),
+            config: self.config,
+            channels: self.channels,
+            auth: self.auth,
+            metrics: Metrics::default(),
+            shutdown: shutdown.clone(),
+            tracker: TaskTracker::new(),
+            ping: ping_rx,
+            next_id: AtomicU64::new(1),
+        });
+        tokio::spawn(heartbeat(ping_tx, inner.config.ping_interval, shutdown));
+        Node { inner }
+    }
+}
+
+/// One timer for the whole node (as Rails does): every period, publish one encoded `ping`
+/// frame that every connection picks up and queues.
+async fn heartbeat(tx: watch::Sender<Bytes>, period: Duration, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {
+                let at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                tx.send_replace(ServerFrame::Ping { at }.encode());
+            }
+        }
+    }
+}
+
+/// A broadcast could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BroadcastError {
+    /// The message is not valid JSON.
+    #[error("broadcast message is not valid JSON")]
+    InvalidJson,
+}
+
+/// How a graceful shutdown ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Connection tasks still running when the timeout ran out (0 = clean).
+    pub remaining: usize,
+}
+
+impl Node {
+    /// Starts building a node.
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder::default()
+    }
+
+    /// Broadcasts `json` (one JSON value) to every subscription of `stream`.
+    pub fn broadcast(&self, stream: &str, json: &str) -> Result<BroadcastReport, BroadcastError> {
+        let raw: &RawValue = serde_json::from_str(json).map_err(|_| BroadcastError::InvalidJson)?;
+        Ok(self.inner.broadcast_raw(stream, raw, None))
+    }
+
+    /// Broadcasts an already validated JSON value to every subscription of `stream`.
+    pub fn broadcast_raw(&self, stream: &str, message: &RawValue) -> BroadcastReport {
+        self.inner.broadcast_raw(stream, message, None)
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The node's hub.
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.config
+    }
+
+    /// A token cancelled when shutdown begins (for accept loops and other tasks).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+
+    /// Runs a connection on an upgraded WebSocket, as a task that shutdown waits for.
+    pub fn spawn_connection<S>(&self, ws: WebSocketStream<S>, request: ConnectRequest)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        self.inner
+            .tracker
+            .spawn(crate::connection::run(inner, ws, request));
+    }
+
+    /// Spawns a task that shutdown waits for (e.g. one awaiting an HTTP upgrade).
+    pub fn spawn_tracked<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.inner.tracker.spawn(task);
+    }
+
+    /// Graceful shutdown: every connection gets `disconnect` with `server_restart` and
+    /// `reconnect: true`, finishes the command it is running, runs its unsubscribe
+    /// callbacks and closes. Waits at most `shutdown_timeout`.
+    pub async fn shutdown(&self) -> ShutdownReport {
+        self.inner.shutdown.cancel();
+        self.inner.tracker.close();
+        let _ = tokio::time::timeout(
+            self.inner.config.shutdown_timeout,
+            self.inner.tracker.wait(),
+        )
+        .await;
+        ShutdownReport {
+            remaining: self.inner.tracker.len(),
+        }
+    }
+}

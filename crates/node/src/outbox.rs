@@ -1,0 +1,229 @@
+//! Bounded per-connection outbound queues.
+//!
+//! The hub never waits on a client: it `try_push`es shared frame bytes into each
+//! connection's outbox. A connection that lets its outbox fill past the limits is marked
+//! overflowed and its task disconnects it with `too_slow`; nobody else slows down.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+/// Limits of one outbox; exceeding either one marks the connection as too slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxLimits {
+    /// Most bytes of frames waiting to be written (AnyCable's reference is 1 MiB).
+    pub max_bytes: usize,
+    /// Most frames waiting to be written.
+    pub max_frames: usize,
+}
+
+impl Default for OutboxLimits {
+    fn default() -> Self {
+        OutboxLimits {
+            max_bytes: 1024 * 1024,
+            max_frames: 4096,
+        }
+    }
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    /// The outbox is over its limits: the connection is too slow and will be closed.
+    #[error("outbox overflowed: connection too slow")]
+    Overflow,
+    /// The connection is closing or closed.
+    #[error("outbox closed")]
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+    overflowed: bool,
+    closed: bool,
+}
+
+/// One connection's outbound queue. Idle, it holds no heap buffer: the queue is taken
+/// whole by the writer, so its capacity is freed after every burst.
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<State>,
+    ready: Notify,
+    limits: OutboxLimits,
+}
+
+/// What a writer takes out of an outbox in one go.
+#[derive(Debug, Default)]
+pub struct Drained {
+    /// Frames to write, oldest first.
+    pub frames: VecDeque<Bytes>,
+    /// Whether the outbox overflowed: the connection must be closed as too slow.
+    pub overflowed: bool,
+}
+
+impl Outbox {
+    /// Creates an empty outbox.
+    pub fn new(limits: OutboxLimits) -> Self {
+        Outbox {
+            state: Mutex::new(State::default()),
+            ready: Notify::new(),
+            limits,
+        }
+    }
+
+    /// Queues a frame without waiting. Never blocks on the client.
+    pub fn try_push(&self, frame: Bytes) -> Result<(), PushError> {
+        let mut s = self.state.lock();
+        if s.closed {
+            return Err(PushError::Closed);
+        }
+        if s.overflowed {
+            return Err(PushError::Overflow);
+        }
+        if s.bytes + frame.len() > self.limits.max_bytes || s.frames.len() >= self.limits.max_frames
+        {
+            s.overflowed = true;
+            drop(s);
+            self.ready.notify_one();
+            return Err(PushError::Overflow);
+        }
+        s.bytes += frame.len();
+        s.frames.push_back(frame);
+        let first = s.frames.len() == 1;
+        drop(s);
+        // The writer takes the whole queue when woken, so only the empty → non-empty edge
+        // needs a wake-up (a stored permit covers a writer that is busy writing).
+        if first {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Takes every queued frame.
+    pub fn take(&self) -> Drained {
+        let mut s = self.state.lock();
+        s.bytes = 0;
+        Drained {
+            frames: std::mem::take(&mut s.frames),
+            overflowed: s.overflowed,
+        }
+    }
+
+    /// Waits until frames are queued or the outbox overflowed.
+    pub async fn ready(&self) {
+        self.ready.notified().await;
+    }
+
+    /// Refuses all further frames and drops the queued ones.
+    pub fn close(&self) {
+        let mut s = self.state.lock();
+        s.closed = true;
+        s.frames = VecDeque::new();
+        s.bytes = 0;
+    }
+
+    /// Frames waiting to be written.
+    pub fn len(&self) -> usize {
+        self.state.lock().frames.len()
+    }
+
+    /// Whether no frame is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: usize) -> Bytes {
+        Bytes::from(vec![b'x'; n])
+    }
+
+    #[test]
+    fn frames_come_out_in_order() {
+        let o = Outbox::new(OutboxLimits::default());
+        for i in 0..5u8 {
+            o.try_push(Bytes::from(vec![i])).unwrap();
+        }
+        let d = o.take();
+        assert!(!d.overflowed);
+        assert_eq!(
+            d.frames.iter().map(|f| f[0]).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3, 4]
+        );
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn byte_limit_overflows_and_stays_overflowed() {
+        let o = Outbox::new(OutboxLimits {
+            max_bytes: 10,
+            max_frames: 100,
+        });
+        o.try_push(frame(6)).unwrap();
+        assert_eq!(o.try_push(frame(6)), Err(PushError::Overflow));
+        // Even a small frame is refused once the connection is known to be slow.
+        assert_eq!(o.try_push(frame(1)), Err(PushError::Overflow));
+        assert!(o.take().overflowed);
+    }
+
+    #[test]
+    fn frame_limit_overflows() {
+        let o = Outbox::new(OutboxLimits {
+            max_bytes: 1000,
+            max_frames: 2,
+        });
+        o.try_push(frame(1)).unwrap();
+        o.try_push(frame(1)).unwrap();
+        assert_eq!(o.try_push(frame(1)), Err(PushError::Overflow));
+    }
+
+    #[test]
+    fn taking_frees_room() {
+        let o = Outbox::new(OutboxLimits {
+            max_bytes: 10,
+            max_frames: 100,
+        });
+        o.try_push(frame(8)).unwrap();
+        o.take();
+        o.try_push(frame(8)).unwrap();
+    }
+
+    #[test]
+    fn closed_outbox_refuses() {
+        let o = Outbox::new(OutboxLimits::default());
+        o.try_push(frame(1)).unwrap();
+        o.close();
+        assert!(o.is_empty());
+        assert_eq!(o.try_push(frame(1)), Err(PushError::Closed));
+    }
+
+    #[tokio::test]
+    async fn push_wakes_a_waiting_writer_and_permits_are_not_lost() {
+        let o = std::sync::Arc::new(Outbox::new(OutboxLimits::default()));
+        // Pushed before anyone waits: the stored permit must still wake the writer.
+        o.try_push(frame(1)).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), o.ready())
+            .await
+            .unwrap();
+        assert_eq!(o.take().frames.len(), 1);
+        let o2 = o.clone();
+        let waiter = tokio::spawn(async move {
+            o2.ready().await;
+            o2.take().frames.len()
+        });
+        tokio::task::yield_now().await;
+        o.try_push(frame(1)).unwrap();
+        let n = tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+}
