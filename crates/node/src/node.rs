@@ -247,6 +247,15 @@ impl Node {
             .spawn(crate::connection::run(inner, ws, request));
     }
 
+    /// Runs a connection on an upgraded WebSocket until it ends. Call it from a task that
+    /// [`Node::spawn_tracked`] started, so that shutdown waits for it.
+    pub async fn run_connection<S>(&self, ws: WebSocketStream<S>, request: ConnectRequest)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        crate::connection::run(self.inner.clone(), ws, request).await;
+    }
+
     /// Spawns a task that shutdown waits for (e.g. one awaiting an HTTP upgrade).
     pub fn spawn_tracked<F>(&self, task: F)
     where

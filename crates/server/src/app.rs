@@ -1,0 +1,78 @@
+//! HTTP routes: the cable endpoint, health, metrics and the landing page.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use ferrocable_node::Node;
+use http::{StatusCode, header};
+
+use crate::config::ServeConfig;
+use crate::origin::OriginPolicy;
+
+/// Shared state of every route.
+#[derive(Clone)]
+pub struct AppState {
+    /// The cable node.
+    pub node: Node,
+    /// Who may open the cable.
+    pub origins: Arc<OriginPolicy>,
+    /// Where pages tell clients the cable is.
+    pub cable_url: Arc<str>,
+}
+
+/// Builds the router.
+pub fn router(state: AppState, config: &ServeConfig) -> Router {
+    Router::new()
+        .route(&config.mount_path, get(crate::upgrade::cable))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/", get(index))
+        .with_state(state)
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    if state.node.is_shutting_down() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    } else {
+        (StatusCode::OK, "ok\n").into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, ferrocable_node::metrics::CONTENT_TYPE)],
+        state.node.metrics().render(),
+    )
+        .into_response()
+}
+
+fn escape_attr(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+async fn index(State(state): State<AppState>) -> Html<String> {
+    Html(format!(
+        r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="action-cable-url" content="{url}">
+<title>ferrocable</title>
+<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:4rem auto;padding:0 1rem;color:#1f2933}}code{{background:#eef2f7;padding:.1rem .3rem;border-radius:4px}}</style>
+</head>
+<body>
+<h1>ferrocable</h1>
+<p>An ActionCable-protocol server. The cable is at <code>{url}</code>; health at <a href="/health"><code>/health</code></a>, metrics at <a href="/metrics"><code>/metrics</code></a>.</p>
+</body>
+</html>
+"#,
+        url = escape_attr(&state.cable_url)
+    ))
+}

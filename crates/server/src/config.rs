@@ -1,0 +1,170 @@
+//! Server configuration: defaults, then a TOML file, then `FERROCABLE_*` environment
+//! variables, then command-line flags (each layer overrides the one before).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferrocable_node::{NodeConfig, OutboxLimits};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Everything `ferrocable serve` can be told. Field names are the TOML keys and, upper-cased
+/// behind `FERROCABLE_`, the environment variables (`FERROCABLE_BIND`, …).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    pub bind: SocketAddr,
+    /// Path of the cable endpoint.
+    pub mount_path: String,
+    /// Origins allowed besides the same origin: exact, `*` wildcard, or `/regex/`.
+    pub allowed_origins: Vec<String>,
+    /// Accept an Origin equal to the request's own scheme and Host (Rails' default).
+    pub allow_same_origin: bool,
+    /// Accept any Origin (and none). Off by default: it disables CSRF protection.
+    pub disable_forgery_protection: bool,
+    /// PEM certificate chain; with `tls_key`, the listener speaks TLS (`wss://`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Public URL of the cable that pages put in `<meta name="action-cable-url">`, for a
+    /// cable on another host; default: the mount path on the page's own host.
+    pub cable_url: Option<String>,
+    /// Register `BenchmarkChannel` (for the load tools).
+    pub bench_channel: bool,
+    /// Largest inbound command in bytes.
+    pub max_command_bytes: usize,
+    /// Heartbeat period in milliseconds.
+    pub ping_interval_ms: u64,
+    /// Longest write to one client, in milliseconds, before it counts as too slow.
+    pub write_timeout_ms: u64,
+    /// Most bytes waiting for one client before it is disconnected as too slow.
+    pub outbox_max_bytes: usize,
+    /// Most frames waiting for one client before it is disconnected as too slow.
+    pub outbox_max_frames: usize,
+    /// Longest a graceful shutdown waits for connections, in milliseconds.
+    pub shutdown_timeout_ms: u64,
+    /// Log format: `text` or `json`.
+    pub log_format: String,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        let node = NodeConfig::default();
+        ServeConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            mount_path: "/cable".into(),
+            allowed_origins: Vec::new(),
+            allow_same_origin: true,
+            disable_forgery_protection: false,
+            tls_cert: None,
+            tls_key: None,
+            cable_url: None,
+            bench_channel: false,
+            max_command_bytes: node.max_command_bytes,
+            ping_interval_ms: node.ping_interval.as_millis() as u64,
+            write_timeout_ms: node.write_timeout.as_millis() as u64,
+            outbox_max_bytes: node.outbox.max_bytes,
+            outbox_max_frames: node.outbox.max_frames,
+            shutdown_timeout_ms: node.shutdown_timeout.as_millis() as u64,
+            log_format: "text".into(),
+        }
+    }
+}
+
+/// Keys read from the environment (so unrelated `FERROCABLE_*` variables are not errors).
+const ENV_KEYS: &[&str] = &[
+    "bind",
+    "mount_path",
+    "allowed_origins",
+    "allow_same_origin",
+    "disable_forgery_protection",
+    "tls_cert",
+    "tls_key",
+    "cable_url",
+    "bench_channel",
+    "max_command_bytes",
+    "ping_interval_ms",
+    "write_timeout_ms",
+    "outbox_max_bytes",
+    "outbox_max_frames",
+    "shutdown_timeout_ms",
+    "log_format",
+];
+
+impl ServeConfig {
+    /// Layers defaults, the optional TOML `file`, the environment and `overrides` (the
+    /// command line: any serializable map of the keys above).
+    pub fn load(
+        file: Option<&Path>,
+        overrides: impl Serialize,
+    ) -> Result<Self, Box<figment::Error>> {
+        let mut fig = Figment::from(Serialized::defaults(ServeConfig::default()));
+        if let Some(file) = file {
+            fig = fig.merge(Toml::file_exact(file));
+        }
+        fig.merge(Env::prefixed("FERROCABLE_").only(ENV_KEYS))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(Box::new)
+    }
+
+    /// The node settings this configuration implies.
+    pub fn node_config(&self) -> NodeConfig {
+        NodeConfig {
+            max_command_bytes: self.max_command_bytes,
+            outbox: OutboxLimits {
+                max_bytes: self.outbox_max_bytes,
+                max_frames: self.outbox_max_frames,
+            },
+            ping_interval: Duration::from_millis(self.ping_interval_ms.max(1)),
+            write_timeout: Duration::from_millis(self.write_timeout_ms.max(1)),
+            shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
+            ..NodeConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_reference_servers() {
+        let c = ServeConfig::default();
+        assert_eq!(c.bind.to_string(), "127.0.0.1:3000");
+        assert_eq!(c.mount_path, "/cable");
+        assert!(c.allow_same_origin && !c.disable_forgery_protection);
+        assert_eq!(c.max_command_bytes, 64 * 1024);
+        assert_eq!(c.ping_interval_ms, 3000);
+    }
+
+    #[test]
+    fn file_env_and_flags_layer_in_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "f.toml",
+                "bind = \"127.0.0.1:4000\"\nmount_path = \"/ws\"\nbench_channel = true\n",
+            )?;
+            jail.set_env("FERROCABLE_MOUNT_PATH", "/from-env");
+            jail.set_env("FERROCABLE_UNRELATED", "ignored");
+            let flags = serde_json::json!({"bind": "127.0.0.1:5000"});
+            let c = ServeConfig::load(Some(Path::new("f.toml")), flags).unwrap();
+            assert_eq!(c.bind.to_string(), "127.0.0.1:5000");
+            assert_eq!(c.mount_path, "/from-env");
+            assert!(c.bench_channel);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_typo_in_the_file_is_an_error() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("f.toml", "bnid = \"127.0.0.1:4000\"\n")?;
+            assert!(ServeConfig::load(Some(Path::new("f.toml")), serde_json::json!({})).is_err());
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,104 @@
+//! The accept loop: plain TCP or TLS on the same listener, HTTP/1.1 with upgrades.
+//!
+//! Our own loop rather than `axum::serve` so that TLS and plain TCP share one path, the
+//! peer address and TLS flag reach the upgrade handler, and running out of file
+//! descriptors (EMFILE, a real limit at 20k connections per process) backs off instead of
+//! spinning.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
+use tracing::{debug, warn};
+
+/// Facts about the TCP connection a request arrived on, put in the request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnMeta {
+    /// The peer's address.
+    pub remote: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+/// Accepts connections until `shutdown` is cancelled.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<Arc<TlsAcceptor>>,
+    shutdown: CancellationToken,
+) {
+    let mut last_warning = None::<tokio::time::Instant>;
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (stream, remote) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE/ENFILE and friends: wait for descriptors to free up, log at most once a second.
+                if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                    warn!(error = %e, "accept failed; backing off");
+                    last_warning = Some(tokio::time::Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            match tls {
+                None => {
+                    serve_http(
+                        TokioIo::new(stream),
+                        router,
+                        ConnMeta { remote, tls: false },
+                    )
+                    .await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(s)) => {
+                            serve_http(TokioIo::new(s), router, ConnMeta { remote, tls: true })
+                                .await
+                        }
+                        Ok(Err(e)) => debug!(%remote, error = %e, "TLS handshake failed"),
+                        Err(_) => debug!(%remote, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn serve_http<I>(io: TokioIo<I>, router: Router, meta: ConnMeta)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = router.map_request(move |mut req: http::Request<Incoming>| {
+        req.extensions_mut().insert(meta);
+        req
+    });
+    let svc = TowerToHyperService::new(svc);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(io, svc)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        debug!(remote = %meta.remote, error = %e, "http connection ended with an error");
+    }
+}
