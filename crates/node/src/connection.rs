@@ -108,7 +108,7 @@ where
     };
     conn.queue(ServerFrame::Welcome.encode());
     let exit = conn.serve(&mut ws).await;
-    conn.unsubscribe_all().await;
+    Box::pin(conn.unsubscribe_all()).await;
     match exit {
         Exit::PeerGone => {
             let _ = tokio::time::timeout(node.config.write_timeout, ws.close()).await;
@@ -127,7 +127,7 @@ where
                 reason,
                 reconnect: reason.default_reconnect(),
             };
-            goodbye(&node, &mut ws, pending, bye.encode(), code).await;
+            Box::pin(goodbye(&node, &mut ws, pending, bye.encode(), code)).await;
         }
     }
     conn.outbox.close();
@@ -218,7 +218,9 @@ impl Connection {
                     None => return Exit::PeerGone,
                     Some(Ok(message)) => {
                         if message.is_text() {
-                            self.handle_frame(message.as_payload()).await;
+                            // Boxed: command handling is the largest state; keeping it out of line keeps
+                            // every idle connection's task small.
+                            Box::pin(self.handle_frame(message.as_payload())).await;
                         } else if message.is_binary() {
                             let e = DecodeError::BinaryFrame;
                             warn!(conn = self.id, error = %e, "bad frame");
@@ -437,5 +439,21 @@ impl Connection {
         for (stream, message) in &effects.broadcasts {
             self.node.broadcast_raw(stream, message, None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_idle_connection_task_is_small() {
+        let node = crate::Node::builder().build();
+        let (a, _b) = tokio::io::duplex(64);
+        let ws = tokio_websockets::ServerBuilder::new().serve(a);
+        let fut = node.run_connection(ws, ConnectRequest::default());
+        let size = std::mem::size_of_val(&fut);
+        // Every idle connection holds this state; keep cold paths boxed so it stays small.
+        assert!(size <= 2560, "connection future grew to {size} bytes");
     }
 }

@@ -8,7 +8,7 @@
 //! suspension point and a slow client never slows the others.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use ferrocable_protocol::{Identifier, encode_data_frame, encode_json_string};
@@ -68,9 +68,8 @@ impl Hub {
     }
 
     fn shard(&self, stream: &str) -> &RwLock<Shard> {
-        let mut h = self.hasher.build_hasher();
-        stream.hash(&mut h);
-        &self.shards[(h.finish() % self.shards.len() as u64) as usize]
+        let h = self.hasher.hash_one(stream);
+        &self.shards[(h % self.shards.len() as u64) as usize]
     }
 
     /// Attaches a subscription (connection + identifier) to a stream. Returns `false` if it

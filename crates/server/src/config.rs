@@ -128,6 +128,7 @@ impl ServeConfig {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 

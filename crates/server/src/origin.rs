@@ -92,10 +92,11 @@ impl OriginPolicy {
             return false;
         };
         let origin = normalize(origin);
-        if self.allow_same_origin {
-            if let Some(host) = headers
+        if self.allow_same_origin
+            && let Some(host) = headers
                 .get(http::header::HOST)
                 .and_then(|v| v.to_str().ok())
+        {
             {
                 let header = |name: &str| {
                     headers

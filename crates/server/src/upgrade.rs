@@ -39,7 +39,8 @@ pub fn accept_key(key: &[u8]) -> String {
 
 fn refuse(state: &AppState, status: StatusCode, reason: &'static str, body: String) -> Response {
     state.node.metrics().refused_upgrade(reason);
-    (status, body).into_response()
+    // A refused upgrade ends the exchange: the client wanted a socket, not a keep-alive.
+    (status, [(header::CONNECTION, "close")], body).into_response()
 }
 
 /// Handles a request to the cable path.

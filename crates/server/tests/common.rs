@@ -1,0 +1,247 @@
+//! Test kit: a server on port 0 and a frame-level WebSocket client (tokio-websockets, an
+//! implementation independent of the browser clients).
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ferrocable_node::{Channel, ChannelContext, NodeBuilder, PerformError};
+use ferrocable_server::{RunningServer, ServeConfig};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_websockets::{ClientBuilder, Message, WebSocketStream};
+
+pub const BENCH: &str = r#"{"channel":"BenchmarkChannel"}"#;
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn config() -> ServeConfig {
+    ServeConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        bench_channel: true,
+        disable_forgery_protection: true,
+        ..ServeConfig::default()
+    }
+}
+
+pub async fn start(config: ServeConfig) -> RunningServer {
+    start_with(config, NodeBuilder::default()).await
+}
+
+pub async fn start_with(config: ServeConfig, builder: NodeBuilder) -> RunningServer {
+    ferrocable_server::start(&config, builder)
+        .await
+        .expect("server starts")
+}
+
+pub struct Client<S> {
+    pub ws: WebSocketStream<S>,
+    pub protocol: Option<String>,
+}
+
+pub async fn connect(addr: SocketAddr) -> Client<TcpStream> {
+    connect_with(
+        addr,
+        &[(
+            "sec-websocket-protocol",
+            "actioncable-v1-json, actioncable-unsupported",
+        )],
+    )
+    .await
+}
+
+pub async fn connect_with(addr: SocketAddr, headers: &[(&str, &str)]) -> Client<TcpStream> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    connect_on(stream, &format!("ws://{addr}/cable"), headers).await
+}
+
+pub async fn connect_on<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> Client<S> {
+    let mut b = ClientBuilder::new().uri(uri).unwrap();
+    for (k, v) in headers {
+        b = b
+            .add_header(k.parse().unwrap(), v.parse().unwrap())
+            .unwrap();
+    }
+    let (ws, resp) = b.connect_on(stream).await.expect("upgrade succeeds");
+    let protocol = resp
+        .headers()
+        .get("sec-websocket-protocol")
+        .map(|v| v.to_str().unwrap().to_owned());
+    Client { ws, protocol }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    pub async fn send(&mut self, text: &str) {
+        self.ws.send(Message::text(text.to_owned())).await.unwrap();
+    }
+
+    /// Next text frame as JSON, skipping pings. Panics after the timeout.
+    pub async fn frame(&mut self) -> Value {
+        loop {
+            let v = self.any_frame().await;
+            if v["type"] != "ping" {
+                return v;
+            }
+        }
+    }
+
+    /// Next text frame as JSON, pings included.
+    pub async fn any_frame(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(TIMEOUT, self.ws.next())
+                .await
+                .expect("frame within timeout")
+                .expect("socket open")
+                .expect("valid frame");
+            if let Some(text) = msg.as_text() {
+                return serde_json::from_str(text).expect("server frames are JSON");
+            }
+            assert!(!msg.is_close(), "unexpected close: {:?}", msg.as_close());
+        }
+    }
+
+    /// Waits for the socket to close; returns the close code (if any) and the text frames before it.
+    pub async fn closed(&mut self) -> (Option<u16>, Vec<Value>) {
+        let mut frames = Vec::new();
+        loop {
+            match tokio::time::timeout(TIMEOUT, self.ws.next())
+                .await
+                .expect("close within timeout")
+            {
+                None => return (None, frames),
+                Some(Err(_)) => return (None, frames),
+                Some(Ok(msg)) => {
+                    if let Some((code, _)) = msg.as_close() {
+                        return (Some(u16::from(code)), frames);
+                    }
+                    if let Some(text) = msg.as_text() {
+                        frames.push(serde_json::from_str(text).unwrap());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Connects past `welcome` and subscribes to `identifier`, asserting the confirmation.
+    pub async fn subscribe(&mut self, identifier: &str) {
+        self.send(&subscribe(identifier)).await;
+        let f = self.frame().await;
+        assert_eq!(f["type"], "confirm_subscription", "{f}");
+        assert_eq!(f["identifier"], identifier);
+    }
+
+    pub async fn welcomed(&mut self) {
+        let f = self.frame().await;
+        assert_eq!(f, serde_json::json!({"type": "welcome"}));
+    }
+}
+
+pub fn subscribe(identifier: &str) -> String {
+    serde_json::json!({"command": "subscribe", "identifier": identifier}).to_string()
+}
+
+pub fn unsubscribe(identifier: &str) -> String {
+    serde_json::json!({"command": "unsubscribe", "identifier": identifier}).to_string()
+}
+
+pub fn message(identifier: &str, data: Value) -> String {
+    serde_json::json!({"command": "message", "identifier": identifier, "data": data.to_string()})
+        .to_string()
+}
+
+pub async fn metrics(addr: SocketAddr) -> String {
+    http_get(addr, "/metrics").await.1
+}
+
+/// Minimal HTTP/1.1 GET: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    raw_http(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+pub async fn raw_http(addr: SocketAddr, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(TIMEOUT, s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Value of a metric line `name value` (exact name incl. labels).
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A channel that exercises every effect: streams from `room_<room>`, rejects `room: 0`,
+/// and has actions to transmit, broadcast, stop streaming, fail and report identity.
+pub struct RoomChannel;
+
+impl Channel for RoomChannel {
+    async fn subscribed(&self, ctx: &mut ChannelContext) {
+        let room = ctx
+            .params()
+            .get("room")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        if room == 0 {
+            ctx.transmit(&serde_json::json!({"why": "no room"}))
+                .unwrap();
+            ctx.reject();
+            return;
+        }
+        ctx.stream_from(format!("room_{room}"));
+        ctx.transmit(&serde_json::json!({"hello": room})).unwrap();
+    }
+
+    async fn perform(
+        &self,
+        ctx: &mut ChannelContext,
+        action: &str,
+        data: Value,
+    ) -> Result<(), PerformError> {
+        match action {
+            "receive" => ctx
+                .transmit(&serde_json::json!({"received": data}))
+                .map_err(|e| PerformError::Failed(e.to_string())),
+            "speak" => {
+                let stream = ctx.streams()[0].clone();
+                ctx.broadcast(stream, &data["text"])
+                    .map_err(|e| PerformError::Failed(e.to_string()))
+            }
+            "leave" => {
+                ctx.stop_all_streams();
+                Ok(())
+            }
+            "whoami" => ctx
+                .transmit(&serde_json::json!({"user": ctx.identity().get("user")}))
+                .map_err(|e| PerformError::Failed(e.to_string())),
+            "explode" => Err(PerformError::Failed("boom".into())),
+            other => Err(PerformError::UnknownAction(other.into())),
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! HTTP around the cable: the Origin check, plain requests to the cable path, health,
+#![allow(missing_docs)]
+//! metrics, the cable URL meta tag, and TLS.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use ferrocable_server::ServeConfig;
+
+fn upgrade_request(addr: std::net::SocketAddr, origin: Option<&str>) -> String {
+    let origin = origin
+        .map(|o| format!("Origin: {o}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "GET /cable HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Protocol: actioncable-v1-json\r\n{origin}\r\n"
+    )
+}
+
+fn protected() -> ServeConfig {
+    ServeConfig {
+        disable_forgery_protection: false,
+        allowed_origins: vec!["https://*.example.com".into()],
+        ..config()
+    }
+}
+
+#[tokio::test]
+async fn foreign_and_missing_origins_are_refused_before_the_upgrade() {
+    let server = start(protected()).await;
+    let addr = server.local_addr();
+    let (status, body) = raw_http(addr, &upgrade_request(addr, Some("http://evil.test"))).await;
+    assert_eq!(status, 403);
+    assert!(
+        body.contains("Request origin not allowed: http://evil.test"),
+        "{body}"
+    );
+    let (status, _) = raw_http(addr, &upgrade_request(addr, None)).await;
+    assert_eq!(status, 403);
+    let m = metrics(addr).await;
+    assert_eq!(
+        metric(&m, r#"ferrocable_refused_upgrades_total{reason="origin"}"#),
+        Some(2.0)
+    );
+    assert_eq!(metric(&m, "ferrocable_connections_opened_total"), Some(0.0));
+}
+
+#[tokio::test]
+async fn same_origin_and_allow_listed_origins_upgrade() {
+    let server = start(protected()).await;
+    let addr = server.local_addr();
+    let same = format!("http://{addr}");
+    for origin in [same.as_str(), "https://app.example.com"] {
+        let mut c = connect_with(
+            addr,
+            &[
+                ("sec-websocket-protocol", "actioncable-v1-json"),
+                ("origin", origin),
+            ],
+        )
+        .await;
+        c.welcomed().await;
+    }
+}
+
+#[tokio::test]
+async fn a_plain_request_to_the_cable_path_is_404() {
+    let server = start(config()).await;
+    let (status, body) = http_get(server.local_addr(), "/cable").await;
+    assert_eq!(status, 404);
+    assert_eq!(body, "Page not found");
+}
+
+#[tokio::test]
+async fn wrong_websocket_version_is_426() {
+    let server = start(config()).await;
+    let addr = server.local_addr();
+    let req = upgrade_request(addr, Some("http://x")).replace("Version: 13", "Version: 8");
+    assert_eq!(raw_http(addr, &req).await.0, 426);
+}
+
+#[tokio::test]
+async fn health_and_metrics() {
+    let server = start(config()).await;
+    assert_eq!(
+        http_get(server.local_addr(), "/health").await,
+        (200, "ok\n".into())
+    );
+    let m = metrics(server.local_addr()).await;
+    for name in [
+        "ferrocable_connections",
+        "ferrocable_subscriptions",
+        "ferrocable_broadcasts_total",
+    ] {
+        assert!(metric(&m, name).is_some(), "{name} missing in\n{m}");
+    }
+}
+
+#[tokio::test]
+async fn pages_carry_the_public_cable_url() {
+    let cfg = ServeConfig {
+        cable_url: Some("wss://cable.example.com/cable".into()),
+        ..config()
+    };
+    let server = start(cfg).await;
+    let (_, body) = http_get(server.local_addr(), "/").await;
+    assert!(
+        body.contains(r#"<meta name="action-cable-url" content="wss://cable.example.com/cable">"#),
+        "{body}"
+    );
+    let server = start(config()).await;
+    let (_, body) = http_get(server.local_addr(), "/").await;
+    assert!(
+        body.contains(r#"<meta name="action-cable-url" content="/cable">"#),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn mount_path_is_configurable() {
+    let cfg = ServeConfig {
+        mount_path: "/ws".into(),
+        ..config()
+    };
+    let server = start(cfg).await;
+    let stream = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    let mut c = connect_on(
+        stream,
+        &format!("ws://{}/ws", server.local_addr()),
+        &[("sec-websocket-protocol", "actioncable-v1-json")],
+    )
+    .await;
+    c.welcomed().await;
+}
+
+#[tokio::test]
+async fn wss_works_with_a_self_signed_certificate() {
+    let dir = std::env::temp_dir().join(format!("ferrocable-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let cfg = ServeConfig {
+        tls_cert: Some(cert_path),
+        tls_key: Some(key_path),
+        ..config()
+    };
+    let server = start(cfg).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client_config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+    let tcp = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    let uri = format!("wss://localhost:{}/cable", server.local_addr().port());
+    let mut c = connect_on(
+        tls,
+        &uri,
+        &[("sec-websocket-protocol", "actioncable-v1-json")],
+    )
+    .await;
+    c.welcomed().await;
+    c.subscribe(BENCH).await;
+    c.send(&message(
+        BENCH,
+        serde_json::json!({"action": "echo", "tls": true}),
+    ))
+    .await;
+    assert_eq!(c.frame().await["message"]["tls"], true);
+    let _ = std::fs::remove_dir_all(dir);
+}
