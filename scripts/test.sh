@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: formatting and lints, Rust unit and integration tests, the fuzz
+# targets' build, and the end-to-end tests that drive the real binary with the real npm
+# clients. Installs what it can (npm packages by exact version); names what it cannot.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+LOG_DIR="$ROOT/target/test-logs"
+mkdir -p "$LOG_DIR"
+
+missing=()
+need() { command -v "$1" >/dev/null 2>&1 || missing+=("$1 ($2)"); }
+need cargo "the Rust toolchain"
+need node "Node.js 20 (Debian package nodejs)"
+need npm "npm (Debian package npm)"
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "test.sh: cannot run, missing: ${missing[*]}" >&2
+  exit 2
+fi
+
+failed_steps=()
+step() {
+  local name=$1; shift
+  echo "==> $name"
+  if ! "$@" 2>&1 | tee "$LOG_DIR/$name.log"; then
+    failed_steps+=("$name")
+  fi
+}
+
+step fmt cargo fmt --all --check
+step clippy cargo clippy --all-targets --locked -- -D warnings
+step cargo-test cargo test --workspace --locked
+step fuzz-build cargo build --manifest-path fuzz/Cargo.toml
+step build-bin cargo build --locked --bin ferrocable
+step npm-install bash -c "cd tests/js && npm ci --no-audit --no-fund"
+step js-test bash -c "cd tests/js && FERROCABLE_BIN='$ROOT/target/debug/ferrocable' npm test"
+
+# One closing line over every runner: cargo's "test result" lines and node's "# pass/# fail".
+passed=0; failed=0
+while read -r p f; do passed=$((passed + p)); failed=$((failed + f)); done < <(
+  grep -hE '^test result: ' "$LOG_DIR/cargo-test.log" 2>/dev/null |
+    sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/')
+js_pass=$(grep -hE '^# pass ' "$LOG_DIR/js-test.log" 2>/dev/null | awk '{s+=$3} END {print s+0}')
+js_fail=$(grep -hE '^# fail ' "$LOG_DIR/js-test.log" 2>/dev/null | awk '{s+=$3} END {print s+0}')
+passed=$((passed + js_pass)); failed=$((failed + js_fail))
+
+if [ ${#failed_steps[@]} -gt 0 ]; then
+  echo "test.sh: failed steps: ${failed_steps[*]} (logs in $LOG_DIR)" >&2
+  [ "$failed" -eq 0 ] && failed=1
+fi
+echo "${passed} passed, ${failed} failed"
+[ ${#failed_steps[@]} -eq 0 ] && [ "$failed" -eq 0 ]
