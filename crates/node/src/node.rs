@@ -242,14 +242,18 @@ impl Node {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let inner = self.inner.clone();
-        self.inner
-            .tracker
-            .spawn(crate::connection::run(inner, ws, request));
+        self.inner.tracker.spawn(crate::connection::run(
+            inner,
+            Box::new(ws),
+            Box::new(request),
+        ));
     }
 
     /// Runs a connection on an upgraded WebSocket until it ends. Call it from a task that
     /// [`Node::spawn_tracked`] started, so that shutdown waits for it.
-    pub async fn run_connection<S>(&self, ws: WebSocketStream<S>, request: ConnectRequest)
+    ///
+    /// Both arguments are boxed: an idle connection's task then holds them once, not twice.
+    pub async fn run_connection<S>(&self, ws: Box<WebSocketStream<S>>, request: Box<ConnectRequest>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {

@@ -118,19 +118,21 @@ pub(crate) async fn cable(State(state): State<AppState>, mut req: Request) -> Re
     );
 
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let request = ConnectRequest {
+    let request = Box::new(ConnectRequest {
         uri: req.uri().clone(),
         headers: std::mem::take(req.headers_mut()),
         remote_addr: meta.map(|m| m.remote),
-    };
+    });
     let node = state.node.clone();
     let limits = Limits::default().max_payload_len(Some(node.config().max_command_bytes));
     state.node.spawn_tracked(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws = ServerBuilder::new()
-                    .limits(limits)
-                    .serve(TokioIo::new(upgraded));
+                let ws = Box::new(
+                    ServerBuilder::new()
+                        .limits(limits)
+                        .serve(TokioIo::new(upgraded)),
+                );
                 node.run_connection(ws, request).await;
             }
             Err(e) => debug!(error = %e, "upgrade failed"),
