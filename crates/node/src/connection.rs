@@ -6,8 +6,10 @@
 //! shutdown token) keeps an idle connection small: no second task, no timer of its own, no
 //! buffers beyond the WebSocket codec's.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::Bytes;
 use ferrocable_protocol::{
@@ -37,8 +39,8 @@ struct Subscription {
 enum Exit {
     /// The peer closed or vanished.
     PeerGone,
-    /// The server closes with a `disconnect` frame.
-    Disconnect(DisconnectReason, CloseCode),
+    /// The server closes with a `disconnect` frame, after writing `pending` frames.
+    Disconnect(DisconnectReason, CloseCode, VecDeque<Bytes>),
     /// The peer sent a frame over the size limit; the codec already queued close 1009.
     TooLarge,
 }
@@ -93,13 +95,13 @@ pub(crate) async fn run<S>(
                 reason: DisconnectReason::Unauthorized,
                 reconnect: false,
             };
-            goodbye(
+            Box::pin(goodbye(
                 &node,
                 &mut ws,
-                Vec::new(),
+                VecDeque::new(),
                 bye.encode(),
                 CloseCode::NORMAL_CLOSURE,
-            )
+            ))
             .await;
             return;
         }
@@ -113,8 +115,15 @@ pub(crate) async fn run<S>(
         identity,
         subscriptions: HashMap::new(),
     };
+    node.connections.insert(id, conn.outbox.clone());
+    if node.shutdown.is_cancelled() {
+        // Shutdown began while this connection authenticated and missed the registry sweep.
+        conn.outbox
+            .request_disconnect(DisconnectReason::ServerRestart);
+    }
     conn.queue(ServerFrame::Welcome.encode());
     let exit = conn.serve(&mut ws).await;
+    node.connections.remove(id);
     Box::pin(conn.unsubscribe_all()).await;
     match exit {
         Exit::PeerGone => {
@@ -123,13 +132,8 @@ pub(crate) async fn run<S>(
         Exit::TooLarge => {
             let _ = tokio::time::timeout(node.config.write_timeout, ws.flush()).await;
         }
-        Exit::Disconnect(reason, code) => {
+        Exit::Disconnect(reason, code, pending) => {
             node.metrics.disconnect(reason.as_str());
-            let pending: Vec<Bytes> = if reason == DisconnectReason::TooSlow {
-                Vec::new()
-            } else {
-                conn.outbox.take().frames.into()
-            };
             let bye = ServerFrame::Disconnect {
                 reason,
                 reconnect: reason.default_reconnect(),
@@ -146,7 +150,7 @@ pub(crate) async fn run<S>(
 async fn goodbye<S>(
     node: &Inner,
     ws: &mut WebSocketStream<S>,
-    pending: Vec<Bytes>,
+    pending: VecDeque<Bytes>,
     bye: Bytes,
     code: CloseCode,
 ) where
@@ -162,6 +166,29 @@ async fn goodbye<S>(
     let _ = tokio::time::timeout(node.config.write_timeout, write).await;
 }
 
+/// Writes `frames` and flushes. The write timeout's timer is armed only when the socket
+/// does not take everything at once, so the common case costs no timer registration.
+async fn write_frames<S>(
+    ws: &mut WebSocketStream<S>,
+    frames: VecDeque<Bytes>,
+    timeout: std::time::Duration,
+) -> Result<Result<(), tokio_websockets::Error>, tokio::time::error::Elapsed>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    // Boxed: only alive while writing, so it need not sit in every idle task.
+    let mut write = Box::pin(async move {
+        for frame in frames {
+            ws.feed(Message::text(Payload::from(frame))).await?;
+        }
+        ws.flush().await
+    });
+    match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+        Poll::Ready(done) => Ok(done),
+        Poll::Pending => tokio::time::timeout(timeout, write).await,
+    }
+}
+
 impl Connection {
     fn queue(&self, frame: Bytes) {
         // An overflow is noticed by the write loop, which disconnects with `too_slow`.
@@ -173,32 +200,28 @@ impl Connection {
         self.queue(ServerFrame::Error { code, message }.encode());
     }
 
+    /// The connection's one loop: two sources only (its outbox and its socket), so an idle
+    /// connection waits on nothing shared with other connections.
     async fn serve<S>(&mut self, ws: &mut WebSocketStream<S>) -> Exit
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let node = self.node.clone();
         let outbox = self.outbox.clone();
-        let mut ping = node.ping.clone();
-        ping.mark_unchanged();
-        let mut heartbeat_alive = true;
         loop {
             tokio::select! {
                 biased;
-                _ = node.shutdown.cancelled() => {
-                    return Exit::Disconnect(DisconnectReason::ServerRestart, CloseCode::GOING_AWAY);
-                }
                 _ = outbox.ready() => {
                     let drained = outbox.take();
+                    if drained.overflowed {
+                        warn!(conn = self.id, "outbox overflowed: client too slow");
+                        return Exit::Disconnect(DisconnectReason::TooSlow, CloseCode::POLICY_VIOLATION, VecDeque::new());
+                    }
+                    if let Some(reason) = drained.disconnect {
+                        let code = if reason == DisconnectReason::ServerRestart { CloseCode::GOING_AWAY } else { CloseCode::NORMAL_CLOSURE };
+                        return Exit::Disconnect(reason, code, drained.frames);
+                    }
                     if !drained.frames.is_empty() {
-                        // Boxed: only alive while writing, so it need not sit in every idle task.
-                        let write = Box::pin(async {
-                            for frame in drained.frames {
-                                ws.feed(Message::text(Payload::from(frame))).await?;
-                            }
-                            ws.flush().await
-                        });
-                        match tokio::time::timeout(node.config.write_timeout, write).await {
+                        match write_frames(ws, drained.frames, self.node.config.write_timeout).await {
                             Ok(Ok(())) => {}
                             Ok(Err(e)) => {
                                 debug!(conn = self.id, error = %e, "write failed");
@@ -206,22 +229,11 @@ impl Connection {
                             }
                             Err(_) => {
                                 warn!(conn = self.id, "write timed out: client too slow");
-                                return Exit::Disconnect(DisconnectReason::TooSlow, CloseCode::POLICY_VIOLATION);
+                                return Exit::Disconnect(DisconnectReason::TooSlow, CloseCode::POLICY_VIOLATION, VecDeque::new());
                             }
                         }
                     }
-                    if drained.overflowed {
-                        warn!(conn = self.id, "outbox overflowed: client too slow");
-                        return Exit::Disconnect(DisconnectReason::TooSlow, CloseCode::POLICY_VIOLATION);
-                    }
                 }
-                changed = ping.changed(), if heartbeat_alive => match changed {
-                    Ok(()) => {
-                        let frame = ping.borrow_and_update().clone();
-                        self.queue(frame);
-                    }
-                    Err(_) => heartbeat_alive = false,
-                },
                 message = ws.next() => match message {
                     None => return Exit::PeerGone,
                     Some(Ok(message)) => {
@@ -240,13 +252,13 @@ impl Connection {
                     Some(Err(tokio_websockets::Error::PayloadTooLong { len, max_len })) => {
                         let e = DecodeError::TooLarge { len, max: max_len };
                         warn!(conn = self.id, error = %e, "bad frame: closing with 1009");
-                        node.metrics.bad_frame(e.code());
+                        self.node.metrics.bad_frame(e.code());
                         return Exit::TooLarge;
                     }
                     Some(Err(e)) => {
                         debug!(conn = self.id, error = %e, "socket error");
                         if matches!(e, tokio_websockets::Error::Protocol(_)) {
-                            node.metrics.bad_frame("websocket_protocol");
+                            self.node.metrics.bad_frame("websocket_protocol");
                         }
                         return Exit::PeerGone;
                     }

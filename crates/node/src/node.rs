@@ -5,11 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use ferrocable_protocol::{DEFAULT_MAX_COMMAND_BYTES, ServerFrame};
+use ferrocable_protocol::{DEFAULT_MAX_COMMAND_BYTES, DisconnectReason, ServerFrame};
+use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_websockets::WebSocketStream;
@@ -18,7 +17,7 @@ use crate::auth::{AllowAll, Authenticator, ConnectRequest, DynAuthenticator};
 use crate::channel::{Channel, DynChannel};
 use crate::hub::{BroadcastReport, ConnId, Hub};
 use crate::metrics::Metrics;
-use crate::outbox::OutboxLimits;
+use crate::outbox::{Outbox, OutboxLimits};
 
 /// Tunables of a node. `Default` gives the reference values of the ActionCable and
 /// AnyCable servers.
@@ -59,8 +58,49 @@ pub(crate) struct Inner {
     pub(crate) metrics: Metrics,
     pub(crate) shutdown: CancellationToken,
     tracker: TaskTracker,
-    pub(crate) ping: watch::Receiver<Bytes>,
+    pub(crate) connections: Registry,
     next_id: AtomicU64,
+}
+
+/// Every live connection's outbox, sharded by connection id: how the node reaches all
+/// connections at once (heartbeat, shutdown) without each one waiting on a shared signal.
+pub(crate) struct Registry {
+    shards: Box<[Mutex<HashMap<ConnId, Arc<Outbox>>>]>,
+}
+
+impl Registry {
+    fn new(shards: usize) -> Self {
+        Registry {
+            shards: (0..shards.max(1))
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+        }
+    }
+
+    fn shard(&self, id: ConnId) -> &Mutex<HashMap<ConnId, Arc<Outbox>>> {
+        &self.shards[(id % self.shards.len() as u64) as usize]
+    }
+
+    pub(crate) fn insert(&self, id: ConnId, outbox: Arc<Outbox>) {
+        self.shard(id).lock().insert(id, outbox);
+    }
+
+    pub(crate) fn remove(&self, id: ConnId) {
+        let mut shard = self.shard(id).lock();
+        shard.remove(&id);
+        if shard.capacity() > 64 && shard.len() < shard.capacity() / 4 {
+            shard.shrink_to_fit();
+        }
+    }
+
+    /// Calls `f` on every outbox; holds one shard lock at a time and never awaits.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&Arc<Outbox>)) {
+        for shard in self.shards.iter() {
+            for outbox in shard.lock().values() {
+                f(outbox);
+            }
+        }
+    }
 }
 
 impl Inner {
@@ -145,7 +185,6 @@ impl NodeBuilder {
 
     /// Builds the node and starts its heartbeat. Must run inside a tokio runtime.
     pub fn build(self) -> Node {
-        let (ping_tx, ping_rx) = watch::channel(Bytes::new());
         let shutdown = CancellationToken::new();
         let inner = Arc::new(Inner {
             hub: Hub::new(self.config.hub_shards),
@@ -155,25 +194,34 @@ impl NodeBuilder {
             metrics: Metrics::default(),
             shutdown: shutdown.clone(),
             tracker: TaskTracker::new(),
-            ping: ping_rx,
+            connections: Registry::new(64),
             next_id: AtomicU64::new(1),
         });
-        tokio::spawn(heartbeat(ping_tx, inner.config.ping_interval, shutdown));
+        tokio::spawn(heartbeat(
+            Arc::downgrade(&inner),
+            inner.config.ping_interval,
+            shutdown,
+        ));
         Node { inner }
     }
 }
 
-/// One timer for the whole node (as Rails does): every period, publish one encoded `ping`
-/// frame that every connection picks up and queues.
-async fn heartbeat(tx: watch::Sender<Bytes>, period: Duration, shutdown: CancellationToken) {
+/// One timer for the whole node (as Rails does): every period, encode one `ping` frame and
+/// queue the same bytes to every connection, like a broadcast.
+async fn heartbeat(node: std::sync::Weak<Inner>, period: Duration, shutdown: CancellationToken) {
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = interval.tick() => {
+                let Some(node) = node.upgrade() else { return };
                 let at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-                tx.send_replace(ServerFrame::Ping { at }.encode());
+                let frame = ServerFrame::Ping { at }.encode();
+                node.connections.for_each(|outbox| {
+                    // A full outbox already means "too slow"; the ping is not needed then.
+                    let _ = outbox.try_push(frame.clone());
+                });
             }
         }
     }
@@ -273,6 +321,9 @@ impl Node {
     /// callbacks and closes. Waits at most `shutdown_timeout`.
     pub async fn shutdown(&self) -> ShutdownReport {
         self.inner.shutdown.cancel();
+        self.inner
+            .connections
+            .for_each(|outbox| outbox.request_disconnect(DisconnectReason::ServerRestart));
         self.inner.tracker.close();
         let _ = tokio::time::timeout(
             self.inner.config.shutdown_timeout,

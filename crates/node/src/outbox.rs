@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
+use ferrocable_protocol::DisconnectReason;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -45,6 +46,7 @@ struct State {
     bytes: usize,
     overflowed: bool,
     closed: bool,
+    disconnect: Option<DisconnectReason>,
 }
 
 /// One connection's outbound queue. Idle, it holds no heap buffer: the queue is taken
@@ -63,6 +65,8 @@ pub struct Drained {
     pub frames: VecDeque<Bytes>,
     /// Whether the outbox overflowed: the connection must be closed as too slow.
     pub overflowed: bool,
+    /// The node asked the connection to close with this reason (e.g. shutdown).
+    pub disconnect: Option<DisconnectReason>,
 }
 
 impl Outbox {
@@ -110,12 +114,25 @@ impl Outbox {
         Drained {
             frames: std::mem::take(&mut s.frames),
             overflowed: s.overflowed,
+            disconnect: s.disconnect,
         }
     }
 
     /// Waits until frames are queued or the outbox overflowed.
     pub async fn ready(&self) {
         self.ready.notified().await;
+    }
+
+    /// Asks the connection to say goodbye with `reason` after the frames already queued.
+    /// The first request wins. This is how the node reaches every connection (shutdown)
+    /// without each idle connection waiting on a shared signal of its own.
+    pub fn request_disconnect(&self, reason: DisconnectReason) {
+        let mut s = self.state.lock();
+        if s.disconnect.is_none() {
+            s.disconnect = Some(reason);
+        }
+        drop(s);
+        self.ready.notify_one();
     }
 
     /// Refuses all further frames and drops the queued ones.
@@ -193,6 +210,17 @@ mod tests {
         o.try_push(frame(8)).unwrap();
         o.take();
         o.try_push(frame(8)).unwrap();
+    }
+
+    #[test]
+    fn a_disconnect_request_comes_after_queued_frames() {
+        let o = Outbox::new(OutboxLimits::default());
+        o.try_push(frame(1)).unwrap();
+        o.request_disconnect(DisconnectReason::ServerRestart);
+        o.request_disconnect(DisconnectReason::Remote);
+        let d = o.take();
+        assert_eq!(d.frames.len(), 1);
+        assert_eq!(d.disconnect, Some(DisconnectReason::ServerRestart));
     }
 
     #[test]

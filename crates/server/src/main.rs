@@ -9,11 +9,13 @@ use ferrocable_server::ServeConfig;
 use serde::Serialize;
 use tracing::info;
 
+// The allocator decides how much of each connection's buffers stays resident: measured, not
+// assumed (docs/benchmarks.md). jemalloc wins the per-connection figure; see Cargo.toml.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[cfg(feature = "jemalloc")]
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
