@@ -65,8 +65,10 @@ pub(crate) struct Inner {
 /// Every live connection's outbox, sharded by connection id: how the node reaches all
 /// connections at once (heartbeat, shutdown) without each one waiting on a shared signal.
 pub(crate) struct Registry {
-    shards: Box<[Mutex<HashMap<ConnId, Arc<Outbox>>>]>,
+    shards: Box<[Mutex<RegistryShard>]>,
 }
+
+type RegistryShard = HashMap<ConnId, Arc<Outbox>>;
 
 impl Registry {
     fn new(shards: usize) -> Self {
@@ -77,7 +79,7 @@ impl Registry {
         }
     }
 
-    fn shard(&self, id: ConnId) -> &Mutex<HashMap<ConnId, Arc<Outbox>>> {
+    fn shard(&self, id: ConnId) -> &Mutex<RegistryShard> {
         &self.shards[(id % self.shards.len() as u64) as usize]
     }
 
