@@ -25,6 +25,8 @@ def row(d):
 def fmt(v):
     if v is None:
         return "–"
+    if isinstance(v, str):
+        return v
     return f"{v:,.1f}" if isinstance(v, float) else f"{v:,}"
 
 
