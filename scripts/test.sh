@@ -18,6 +18,38 @@ if [ ${#missing[@]} -gt 0 ]; then
   exit 2
 fi
 
+# Services the tests talk to, started the way a user would (the commands this machine
+# image uses), installed from Debian when missing and possible.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() { for _ in $(seq 50); do port_open "$1" && return 0; sleep 0.2; done; return 1; }
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 || return 1
+  [ -n "${APT_UPDATED:-}" ] || { apt-get update -qq >/dev/null 2>&1; APT_UPDATED=1; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null 2>&1
+}
+unavailable=()
+ensure_service() { # name port start-command install-package
+  local name=$1 port=$2 start=$3 pkg=$4
+  port_open "$port" && return 0
+  if ! command -v "${start%% *}" >/dev/null 2>&1; then
+    echo "test.sh: $name is not installed; installing Debian package $pkg"
+    apt_install "$pkg" || true
+  fi
+  if command -v "${start%% *}" >/dev/null 2>&1; then
+    echo "test.sh: starting $name"
+    bash -c "$start" >/dev/null 2>&1 || true
+  fi
+  wait_port "$port" || unavailable+=("$name on 127.0.0.1:$port")
+}
+ensure_service Redis 6379 'mkdir -p /var/lib/redis /var/log/redis && redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log' redis-server
+ensure_service PostgreSQL 5432 'pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | head -1) main start' postgresql
+ensure_service Memcached 11211 'memcached -d -u memcache -l 127.0.0.1 -p 11211 -m 64' memcached
+if [ ${#unavailable[@]} -gt 0 ]; then
+  echo "test.sh: could not bring up: ${unavailable[*]}" >&2
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+
 failed_steps=()
 step() {
   local name=$1; shift
