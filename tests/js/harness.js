@@ -191,7 +191,13 @@ class Server {
     const child = spawn(BIN, ['serve', '--bind', `127.0.0.1:${this.port}`, ...this.args], {
       stdio: ['ignore', 'ignore', 'pipe'],
       detached: true,
-      env: { ...process.env, NO_COLOR: '1', RUST_LOG: process.env.RUST_LOG || 'info' },
+      env: {
+        ...process.env,
+        NO_COLOR: '1',
+        RUST_LOG: process.env.RUST_LOG || 'info',
+        // Embedded state (the SQLite session store) goes to a scratch folder, not the repo.
+        FERROCABLE_DATA_DIR: process.env.FERROCABLE_DATA_DIR || require('node:path').join(require('node:os').tmpdir(), 'ferrocable-js-data'),
+      },
     });
     this.child = child;
     running.add(child);

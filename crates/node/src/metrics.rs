@@ -39,6 +39,17 @@ pub struct Metrics {
     pub rejected_subscriptions: Counter,
     /// Upgrade requests refused before upgrading (origin, bad request), by reason.
     pub refused_upgrades: Family<ReasonLabel, Counter>,
+    /// Failed calls to a backing store (sessions today), by store and operation.
+    pub store_errors: Family<StoreLabel, Counter>,
+}
+
+/// Label set for store errors.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabel {
+    /// Which store (`session`).
+    pub store: String,
+    /// Which operation (`load`, `save`, …).
+    pub op: String,
 }
 
 impl Default for Metrics {
@@ -54,6 +65,7 @@ impl Default for Metrics {
             disconnects: Family::default(),
             rejected_subscriptions: Counter::default(),
             refused_upgrades: Family::default(),
+            store_errors: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -101,6 +113,11 @@ impl Default for Metrics {
             "Upgrade requests refused before upgrading, by reason",
             m.refused_upgrades.clone(),
         );
+        registry.register(
+            "ferrocable_store_errors",
+            "Failed calls to a backing store, by store and operation",
+            m.store_errors.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -129,6 +146,16 @@ impl Metrics {
         self.refused_upgrades
             .get_or_create(&ReasonLabel {
                 reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one failed store call.
+    pub fn store_error(&self, store: &str, op: &str) {
+        self.store_errors
+            .get_or_create(&StoreLabel {
+                store: store.to_owned(),
+                op: op.to_owned(),
             })
             .inc();
     }

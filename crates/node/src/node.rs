@@ -145,6 +145,7 @@ pub struct NodeBuilder {
     config: NodeConfig,
     channels: HashMap<String, Arc<dyn DynChannel>>,
     auth: Box<dyn DynAuthenticator>,
+    auth_set: bool,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -161,6 +162,7 @@ impl Default for NodeBuilder {
             config: NodeConfig::default(),
             channels: HashMap::new(),
             auth: Box::new(AllowAll),
+            auth_set: false,
         }
     }
 }
@@ -182,7 +184,28 @@ impl NodeBuilder {
     /// Sets the authenticator (default: [`AllowAll`]).
     pub fn authenticator(mut self, auth: impl Authenticator) -> Self {
         self.auth = Box::new(auth);
+        self.auth_set = true;
         self
+    }
+
+    /// Sets the authenticator unless the app already chose one (how a server installs its
+    /// default without overriding the app).
+    pub fn default_authenticator(self, auth: impl Authenticator) -> Self {
+        if self.auth_set {
+            self
+        } else {
+            self.authenticator(auth)
+        }
+    }
+
+    /// Registers `channel` under `name` unless a channel of that name exists.
+    pub fn default_channel(self, name: impl Into<String>, channel: impl Channel) -> Self {
+        let name = name.into();
+        if self.channels.contains_key(&name) {
+            self
+        } else {
+            self.channel(name, channel)
+        }
     }
 
     /// Builds the node and starts its heartbeat. Must run inside a tokio runtime.

@@ -2,10 +2,14 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use crate::session::{CurrentSession, SessionFailure, SessionState, session_layer};
 use ferrocable_node::Node;
 use http::{StatusCode, header};
 
@@ -21,16 +25,47 @@ pub struct AppState {
     pub origins: Arc<OriginPolicy>,
     /// Where pages tell clients the cable is.
     pub cable_url: Arc<str>,
+    /// The sessions shared by pages and the cable.
+    pub sessions: Arc<ferrocable_session::Sessions>,
 }
 
 /// Builds the router.
 pub fn router(state: AppState, config: &ServeConfig) -> Router {
+    let session_state = SessionState {
+        sessions: state.sessions.clone(),
+        node: state.node.clone(),
+    };
+    let pages = Router::new()
+        .route("/", get(index))
+        .route("/session", get(session_json))
+        .route("/session/increment", post(session_increment))
+        .layer(axum::middleware::from_fn_with_state(
+            session_state,
+            session_layer,
+        ));
     Router::new()
         .route(&config.mount_path, get(crate::upgrade::cable))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
-        .route("/", get(index))
+        .merge(pages)
         .with_state(state)
+}
+
+/// `GET /session`: the current session as JSON (the demo's window on the session).
+async fn session_json(session: CurrentSession) -> Result<Json<Value>, SessionFailure> {
+    Ok(Json(json!({"session": session.data().await?})))
+}
+
+/// `POST /session/increment`: adds one to the session's `count`.
+async fn session_increment(session: CurrentSession) -> Result<Json<Value>, SessionFailure> {
+    let data = session
+        .update(|d| {
+            let n = d.get("count").and_then(Value::as_i64).unwrap_or(0);
+            d.insert("count".into(), json!(n + 1));
+            d.clone()
+        })
+        .await?;
+    Ok(Json(json!({"session": data})))
 }
 
 async fn health(State(state): State<AppState>) -> Response {

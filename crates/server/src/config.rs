@@ -48,6 +48,29 @@ pub struct ServeConfig {
     pub shutdown_timeout_ms: u64,
     /// Log format: `text` or `json`.
     pub log_format: String,
+    /// Where embedded state lives (the SQLite session file, a generated secret).
+    pub data_dir: PathBuf,
+    /// Session store: `memory`, `sqlite[:PATH]`, `postgres://…`, `redis://…`, `memcached://…`
+    /// (bare `redis`, `postgres` and `memcached` take `REDIS_URL`, `DATABASE_URL` and
+    /// `MEMCACHED_URL`). Env: `SESSION_STORE_URL` or `FERROCABLE_SESSION_STORE`.
+    pub session_store: String,
+    /// Key prefix in Redis and Memcached.
+    pub session_key_prefix: String,
+    /// Session cookie name.
+    pub session_cookie_name: String,
+    /// Sliding session lifetime in seconds.
+    pub session_expire_after_secs: u64,
+    /// `Secure` flag on the session cookie.
+    pub session_secure: bool,
+    /// `SameSite` attribute of the session cookie.
+    pub session_same_site: String,
+    /// Largest encoded session in bytes.
+    pub session_max_bytes: usize,
+    /// Sessions larger than this many bytes of JSON are compressed.
+    pub session_compress_above: usize,
+    /// Secret used to sign session cookies (env `SECRET_KEY_BASE`). When absent, one is
+    /// generated once and kept in `data_dir`.
+    pub secret_key_base: Option<String>,
 }
 
 impl Default for ServeConfig {
@@ -70,6 +93,16 @@ impl Default for ServeConfig {
             outbox_max_frames: node.outbox.max_frames,
             shutdown_timeout_ms: node.shutdown_timeout.as_millis() as u64,
             log_format: "text".into(),
+            data_dir: PathBuf::from("data"),
+            session_store: "sqlite".into(),
+            session_key_prefix: "ferrocable:session:".into(),
+            session_cookie_name: "_session".into(),
+            session_expire_after_secs: 365 * 24 * 3600,
+            session_secure: false,
+            session_same_site: "Lax".into(),
+            session_max_bytes: 64 * 1024,
+            session_compress_above: 1024,
+            secret_key_base: None,
         }
     }
 }
@@ -92,6 +125,16 @@ const ENV_KEYS: &[&str] = &[
     "outbox_max_frames",
     "shutdown_timeout_ms",
     "log_format",
+    "data_dir",
+    "session_store",
+    "session_key_prefix",
+    "session_cookie_name",
+    "session_expire_after_secs",
+    "session_secure",
+    "session_same_site",
+    "session_max_bytes",
+    "session_compress_above",
+    "secret_key_base",
 ];
 
 impl ServeConfig {
@@ -105,10 +148,36 @@ impl ServeConfig {
         if let Some(file) = file {
             fig = fig.merge(Toml::file_exact(file));
         }
-        fig.merge(Env::prefixed("FERROCABLE_").only(ENV_KEYS))
+        // The names Rails and AnyCable users already set.
+        let conventional = Env::raw().filter_map(|key| {
+            if key == "session_store_url" {
+                Some("session_store".into())
+            } else if key == "secret_key_base" {
+                Some("secret_key_base".into())
+            } else {
+                None
+            }
+        });
+        fig.merge(conventional)
+            .merge(Env::prefixed("FERROCABLE_").only(ENV_KEYS))
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(Box::new)
+    }
+
+    /// The session store URL with bare `redis` / `postgres` / `memcached` resolved from
+    /// `REDIS_URL`, `DATABASE_URL` and `MEMCACHED_URL`.
+    pub fn session_store_url(&self) -> String {
+        let env = |k: &str, default: &str| std::env::var(k).unwrap_or_else(|_| default.to_owned());
+        match self.session_store.trim() {
+            "redis" => env("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            "postgres" | "postgresql" => env(
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/postgres",
+            ),
+            "memcached" => env("MEMCACHED_URL", "memcached://127.0.0.1:11211"),
+            other => other.to_owned(),
+        }
     }
 
     /// The node settings this configuration implies.
@@ -140,6 +209,24 @@ mod tests {
         assert!(c.allow_same_origin && !c.disable_forgery_protection);
         assert_eq!(c.max_command_bytes, 64 * 1024);
         assert_eq!(c.ping_interval_ms, 3000);
+        assert_eq!(c.session_store, "sqlite");
+        assert_eq!(c.session_cookie_name, "_session");
+    }
+
+    #[test]
+    fn conventional_env_names_are_honoured() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SESSION_STORE_URL", "redis");
+            jail.set_env("REDIS_URL", "redis://127.0.0.1:6380/2");
+            jail.set_env("SECRET_KEY_BASE", "s3cret");
+            let c = ServeConfig::load(None, serde_json::json!({})).unwrap();
+            assert_eq!(c.session_store_url(), "redis://127.0.0.1:6380/2");
+            assert_eq!(c.secret_key_base.as_deref(), Some("s3cret"));
+            jail.set_env("FERROCABLE_SESSION_STORE", "memory");
+            let c = ServeConfig::load(None, serde_json::json!({})).unwrap();
+            assert_eq!(c.session_store_url(), "memory");
+            Ok(())
+        });
     }
 
     #[test]

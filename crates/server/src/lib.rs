@@ -6,6 +6,7 @@ pub mod bench_channel;
 pub mod config;
 pub mod listener;
 pub mod origin;
+pub mod session;
 pub mod upgrade;
 
 use std::net::SocketAddr;
@@ -36,6 +37,80 @@ pub enum StartError {
     /// The TLS certificate or key could not be used.
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    /// The session store could not be opened.
+    #[error("session store {url}: {source}")]
+    Session {
+        /// The store URL (credentials included as given).
+        url: String,
+        /// The cause.
+        source: ferrocable_session::StoreError,
+    },
+    /// The data directory or the secret in it could not be used.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The path.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// The secret that signs session cookies: the configured one, or one generated once and
+/// kept in the data directory so sessions survive restarts.
+fn secret_key_base(config: &ServeConfig) -> Result<Vec<u8>, StartError> {
+    if let Some(secret) = config.secret_key_base.as_deref().filter(|s| !s.is_empty()) {
+        return Ok(secret.as_bytes().to_vec());
+    }
+    let path = config.data_dir.join("secret_key_base");
+    let io = |source| StartError::DataDir {
+        path: path.clone(),
+        source,
+    };
+    if let Ok(existing) = std::fs::read_to_string(&path)
+        && !existing.trim().is_empty()
+    {
+        return Ok(existing.trim().as_bytes().to_vec());
+    }
+    std::fs::create_dir_all(&config.data_dir).map_err(io)?;
+    let secret = format!(
+        "{}{}{}{}",
+        ferrocable_session::new_session_id(),
+        ferrocable_session::new_session_id(),
+        ferrocable_session::new_session_id(),
+        ferrocable_session::new_session_id()
+    );
+    std::fs::write(&path, &secret).map_err(io)?;
+    tracing::warn!(path = %path.display(), "no secret_key_base configured: generated one (set SECRET_KEY_BASE in production)");
+    Ok(secret.into_bytes())
+}
+
+/// Opens the configured session store.
+pub async fn open_sessions(
+    config: &ServeConfig,
+) -> Result<Arc<ferrocable_session::Sessions>, StartError> {
+    let url = config.session_store_url();
+    let store = ferrocable_session::open_store(&url, &config.data_dir, &config.session_key_prefix)
+        .await
+        .map_err(|source| StartError::Session {
+            url: url.clone(),
+            source,
+        })?;
+    let options = ferrocable_session::SessionOptions {
+        cookie_name: config.session_cookie_name.clone(),
+        expire_after: std::time::Duration::from_secs(config.session_expire_after_secs),
+        secure: config.session_secure,
+        http_only: true,
+        same_site: config.session_same_site.clone(),
+        codec: ferrocable_session::Codec {
+            max_bytes: config.session_max_bytes,
+            compress_above: Some(config.session_compress_above),
+        },
+    };
+    Ok(Arc::new(ferrocable_session::Sessions::new(
+        store,
+        options,
+        &secret_key_base(config)?,
+    )))
 }
 
 /// A running server.
@@ -116,11 +191,25 @@ pub async fn start(
         source,
     })?;
 
-    let mut builder = builder.config(config.node_config());
+    let sessions = open_sessions(config).await?;
+    let node_slot = Arc::new(std::sync::OnceLock::new());
+    let mut builder = builder
+        .config(config.node_config())
+        .default_authenticator(session::SessionAuthenticator {
+            sessions: sessions.clone(),
+        })
+        .default_channel(
+            "SessionChannel",
+            session::SessionChannel {
+                sessions: sessions.clone(),
+                node: node_slot.clone(),
+            },
+        );
     if config.bench_channel {
         builder = builder.channel("BenchmarkChannel", bench_channel::BenchmarkChannel);
     }
     let node = builder.build();
+    let _ = node_slot.set(node.clone());
     let state = app::AppState {
         node: node.clone(),
         origins: Arc::new(origins),
@@ -129,6 +218,7 @@ pub async fn start(
             .clone()
             .unwrap_or_else(|| config.mount_path.clone())
             .into(),
+        sessions,
     };
     let router = app::router(state, config);
     let accept = tokio::spawn(listener::accept_loop(

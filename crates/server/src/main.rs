@@ -83,6 +83,14 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     shutdown_timeout_ms: Option<u64>,
+    /// Session store: memory, sqlite[:PATH], postgres://…, redis://…, memcached://… [env: SESSION_STORE_URL] [default: sqlite].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_store: Option<String>,
+    /// Directory for embedded state (SQLite sessions, generated secret) [default: data].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
     /// Log format: text or json [default: text].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

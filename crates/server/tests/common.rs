@@ -22,6 +22,9 @@ pub fn config() -> ServeConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
         bench_channel: true,
         disable_forgery_protection: true,
+        session_store: "memory".into(),
+        secret_key_base: Some("test secret key base".into()),
+        data_dir: std::env::temp_dir().join("ferrocable-test-data"),
         ..ServeConfig::default()
     }
 }
@@ -134,6 +137,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         let f = self.frame().await;
         assert_eq!(f["type"], "confirm_subscription", "{f}");
         assert_eq!(f["identifier"], identifier);
+    }
+
+    /// Subscribes to a channel that transmits a greeting before confirming.
+    pub async fn subscribe_with_greeting(&mut self, identifier: &str) {
+        self.send(&subscribe(identifier)).await;
+        loop {
+            let f = self.frame().await;
+            assert_ne!(f["type"], "reject_subscription", "{f}");
+            if f["type"] == "confirm_subscription" {
+                return;
+            }
+        }
     }
 
     pub async fn welcomed(&mut self) {

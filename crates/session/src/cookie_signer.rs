@@ -5,7 +5,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::hmac;
 
-/// Signs and verifies cookie values: `<session id>--<base64url HMAC-SHA256>`.
+/// Signs and verifies cookie values: `<session id>.<base64url HMAC-SHA256>`. The separator
+/// is outside the base64url alphabet, so neither part can contain it.
 #[derive(Clone)]
 pub struct CookieSigner {
     key: hmac::Key,
@@ -31,12 +32,12 @@ impl CookieSigner {
     /// The cookie value for a session id.
     pub fn sign(&self, id: &str) -> String {
         let tag = hmac::sign(&self.key, id.as_bytes());
-        format!("{id}--{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
+        format!("{id}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
     }
 
     /// The session id in a cookie value, if the signature is valid (constant-time check).
     pub fn verify<'a>(&self, value: &'a str) -> Option<&'a str> {
-        let (id, tag) = value.rsplit_once("--")?;
+        let (id, tag) = value.rsplit_once('.')?;
         let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
         hmac::verify(&self.key, id.as_bytes(), &tag).ok()?;
         (!id.is_empty()).then_some(id)
@@ -54,8 +55,14 @@ mod tests {
         assert_eq!(s.verify(&v), Some("abc123"));
         assert_eq!(s.verify(&v.replace("abc123", "abc124")), None);
         assert_eq!(s.verify("abc123"), None);
-        assert_eq!(s.verify("abc123--"), None);
-        assert_eq!(s.verify("--AAAA"), None);
+        assert_eq!(s.verify("abc123."), None);
+        assert_eq!(s.verify(".AAAA"), None);
+        // Ids and tags use '-' and '_' (base64url): every one must round-trip.
+        for _ in 0..2000 {
+            let id = crate::new_session_id();
+            assert_eq!(s.verify(&s.sign(&id)), Some(id.as_str()));
+        }
+        assert_eq!(s.verify(&s.sign("a--b-")), Some("a--b-"));
         let other = CookieSigner::new(b"another secret");
         assert_eq!(other.verify(&v), None);
     }
