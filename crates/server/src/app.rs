@@ -39,6 +39,8 @@ pub fn router(state: AppState, config: &ServeConfig) -> Router {
         .route("/", get(index))
         .route("/session", get(session_json))
         .route("/session/increment", post(session_increment))
+        .route("/session/renew", post(session_renew))
+        .route("/session/clear", post(session_clear))
         .layer(axum::middleware::from_fn_with_state(
             session_state,
             session_layer,
@@ -53,6 +55,18 @@ pub fn router(state: AppState, config: &ServeConfig) -> Router {
 
 /// `GET /session`: the current session as JSON (the demo's window on the session).
 async fn session_json(session: CurrentSession) -> Result<Json<Value>, SessionFailure> {
+    Ok(Json(json!({"session": session.data().await?})))
+}
+
+/// `POST /session/renew`: moves the session to a new id (new cookie), keeping its data.
+async fn session_renew(session: CurrentSession) -> Result<Json<Value>, SessionFailure> {
+    session.renew().await?;
+    Ok(Json(json!({"session": session.data().await?})))
+}
+
+/// `POST /session/clear`: empties the session.
+async fn session_clear(session: CurrentSession) -> Result<Json<Value>, SessionFailure> {
+    session.clear().await?;
     Ok(Json(json!({"session": session.data().await?})))
 }
 

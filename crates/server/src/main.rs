@@ -34,6 +34,8 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(ServeArgs),
+    /// Apply the session store's migrations (SQL stores) and exit; `serve` also applies them.
+    Migrate(ServeArgs),
 }
 
 /// Flags of `serve`. Each one overrides the config file and the `FERROCABLE_*` environment.
@@ -141,6 +143,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn migrate(args: ServeArgs) -> anyhow::Result<()> {
+    let config =
+        ServeConfig::load(args.config.as_deref(), &args).context("invalid configuration")?;
+    init_logging(&config.log_format);
+    let sessions = ferrocable_server::open_sessions(&config).await?;
+    info!(store = sessions.store_kind(), "session store ready");
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -148,5 +159,6 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Migrate(args) => runtime.block_on(migrate(args)),
     }
 }

@@ -39,7 +39,8 @@ pub struct SessionState {
 /// The session of the current page request.
 #[derive(Clone)]
 pub struct CurrentSession {
-    id: String,
+    /// Shared with the layer, which writes the cookie for whatever id the handler leaves.
+    id: Arc<parking_lot::Mutex<String>>,
     sessions: Arc<Sessions>,
     node: Node,
 }
@@ -75,13 +76,13 @@ fn observe<T>(metrics: &Metrics, op: &str, r: Result<T, StoreError>) -> Result<T
 
 impl CurrentSession {
     /// The session id.
-    pub fn id(&self) -> &str {
-        &self.id
+    pub fn id(&self) -> String {
+        self.id.lock().clone()
     }
 
     /// The session's data (empty for a new session). A corrupt record reads as empty.
     pub async fn data(&self) -> Result<SessionData, SessionFailure> {
-        match self.sessions.load(&self.id).await {
+        match self.sessions.load(&self.id()).await {
             Ok(d) => Ok(d.unwrap_or_default()),
             Err(StoreError::Corrupt(e)) => {
                 warn!(error = %e, "corrupt session read as empty");
@@ -101,7 +102,30 @@ impl CurrentSession {
         observe(
             self.node.metrics(),
             "save",
-            self.sessions.update(&self.id, change).await,
+            self.sessions.update(&self.id(), change).await,
+        )
+        .map_err(SessionFailure)
+    }
+
+    /// Moves the session to a fresh id (call it at login, against session fixation); the
+    /// response carries the new cookie and the old id stops working.
+    pub async fn renew(&self) -> Result<(), SessionFailure> {
+        let new_id = observe(
+            self.node.metrics(),
+            "renew",
+            self.sessions.renew(&self.id()).await,
+        )
+        .map_err(SessionFailure)?;
+        *self.id.lock() = new_id;
+        Ok(())
+    }
+
+    /// Empties the session, keeping its id.
+    pub async fn clear(&self) -> Result<(), SessionFailure> {
+        observe(
+            self.node.metrics(),
+            "save",
+            self.sessions.clear(&self.id()).await,
         )
         .map_err(SessionFailure)
     }
@@ -166,12 +190,14 @@ pub async fn session_layer(
         },
         None => new_session_id(),
     };
+    let id = Arc::new(parking_lot::Mutex::new(id));
     req.extensions_mut().insert(CurrentSession {
         id: id.clone(),
         sessions: state.sessions.clone(),
         node: state.node.clone(),
     });
     let mut response = next.run(req).await;
+    let id = id.lock().clone();
     if let Ok(v) = HeaderValue::from_str(&set_cookie(&state.sessions, &id)) {
         response.headers_mut().append(header::SET_COOKIE, v);
     }

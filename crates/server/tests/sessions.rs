@@ -104,6 +104,31 @@ async fn pages_keep_a_session_in_a_signed_cookie() {
 }
 
 #[tokio::test]
+async fn renew_rotates_the_id_and_clear_empties() {
+    let server = start(config()).await;
+    let addr = server.local_addr();
+    let old = http(addr, "POST", "/session/increment", None)
+        .await
+        .set_cookie
+        .unwrap();
+    let renewed = http(addr, "POST", "/session/renew", Some(&old)).await;
+    assert_eq!(count(&renewed.body), Some(1), "data kept");
+    let new = renewed.set_cookie.unwrap();
+    assert_ne!(new, old);
+    assert_eq!(
+        count(&http(addr, "GET", "/session", Some(&new)).await.body),
+        Some(1)
+    );
+    assert_eq!(
+        count(&http(addr, "GET", "/session", Some(&old)).await.body),
+        None,
+        "the old id stopped working"
+    );
+    let cleared = http(addr, "POST", "/session/clear", Some(&new)).await;
+    assert_eq!(cleared.body.trim(), r#"{"session":{}}"#);
+}
+
+#[tokio::test]
 async fn a_tampered_cookie_starts_a_fresh_session() {
     let server = start(config()).await;
     let addr = server.local_addr();
