@@ -44,6 +44,12 @@ ensure_service() { # name port start-command install-package
 ensure_service Redis 6379 'mkdir -p /var/lib/redis /var/log/redis && redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log' redis-server
 ensure_service PostgreSQL 5432 'pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | head -1) main start' postgresql
 ensure_service Memcached 11211 'memcached -d -u memcache -l 127.0.0.1 -p 11211 -m 64' memcached
+# Headless Chromium for the browser tests, from Debian (never a tool's own download).
+if [ ! -x /usr/bin/chromium ]; then
+  echo "test.sh: installing Debian's chromium for the browser tests"
+  apt_install chromium || true
+  [ -x /usr/bin/chromium ] || unavailable+=("Debian package chromium (/usr/bin/chromium)")
+fi
 if [ ${#unavailable[@]} -gt 0 ]; then
   echo "test.sh: could not bring up: ${unavailable[*]}" >&2
   echo "0 passed, 1 failed"
@@ -64,16 +70,17 @@ step clippy cargo clippy --all-targets --locked -- -D warnings
 step cargo-test cargo test --workspace --locked
 step fuzz-build cargo build --manifest-path fuzz/Cargo.toml
 step build-bin cargo build --locked --bin ferrocable
-step npm-install bash -c "cd tests/js && npm ci --no-audit --no-fund"
+step npm-install bash -c "cd tests/js && npm ci --no-audit --no-fund && cd ../e2e && npm ci --no-audit --no-fund && cd ../../demo && npm ci --no-audit --no-fund"
 step js-test bash -c "cd tests/js && FERROCABLE_BIN='$ROOT/target/debug/ferrocable' npm test"
+step browser-test bash -c "cd tests/e2e && FERROCABLE_BIN='$ROOT/target/debug/ferrocable' npm test"
 
 # One closing line over every runner: cargo's "test result" lines and node's "# pass/# fail".
 passed=0; failed=0
 while read -r p f; do passed=$((passed + p)); failed=$((failed + f)); done < <(
   grep -hE '^test result: ' "$LOG_DIR/cargo-test.log" 2>/dev/null |
     sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/')
-js_pass=$(grep -hE '^# pass ' "$LOG_DIR/js-test.log" 2>/dev/null | awk '{s+=$3} END {print s+0}')
-js_fail=$(grep -hE '^# fail ' "$LOG_DIR/js-test.log" 2>/dev/null | awk '{s+=$3} END {print s+0}')
+js_pass=$(grep -hE '^# pass ' "$LOG_DIR/js-test.log" "$LOG_DIR/browser-test.log" 2>/dev/null | awk '{s+=$3} END {print s+0}')
+js_fail=$(grep -hE '^# fail ' "$LOG_DIR/js-test.log" "$LOG_DIR/browser-test.log" 2>/dev/null | awk '{s+=$3} END {print s+0}')
 passed=$((passed + js_pass)); failed=$((failed + js_fail))
 
 if [ ${#failed_steps[@]} -gt 0 ]; then

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
@@ -27,6 +27,8 @@ pub struct AppState {
     pub cable_url: Arc<str>,
     /// The sessions shared by pages and the cable.
     pub sessions: Arc<ferrocable_session::Sessions>,
+    /// The demo app's state.
+    pub demo: Arc<crate::demo::Demo>,
 }
 
 /// Builds the router.
@@ -36,7 +38,9 @@ pub fn router(state: AppState, config: &ServeConfig) -> Router {
         node: state.node.clone(),
     };
     let pages = Router::new()
-        .route("/", get(index))
+        .route("/", get(crate::demo::counter_page))
+        .route("/todos", get(crate::demo::todos_page))
+        .route("/chat", get(crate::demo::chat_page))
         .route("/session", get(session_json))
         .route("/session/increment", post(session_increment))
         .route("/session/renew", post(session_renew))
@@ -49,6 +53,9 @@ pub fn router(state: AppState, config: &ServeConfig) -> Router {
         .route(&config.mount_path, get(crate::upgrade::cable))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/assets/app.css", get(crate::demo::app_css))
+        .route("/assets/app.js", get(crate::demo::app_js))
+        .route("/vendor/{file}", get(crate::demo::vendor))
         .merge(pages)
         .with_state(state)
 }
@@ -96,32 +103,4 @@ async fn metrics(State(state): State<AppState>) -> Response {
         state.node.metrics().render(),
     )
         .into_response()
-}
-
-fn escape_attr(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('"', "&quot;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
-async fn index(State(state): State<AppState>) -> Html<String> {
-    Html(format!(
-        r#"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="action-cable-url" content="{url}">
-<title>ferrocable</title>
-<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:4rem auto;padding:0 1rem;color:#1f2933}}code{{background:#eef2f7;padding:.1rem .3rem;border-radius:4px}}</style>
-</head>
-<body>
-<h1>ferrocable</h1>
-<p>An ActionCable-protocol server. The cable is at <code>{url}</code>; health at <a href="/health"><code>/health</code></a>, metrics at <a href="/metrics"><code>/metrics</code></a>.</p>
-</body>
-</html>
-"#,
-        url = escape_attr(&state.cable_url)
-    ))
 }

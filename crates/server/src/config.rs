@@ -48,6 +48,8 @@ pub struct ServeConfig {
     pub shutdown_timeout_ms: u64,
     /// Log format: `text` or `json`.
     pub log_format: String,
+    /// The demo's browser packages (`npm ci --prefix demo` puts them in `demo/node_modules`).
+    pub demo_assets_dir: String,
     /// Where embedded state lives (the SQLite session file, a generated secret).
     pub data_dir: PathBuf,
     /// Session store: `memory`, `sqlite[:PATH]`, `postgres://…`, `redis://…`, `memcached://…`
@@ -62,6 +64,8 @@ pub struct ServeConfig {
     pub session_expire_after_secs: u64,
     /// `Secure` flag on the session cookie.
     pub session_secure: bool,
+    /// `HttpOnly` flag on the session cookie (on: page scripts cannot read the id).
+    pub session_http_only: bool,
     /// `SameSite` attribute of the session cookie.
     pub session_same_site: String,
     /// Largest encoded session in bytes.
@@ -94,11 +98,13 @@ impl Default for ServeConfig {
             shutdown_timeout_ms: node.shutdown_timeout.as_millis() as u64,
             log_format: "text".into(),
             data_dir: PathBuf::from("data"),
+            demo_assets_dir: crate::demo::DEFAULT_ASSETS_DIR.into(),
             session_store: "sqlite".into(),
             session_key_prefix: "ferrocable:session:".into(),
             session_cookie_name: "_session".into(),
             session_expire_after_secs: 365 * 24 * 3600,
             session_secure: false,
+            session_http_only: true,
             session_same_site: "Lax".into(),
             session_max_bytes: 64 * 1024,
             session_compress_above: 1024,
@@ -126,11 +132,13 @@ const ENV_KEYS: &[&str] = &[
     "shutdown_timeout_ms",
     "log_format",
     "data_dir",
+    "demo_assets_dir",
     "session_store",
     "session_key_prefix",
     "session_cookie_name",
     "session_expire_after_secs",
     "session_secure",
+    "session_http_only",
     "session_same_site",
     "session_max_bytes",
     "session_compress_above",

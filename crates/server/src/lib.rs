@@ -4,6 +4,7 @@
 pub mod app;
 pub mod bench_channel;
 pub mod config;
+pub mod demo;
 pub mod listener;
 pub mod origin;
 pub mod session;
@@ -88,6 +89,13 @@ fn secret_key_base(config: &ServeConfig) -> Result<Vec<u8>, StartError> {
 pub async fn open_sessions(
     config: &ServeConfig,
 ) -> Result<Arc<ferrocable_session::Sessions>, StartError> {
+    open_sessions_with(config, &secret_key_base(config)?).await
+}
+
+async fn open_sessions_with(
+    config: &ServeConfig,
+    secret: &[u8],
+) -> Result<Arc<ferrocable_session::Sessions>, StartError> {
     let url = config.session_store_url();
     let store = ferrocable_session::open_store(&url, &config.data_dir, &config.session_key_prefix)
         .await
@@ -99,7 +107,7 @@ pub async fn open_sessions(
         cookie_name: config.session_cookie_name.clone(),
         expire_after: std::time::Duration::from_secs(config.session_expire_after_secs),
         secure: config.session_secure,
-        http_only: true,
+        http_only: config.session_http_only,
         same_site: config.session_same_site.clone(),
         codec: ferrocable_session::Codec {
             max_bytes: config.session_max_bytes,
@@ -107,9 +115,7 @@ pub async fn open_sessions(
         },
     };
     Ok(Arc::new(ferrocable_session::Sessions::new(
-        store,
-        options,
-        &secret_key_base(config)?,
+        store, options, secret,
     )))
 }
 
@@ -191,13 +197,35 @@ pub async fn start(
         source,
     })?;
 
-    let sessions = open_sessions(config).await?;
+    let secret = secret_key_base(config)?;
+    let sessions = open_sessions_with(config, &secret).await?;
     let node_slot = Arc::new(std::sync::OnceLock::new());
+    let demo = Arc::new(demo::Demo::new(
+        &secret,
+        std::path::Path::new(&config.demo_assets_dir),
+    ));
+    let router_slot = Arc::new(std::sync::OnceLock::new());
+    let host: Arc<dyn ferrocable_reflex::PageRenderer> = Arc::new(demo::DemoHost {
+        sessions: sessions.clone(),
+        router: router_slot.clone(),
+    });
+    let reflexes = ferrocable_reflex::Registry::new()
+        .reflex("Counter", demo::CounterReflex)
+        .reflex("Todos", demo::TodosReflex)
+        .reflex("Chat", demo::ChatReflex { demo: demo.clone() });
     let mut builder = builder
         .config(config.node_config())
         .default_authenticator(session::SessionAuthenticator {
             sessions: sessions.clone(),
         })
+        .default_channel(
+            ferrocable_reflex::CHANNEL,
+            ferrocable_reflex::ReflexChannel::new(reflexes, host),
+        )
+        .default_channel(
+            "CableReady::Stream",
+            ferrocable_reflex::CableReadyStreamChannel::new(demo.signer().clone()),
+        )
         .default_channel(
             "SessionChannel",
             session::SessionChannel {
@@ -219,8 +247,10 @@ pub async fn start(
             .unwrap_or_else(|| config.mount_path.clone())
             .into(),
         sessions,
+        demo,
     };
     let router = app::router(state, config);
+    let _ = router_slot.set(router.clone());
     let accept = tokio::spawn(listener::accept_loop(
         listener,
         router,

@@ -1,0 +1,130 @@
+//! The two channels the browser packages subscribe to: `StimulusReflex::Channel` (reflexes and
+//! their replies) and `CableReady::Stream` (server-initiated operations on signed streams).
+
+use std::sync::Arc;
+
+use ferrocable_node::{Channel, ChannelContext, PerformError};
+use serde_json::Value;
+
+use crate::dispatch::{PageRenderer, dispatch};
+use crate::ops::Envelope;
+use crate::registry::Registry;
+use crate::signed::StreamSigner;
+
+/// The stream a session's reflex replies go to: per session, never shared across users. All
+/// tabs of the session subscribe to it.
+pub fn reply_stream(session_id: &str) -> String {
+    format!("{}:{session_id}", crate::CHANNEL)
+}
+
+/// `StimulusReflex::Channel`.
+pub struct ReflexChannel {
+    registry: Arc<Registry>,
+    host: Arc<dyn PageRenderer>,
+    max_form_bytes: usize,
+}
+
+impl ReflexChannel {
+    /// A channel running reflexes from `registry` against `host`.
+    pub fn new(registry: Registry, host: Arc<dyn PageRenderer>) -> Self {
+        ReflexChannel {
+            registry: Arc::new(registry),
+            host,
+            max_form_bytes: 32 * 1024,
+        }
+    }
+
+    /// Largest `formData` accepted (default 32 KiB); larger reflexes get `morph-error`.
+    pub fn max_form_bytes(mut self, bytes: usize) -> Self {
+        self.max_form_bytes = bytes;
+        self
+    }
+}
+
+fn deliver(ctx: &mut ChannelContext, envelope: &Envelope) -> Result<(), PerformError> {
+    let value = envelope.to_value();
+    let result = match ctx.identity().get("session_id").map(reply_stream) {
+        Some(stream) => ctx.broadcast(stream, &value),
+        None => ctx.transmit(&value),
+    };
+    result.map_err(|e| PerformError::Failed(e.to_string()))
+}
+
+impl Channel for ReflexChannel {
+    async fn subscribed(&self, ctx: &mut ChannelContext) {
+        if let Some(stream) = ctx.identity().get("session_id").map(reply_stream) {
+            ctx.stream_from(stream);
+        }
+    }
+
+    async fn perform(
+        &self,
+        ctx: &mut ChannelContext,
+        action: &str,
+        data: Value,
+    ) -> Result<(), PerformError> {
+        if action != "receive" {
+            return Err(PerformError::UnknownAction(action.to_owned()));
+        }
+        let identity = Arc::new(ctx.identity().clone());
+        let out = dispatch(
+            &self.registry,
+            self.host.as_ref(),
+            identity,
+            data,
+            self.max_form_bytes,
+        )
+        .await;
+        if let Some(now) = &out.immediate {
+            deliver(ctx, now)?;
+        }
+        for (stream, envelope) in &out.broadcasts {
+            ctx.broadcast(stream.clone(), &envelope.to_value())
+                .map_err(|e| PerformError::Failed(e.to_string()))?;
+        }
+        match &out.reply {
+            Some(reply) => deliver(ctx, reply),
+            None => Err(PerformError::InvalidData(
+                out.error.unwrap_or_else(|| "invalid reflex".into()),
+            )),
+        }
+    }
+}
+
+/// `CableReady::Stream`: subscribes to the stream named by a signed `identifier`, or rejects.
+pub struct CableReadyStreamChannel {
+    signer: StreamSigner,
+}
+
+impl CableReadyStreamChannel {
+    /// A channel verifying names with `signer`.
+    pub fn new(signer: StreamSigner) -> Self {
+        CableReadyStreamChannel { signer }
+    }
+}
+
+impl Channel for CableReadyStreamChannel {
+    async fn subscribed(&self, ctx: &mut ChannelContext) {
+        let name = ctx
+            .params()
+            .get("identifier")
+            .and_then(Value::as_str)
+            .and_then(|s| self.signer.verify(s));
+        match name {
+            Some(stream) => ctx.stream_from(stream),
+            None => {
+                tracing::warn!("CableReady::Stream subscription with a bad signature rejected");
+                ctx.reject();
+            }
+        }
+    }
+
+    async fn perform(
+        &self,
+        _: &mut ChannelContext,
+        action: &str,
+        _: Value,
+    ) -> Result<(), PerformError> {
+        Err(PerformError::UnknownAction(action.to_owned()))
+    }
+}

@@ -1,0 +1,191 @@
+// The demo app in real headless Chromium (Debian's), against the running binary.
+'use strict';
+const { test, before, after } = require('node:test');
+const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const path = require('node:path');
+const { chromium } = require('playwright-core');
+const { Server, sleep } = require('./server');
+
+const ARTIFACTS = path.join(__dirname, 'artifacts');
+fs.mkdirSync(ARTIFACTS, { recursive: true });
+let browser;
+
+before(async () => {
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+});
+after(async () => { if (browser) await browser.close(); });
+
+async function withServer(fn) {
+  const server = new Server();
+  try {
+    await server.start();
+    await fn(server);
+  } catch (e) {
+    e.message += `\n--- server log tail ---\n${server.log.slice(-3000)}`;
+    throw e;
+  } finally {
+    await server.stop().catch(() => {});
+    await server.dispose();
+  }
+}
+
+async function connected(page, timeout = 15000) {
+  await page.waitForSelector('body.stimulus-reflex-connected', { timeout });
+}
+
+async function text(page, selector) {
+  return (await page.textContent(selector)).trim();
+}
+
+async function newPage(server) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  page.errors = [];
+  page.on('pageerror', (e) => page.errors.push(String(e)));
+  await page.goto(`${server.url}/`);
+  await connected(page);
+  return { context, page };
+}
+
+test('counter: page morph, survives a reload; reset: selector morph', async () => {
+  await withServer(async (server) => {
+    const { context, page } = await newPage(server);
+    assert.equal(await text(page, '#counter'), '0');
+    await page.click('#increment');
+    await page.waitForFunction(() => document.querySelector('#counter').textContent.trim() === '1');
+    await page.click('#increment');
+    await page.waitForFunction(() => document.querySelector('#counter').textContent.trim() === '2');
+    await page.reload();
+    await connected(page);
+    assert.equal(await text(page, '#counter'), '2', 'the count lives in the session');
+    await page.screenshot({ path: path.join(ARTIFACTS, 'counter.png') });
+    await page.click('#reset');
+    await page.waitForFunction(() => document.querySelector('#counter').textContent.trim() === '0');
+    await page.reload();
+    assert.equal(await text(page, '#counter'), '0');
+    assert.deepEqual(page.errors, []);
+    await context.close();
+  });
+});
+
+test('halted, forbidden and error reflexes fire their events and settle the promise', async () => {
+  await withServer(async (server) => {
+    const { context, page } = await newPage(server);
+    const outcome = (id) => page.evaluate(async (id) => {
+      const el = document.getElementById(id);
+      const seen = [];
+      for (const stage of ['halted', 'forbidden', 'error', 'success']) {
+        document.addEventListener(`stimulus-reflex:${stage}`, () => seen.push(stage), { once: true });
+      }
+      const controller = window.ferrocable.application.getControllerForElementAndIdentifier(el, 'stimulus-reflex');
+      const target = el.dataset.reflex.split('->')[1];
+      let settled;
+      try {
+        await controller.stimulate(target, el);
+        settled = 'resolved';
+      } catch (e) {
+        settled = `rejected: ${e.error}`;
+      }
+      await new Promise((r) => setTimeout(r, 50));
+      return { settled, seen };
+    }, id);
+    await page.click('summary');
+    const halted = await outcome('halted');
+    assert.equal(halted.settled, 'resolved');
+    assert.ok(halted.seen.includes('halted'), JSON.stringify(halted));
+    const forbidden = await outcome('forbidden');
+    assert.equal(forbidden.settled, 'resolved');
+    assert.ok(forbidden.seen.includes('forbidden'), JSON.stringify(forbidden));
+    const failed = await outcome('failing');
+    assert.match(failed.settled, /^rejected: the error button always fails/);
+    assert.ok(failed.seen.includes('error'), JSON.stringify(failed));
+    assert.equal(await text(page, '#counter'), '0', 'none of them changed the count');
+    await context.close();
+  });
+});
+
+test('todos: add, toggle and delete with a form', async () => {
+  await withServer(async (server) => {
+    const { context, page } = await newPage(server);
+    await page.click('#nav-todos');
+    await page.waitForURL(/\/todos$/);
+    await connected(page);
+    await page.fill('#todo-title', 'Write <tests> & ship');
+    await page.click('#todo-add');
+    await page.waitForSelector('#todos li.todo');
+    assert.equal(await text(page, '#todos li.todo .title'), 'Write <tests> & ship', 'escaped and shown');
+    await page.fill('#todo-title', 'Second');
+    await page.press('#todo-title', 'Enter');
+    await page.waitForFunction(() => document.querySelectorAll('#todos li.todo').length === 2);
+    await page.click('#todos li.todo:first-child button.toggle');
+    await page.waitForSelector('#todos li.todo.done');
+    await page.screenshot({ path: path.join(ARTIFACTS, 'todos.png') });
+    await page.click('#todos li.todo:first-child button.delete');
+    await page.waitForFunction(() => document.querySelectorAll('#todos li.todo').length === 1);
+    assert.equal(await text(page, '#todos li.todo .title'), 'Second');
+    await page.reload();
+    await connected(page);
+    assert.equal(await page.locator('#todos li.todo').count(), 1, 'kept in the session');
+    await context.close();
+  });
+});
+
+test('chat: a message typed in one browser appears in another', async () => {
+  await withServer(async (server) => {
+    const a = await newPage(server);
+    const b = await newPage(server);
+    for (const { page } of [a, b]) {
+      await page.goto(`${server.url}/chat`);
+      await connected(page);
+    }
+    // The CableReady stream subscription must be confirmed before the message is sent.
+    await sleep(500);
+    await a.page.fill('#chat-name', 'Ada');
+    await a.page.fill('#chat-text', 'Hello from A');
+    await a.page.click('#chat-send');
+    await b.page.waitForFunction(() => document.querySelector('#messages').textContent.includes('Hello from A'), null, { timeout: 10000 });
+    assert.match(await text(b.page, '#messages'), /Ada\s+Hello from A/);
+    await a.page.waitForFunction(() => document.querySelector('#messages').textContent.includes('Hello from A'));
+    await b.page.screenshot({ path: path.join(ARTIFACTS, 'chat.png') });
+    await a.context.close();
+    await b.context.close();
+  });
+});
+
+test('Turbo navigation keeps exactly one WebSocket', async () => {
+  await withServer(async (server) => {
+    const { context, page } = await newPage(server);
+    for (const [link, url] of [['#nav-todos', /\/todos$/], ['#nav-chat', /\/chat$/], ['#nav-counter', /\/$/]]) {
+      await page.click(link);
+      await page.waitForURL(url);
+      await connected(page);
+    }
+    await page.click('#increment');
+    await page.waitForFunction(() => document.querySelector('#counter').textContent.trim() === '1');
+    assert.equal(await server.metric('ferrocable_connections_opened_total'), 1, 'one socket for the whole visit');
+    assert.equal(await server.metric('ferrocable_connections'), 1);
+    await context.close();
+  });
+});
+
+test('stopping the server disables the page; restarting reconnects and the next click works', async () => {
+  await withServer(async (server) => {
+    const { context, page } = await newPage(server);
+    await page.click('#increment');
+    await page.waitForFunction(() => document.querySelector('#counter').textContent.trim() === '1');
+    assert.equal(await server.stop(), 0, 'clean exit on SIGTERM');
+    await page.waitForSelector('body.stimulus-reflex-disconnected', { timeout: 10000 });
+    assert.equal(await page.$eval('#increment', (b) => getComputedStyle(b).pointerEvents), 'none', 'buttons disabled');
+    await page.screenshot({ path: path.join(ARTIFACTS, 'disconnected.png') });
+    await server.start();
+    await connected(page, 45000);
+    await page.click('#increment');
+    await page.waitForFunction(() => document.querySelector('#counter').textContent.trim() === '2');
+    await context.close();
+  });
+});
