@@ -20,7 +20,21 @@ pub mod ops;
 mod params;
 mod registry;
 pub mod signed;
+pub mod urls;
 pub use signed::StreamSigner;
+pub use urls::UrlOptions;
+
+/// Broadcasts CableReady `operations` to `stream` from anywhere (a reflex, a channel, a
+/// background task): every `CableReady::Stream` subscriber of the stream applies them.
+pub fn broadcast_operations(
+    node: &ferrocable_node::Node,
+    stream: &str,
+    operations: Vec<Operation>,
+) -> ferrocable_node::BroadcastReport {
+    let json = Envelope::new(operations).to_json();
+    // An envelope is always valid JSON.
+    node.broadcast(stream, &json).unwrap_or_default()
+}
 
 pub use channel::{CableReadyStreamChannel, ReflexChannel, reply_stream};
 pub use context::{Morph, ReflexContext, SessionChange};

@@ -48,6 +48,13 @@ pub struct ServeConfig {
     pub shutdown_timeout_ms: u64,
     /// Log format: `text` or `json`.
     pub log_format: String,
+    /// Scheme of absolute URLs rendered outside a request (broadcasts), like Rails'
+    /// `default_url_options`.
+    pub default_url_scheme: String,
+    /// Host of absolute URLs rendered outside a request.
+    pub default_url_host: String,
+    /// Port of absolute URLs rendered outside a request (default: the bind port).
+    pub default_url_port: Option<u16>,
     /// The demo's browser packages (`npm ci --prefix demo` puts them in `demo/node_modules`).
     pub demo_assets_dir: String,
     /// Where embedded state lives (the SQLite session file, a generated secret).
@@ -99,6 +106,9 @@ impl Default for ServeConfig {
             log_format: "text".into(),
             data_dir: PathBuf::from("data"),
             demo_assets_dir: crate::demo::DEFAULT_ASSETS_DIR.into(),
+            default_url_scheme: "http".into(),
+            default_url_host: "localhost".into(),
+            default_url_port: None,
             session_store: "sqlite".into(),
             session_key_prefix: "ferrocable:session:".into(),
             session_cookie_name: "_session".into(),
@@ -133,6 +143,9 @@ const ENV_KEYS: &[&str] = &[
     "log_format",
     "data_dir",
     "demo_assets_dir",
+    "default_url_scheme",
+    "default_url_host",
+    "default_url_port",
     "session_store",
     "session_key_prefix",
     "session_cookie_name",
@@ -185,6 +198,15 @@ impl ServeConfig {
             ),
             "memcached" => env("MEMCACHED_URL", "memcached://127.0.0.1:11211"),
             other => other.to_owned(),
+        }
+    }
+
+    /// URL options for renders outside a request.
+    pub fn url_options(&self) -> ferrocable_reflex::UrlOptions {
+        ferrocable_reflex::UrlOptions {
+            scheme: self.default_url_scheme.clone(),
+            host: self.default_url_host.clone(),
+            port: Some(self.default_url_port.unwrap_or(self.bind.port())),
         }
     }
 

@@ -44,6 +44,11 @@ pub struct Todo {
 /// A chat line.
 #[derive(Debug, Clone)]
 pub struct ChatMessage {
+    /// Sequence number, for the permalink.
+    pub id: u64,
+    /// Absolute link to the message, rendered with the default URL options (broadcast
+    /// renders have no request to take a host from).
+    pub permalink: String,
     /// Who.
     pub name: String,
     /// What.
@@ -53,6 +58,8 @@ pub struct ChatMessage {
 /// Demo state shared by pages and reflexes.
 pub struct Demo {
     chat: Mutex<VecDeque<ChatMessage>>,
+    chat_seq: std::sync::atomic::AtomicU64,
+    urls: ferrocable_reflex::UrlOptions,
     signer: StreamSigner,
     vendor: HashMap<&'static str, Bytes>,
 }
@@ -88,7 +95,11 @@ pub const DEFAULT_ASSETS_DIR: &str =
 impl Demo {
     /// Loads the browser packages from `node_modules` (missing files are named in the log:
     /// pages then render but their scripts fail).
-    pub fn new(secret_key_base: &[u8], node_modules: &Path) -> Self {
+    pub fn new(
+        secret_key_base: &[u8],
+        node_modules: &Path,
+        urls: ferrocable_reflex::UrlOptions,
+    ) -> Self {
         let mut vendor = HashMap::new();
         let mut missing = Vec::new();
         for (name, rel) in VENDOR {
@@ -104,6 +115,8 @@ impl Demo {
         }
         Demo {
             chat: Mutex::new(VecDeque::new()),
+            chat_seq: std::sync::atomic::AtomicU64::new(0),
+            urls,
             signer: StreamSigner::new(secret_key_base),
             vendor,
         }
@@ -425,7 +438,15 @@ impl Reflex for ChatReflex {
                 "a message is at most 500 characters".into(),
             ));
         }
+        let id = self
+            .demo
+            .chat_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let permalink = self.demo.urls.url_for(&format!("/chat#m{id}"));
         let message = ChatMessage {
+            id,
+            permalink,
             name: name.clone(),
             text,
         };

@@ -203,6 +203,7 @@ pub async fn start(
     let demo = Arc::new(demo::Demo::new(
         &secret,
         std::path::Path::new(&config.demo_assets_dir),
+        config.url_options(),
     ));
     let router_slot = Arc::new(std::sync::OnceLock::new());
     let host: Arc<dyn ferrocable_reflex::PageRenderer> = Arc::new(demo::DemoHost {

@@ -1,0 +1,165 @@
+//! Reflexes and CableReady over the cable, frame by frame: replies stay within the session,
+//! signed streams only, broadcasts from outside any request.
+#![allow(missing_docs)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ferrocable_reflex::{Operation, StreamSigner, broadcast_operations};
+use serde_json::{Value, json};
+
+const SR: &str = r#"{"channel":"StimulusReflex::Channel"}"#;
+
+async fn cookie(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET /session HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.lines()
+        .find_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or_else(|| l.strip_prefix("Set-Cookie: "))
+        })
+        .and_then(|v| v.split(';').next())
+        .unwrap()
+        .to_owned()
+}
+
+fn reflex(target: &str, id: &str) -> String {
+    message(
+        SR,
+        json!({"id": id, "target": target, "args": [], "url": "http://127.0.0.1/", "selectors": ["#counter"],
+                       "formData": "", "version": "3.5.5", "attrs": {}, "dataset": {"dataset": {}, "datasetAll": {}}}),
+    )
+}
+
+async fn session_client(addr: std::net::SocketAddr) -> Client<tokio::net::TcpStream> {
+    let c = cookie(addr).await;
+    let mut client = connect_with(
+        addr,
+        &[
+            ("sec-websocket-protocol", "actioncable-v1-json"),
+            ("cookie", &c),
+        ],
+    )
+    .await;
+    client.welcomed().await;
+    client.subscribe(SR).await;
+    client
+}
+
+async fn silent_for(c: &mut Client<tokio::net::TcpStream>, d: Duration) {
+    use futures_util::StreamExt;
+    if let Ok(Some(Ok(m))) = tokio::time::timeout(d, c.ws.next()).await {
+        let text = m.as_text().unwrap_or_default().to_owned();
+        assert!(text.contains("\"ping\""), "unexpected frame: {text}");
+    }
+}
+
+#[tokio::test]
+async fn reflex_replies_stay_within_the_session() {
+    let server = start(config()).await;
+    let addr = server.local_addr();
+    let mut a = session_client(addr).await;
+    let mut b = session_client(addr).await;
+    a.send(&reflex("Counter#reset", "r-a")).await;
+    let reply = a.frame().await;
+    assert_eq!(reply["identifier"], SR);
+    let ops = reply["message"]["operations"].as_array().unwrap();
+    assert_eq!(reply["message"]["version"], "5.0.6");
+    assert_eq!(ops[0]["selector"], "#counter");
+    assert_eq!(ops[0]["reflexId"], "r-a");
+    silent_for(&mut b, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn bad_reflexes_get_a_morph_error_and_payloads_without_an_id_an_error_frame() {
+    let server = start(config()).await;
+    let mut a = session_client(server.local_addr()).await;
+    a.send(&reflex("Admin#destroy_everything", "r-x")).await;
+    let op = &a.frame().await["message"]["operations"][0];
+    assert_eq!(op["name"], "stimulus-reflex:morph-error");
+    assert_eq!(op["error"], "unknown reflex Admin#destroy_everything");
+    a.send(&message(SR, json!({"target": "Counter#reset"})))
+        .await;
+    let f = a.frame().await;
+    assert_eq!(
+        (f["type"].as_str(), f["reason"].as_str()),
+        (Some("error"), Some("invalid_data"))
+    );
+}
+
+#[tokio::test]
+async fn cable_ready_streams_need_a_valid_signature_and_take_broadcasts_from_anywhere() {
+    let server = start(config()).await;
+    let signer = StreamSigner::new(b"test secret key base");
+    let mut c = connect(server.local_addr()).await;
+    c.welcomed().await;
+    let good =
+        json!({"channel": "CableReady::Stream", "identifier": signer.sign("news")}).to_string();
+    c.subscribe(&good).await;
+    let forged = json!({"channel": "CableReady::Stream", "identifier": StreamSigner::new(b"other").sign("news")}).to_string();
+    c.send(&subscribe(&forged)).await;
+    assert_eq!(c.frame().await["type"], "reject_subscription");
+
+    // A background task: no request, no reflex.
+    let report = broadcast_operations(
+        server.node(),
+        "news",
+        vec![Operation::inner_html("#headline", "<b>New</b>")],
+    );
+    assert_eq!(report.delivered, 1);
+    let f = c.frame().await;
+    assert_eq!(f["identifier"], good);
+    assert_eq!(f["message"]["cableReady"], true);
+    assert_eq!(
+        f["message"]["operations"][0],
+        json!({"operation": "innerHtml", "selector": "#headline", "html": "<b>New</b>"})
+    );
+}
+
+#[tokio::test]
+async fn chat_posts_reach_every_chat_page_with_absolute_links() {
+    let mut cfg = config();
+    cfg.default_url_host = "chat.example".into();
+    cfg.default_url_port = Some(443);
+    cfg.default_url_scheme = "https".into();
+    let server = start(cfg).await;
+    let addr = server.local_addr();
+    let signer = StreamSigner::new(b"test secret key base");
+    let chat =
+        json!({"channel": "CableReady::Stream", "identifier": signer.sign("chat")}).to_string();
+    let mut reader = connect(addr).await;
+    reader.welcomed().await;
+    reader.subscribe(&chat).await;
+    let mut poster = session_client(addr).await;
+    let mut p: Value = json!({"id": "r-c", "target": "Chat#post", "args": [], "url": "http://127.0.0.1/chat",
+        "formData": "name=Ada&text=hi%20%3Cthere%3E", "version": "3.5.5", "attrs": {}, "dataset": {"dataset": {}, "datasetAll": {}}});
+    p["selectors"] = json!([]);
+    poster.send(&message(SR, p)).await;
+    let f = reader.frame().await;
+    let op = &f["message"]["operations"][0];
+    assert_eq!(op["operation"], "insertAdjacentHtml");
+    let html = op["html"].as_str().unwrap();
+    assert!(
+        html.contains("<b>Ada</b> hi &#60;there&#62;")
+            || html.contains("<b>Ada</b> hi &lt;there&gt;"),
+        "escaped: {html}"
+    );
+    assert!(
+        html.contains(r#"href="https://chat.example/chat#m1""#),
+        "{html}"
+    );
+    let reply = poster.frame().await;
+    assert_eq!(
+        reply["message"]["operations"][0]["name"],
+        "stimulus-reflex:morph-nothing"
+    );
+}
