@@ -1,0 +1,183 @@
+//! `ferrocable-bench`: load for ActionCable-protocol servers, measured from the client side.
+//!
+//! Scenario `reflex`: C clients, each with its own session (a cookie from `GET /session`), each
+//! subscribed to `StimulusReflex::Channel`, send reflexes in a closed loop (one in flight per
+//! client) and time each one until its reply envelope (matched by reflex id) arrives. Prints one
+//! JSON line: reflexes per second and latency percentiles. Loopback targets only; every loop
+//! is bounded by `--duration`.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_websockets::{ClientBuilder, Message};
+
+#[derive(Parser)]
+#[command(name = "ferrocable-bench", about = "Load generator for ActionCable-protocol servers")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Reflex round trips against the demo app.
+    Reflex {
+        /// Server address (loopback only).
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        addr: SocketAddr,
+        /// Concurrent clients (one reflex in flight each).
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        /// Measured seconds (after warm-up).
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Reflex target.
+        #[arg(long, default_value = "Counter#reset")]
+        target: String,
+        /// Selectors sent with the reflex (page morphs cut these out of the re-render).
+        #[arg(long, default_value = "#counter")]
+        selector: String,
+        /// Pause after each reply, per client (0 = closed loop: a client sends as soon as its
+        /// last reflex is answered).
+        #[arg(long, default_value_t = 0)]
+        think_ms: u64,
+        /// Label copied into the result.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+}
+
+const SR: &str = r#"{"channel":"StimulusReflex::Channel"}"#;
+
+async fn session_cookie(addr: SocketAddr) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(format!("GET /session HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    out.lines()
+        .find_map(|l| l.strip_prefix("set-cookie: ").or_else(|| l.strip_prefix("Set-Cookie: ")))
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned)
+        .context("no session cookie")
+}
+
+struct Outcome {
+    latencies: Vec<Duration>,
+    errors: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn client(addr: SocketAddr, target: String, selector: String, start: Instant, warmup: Duration, end: Instant, n: usize, think: Duration) -> anyhow::Result<Outcome> {
+    let cookie = session_cookie(addr).await?;
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (mut ws, _) = ClientBuilder::new()
+        .uri(&format!("ws://{addr}/cable"))?
+        .add_header("sec-websocket-protocol".parse()?, "actioncable-v1-json".parse()?)?
+        .add_header("cookie".parse()?, cookie.parse()?)?
+        .add_header("origin".parse()?, format!("http://{addr}").parse()?)?
+        .connect_on(stream)
+        .await?;
+    ws.send(Message::text(json!({"command": "subscribe", "identifier": SR}).to_string())).await?;
+    loop {
+        let m = ws.next().await.context("closed before confirmation")??;
+        if m.as_text().is_some_and(|t| t.contains("confirm_subscription")) {
+            break;
+        }
+    }
+    let mut out = Outcome { latencies: Vec::new(), errors: 0 };
+    let mut seq = 0u64;
+    while Instant::now() < end {
+        seq += 1;
+        let id = format!("bench-{n}-{seq}");
+        let data = json!({"id": id, "target": target, "args": [], "url": format!("http://{addr}/"), "selectors": [selector],
+            "formData": "", "version": "3.5.5", "attrs": {"id": "reset", "tag_name": "BUTTON"},
+            "dataset": {"dataset": {}, "datasetAll": {}}, "reflexController": "stimulus-reflex",
+            "permanentAttributeName": "data-reflex-permanent", "tabId": format!("tab-{n}")});
+        let frame = json!({"command": "message", "identifier": SR, "data": data.to_string()}).to_string();
+        let sent = Instant::now();
+        ws.send(Message::text(frame)).await?;
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.context("reply timed out")?.context("closed")??;
+            let Some(text) = m.as_text() else { continue };
+            if !text.contains(&id) {
+                continue;
+            }
+            if text.contains("morph-error") {
+                out.errors += 1;
+            } else if sent.duration_since(start) >= warmup {
+                out.latencies.push(sent.elapsed());
+            }
+            break;
+        }
+        if !think.is_zero() {
+            tokio::time::sleep(think).await;
+        }
+    }
+    let _ = ws.close().await;
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn reflex(addr: SocketAddr, clients: usize, duration: u64, target: String, selector: String, think_ms: u64, label: String) -> anyhow::Result<()> {
+    if !addr.ip().is_loopback() {
+        bail!("only loopback targets may be load-tested");
+    }
+    let warmup = Duration::from_secs(2);
+    let start = Instant::now() + Duration::from_millis(200 + clients as u64 * 2);
+    let end = start + warmup + Duration::from_secs(duration);
+    let mut tasks = Vec::with_capacity(clients);
+    for n in 0..clients {
+        let (t, s) = (target.clone(), selector.clone());
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(start.into()).await;
+            client(addr, t, s, start, warmup, end, n, Duration::from_millis(think_ms)).await
+        }));
+    }
+    let mut all = Vec::new();
+    let (mut errors, mut failed_clients) = (0u64, 0u64);
+    let mut first_failure = None;
+    for t in tasks {
+        match t.await? {
+            Ok(o) => {
+                all.extend(o.latencies);
+                errors += o.errors;
+            }
+            Err(e) => {
+                failed_clients += 1;
+                first_failure.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    all.sort();
+    let ms = |d: Duration| (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
+    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().map(ms);
+    let result = json!({
+        "tool": "ferrocable-bench", "scenario": "reflex", "label": label, "target": target, "clients": clients, "think_ms": think_ms,
+        "measured_s": duration, "reflexes": all.len(), "per_s": (all.len() as f64 / duration as f64).round(),
+        "latency_ms": {"p50": pct(0.5), "p95": pct(0.95), "p99": pct(0.99), "max": all.last().copied().map(ms)},
+        "morph_errors": errors, "failed_clients": failed_clients, "first_failure": first_failure,
+    });
+    println!("{result}");
+    if failed_clients > 0 || errors > 0 {
+        bail!("{failed_clients} clients failed, {errors} morph errors");
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.scenario {
+        Scenario::Reflex { addr, clients, duration, target, selector, think_ms, label } => {
+            rt.block_on(reflex(addr, clients, duration, target, selector, think_ms, label))
+        }
+    }
+}
+
