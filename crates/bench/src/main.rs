@@ -18,7 +18,10 @@ use tokio::net::TcpStream;
 use tokio_websockets::{ClientBuilder, Message};
 
 #[derive(Parser)]
-#[command(name = "ferrocable-bench", about = "Load generator for ActionCable-protocol servers")]
+#[command(
+    name = "ferrocable-bench",
+    about = "Load generator for ActionCable-protocol servers"
+)]
 struct Cli {
     #[command(subcommand)]
     scenario: Scenario,
@@ -57,11 +60,17 @@ const SR: &str = r#"{"channel":"StimulusReflex::Channel"}"#;
 
 async fn session_cookie(addr: SocketAddr) -> anyhow::Result<String> {
     let mut s = TcpStream::connect(addr).await?;
-    s.write_all(format!("GET /session HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    s.write_all(
+        format!("GET /session HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut out = String::new();
     s.read_to_string(&mut out).await?;
     out.lines()
-        .find_map(|l| l.strip_prefix("set-cookie: ").or_else(|| l.strip_prefix("Set-Cookie: ")))
+        .find_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or_else(|| l.strip_prefix("Set-Cookie: "))
+        })
         .and_then(|v| v.split(';').next())
         .map(str::to_owned)
         .context("no session cookie")
@@ -73,25 +82,45 @@ struct Outcome {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn client(addr: SocketAddr, target: String, selector: String, start: Instant, warmup: Duration, end: Instant, n: usize, think: Duration) -> anyhow::Result<Outcome> {
+async fn client(
+    addr: SocketAddr,
+    target: String,
+    selector: String,
+    start: Instant,
+    warmup: Duration,
+    end: Instant,
+    n: usize,
+    think: Duration,
+) -> anyhow::Result<Outcome> {
     let cookie = session_cookie(addr).await?;
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let (mut ws, _) = ClientBuilder::new()
         .uri(&format!("ws://{addr}/cable"))?
-        .add_header("sec-websocket-protocol".parse()?, "actioncable-v1-json".parse()?)?
+        .add_header(
+            "sec-websocket-protocol".parse()?,
+            "actioncable-v1-json".parse()?,
+        )?
         .add_header("cookie".parse()?, cookie.parse()?)?
         .add_header("origin".parse()?, format!("http://{addr}").parse()?)?
         .connect_on(stream)
         .await?;
-    ws.send(Message::text(json!({"command": "subscribe", "identifier": SR}).to_string())).await?;
+    ws.send(Message::text(
+        json!({"command": "subscribe", "identifier": SR}).to_string(),
+    ))
+    .await?;
     loop {
         let m = ws.next().await.context("closed before confirmation")??;
-        if m.as_text().is_some_and(|t| t.contains("confirm_subscription")) {
+        if m.as_text()
+            .is_some_and(|t| t.contains("confirm_subscription"))
+        {
             break;
         }
     }
-    let mut out = Outcome { latencies: Vec::new(), errors: 0 };
+    let mut out = Outcome {
+        latencies: Vec::new(),
+        errors: 0,
+    };
     let mut seq = 0u64;
     while Instant::now() < end {
         seq += 1;
@@ -100,11 +129,15 @@ async fn client(addr: SocketAddr, target: String, selector: String, start: Insta
             "formData": "", "version": "3.5.5", "attrs": {"id": "reset", "tag_name": "BUTTON"},
             "dataset": {"dataset": {}, "datasetAll": {}}, "reflexController": "stimulus-reflex",
             "permanentAttributeName": "data-reflex-permanent", "tabId": format!("tab-{n}")});
-        let frame = json!({"command": "message", "identifier": SR, "data": data.to_string()}).to_string();
+        let frame =
+            json!({"command": "message", "identifier": SR, "data": data.to_string()}).to_string();
         let sent = Instant::now();
         ws.send(Message::text(frame)).await?;
         loop {
-            let m = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.context("reply timed out")?.context("closed")??;
+            let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .context("reply timed out")?
+                .context("closed")??;
             let Some(text) = m.as_text() else { continue };
             if !text.contains(&id) {
                 continue;
@@ -125,7 +158,15 @@ async fn client(addr: SocketAddr, target: String, selector: String, start: Insta
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn reflex(addr: SocketAddr, clients: usize, duration: u64, target: String, selector: String, think_ms: u64, label: String) -> anyhow::Result<()> {
+async fn reflex(
+    addr: SocketAddr,
+    clients: usize,
+    duration: u64,
+    target: String,
+    selector: String,
+    think_ms: u64,
+    label: String,
+) -> anyhow::Result<()> {
     if !addr.ip().is_loopback() {
         bail!("only loopback targets may be load-tested");
     }
@@ -137,7 +178,17 @@ async fn reflex(addr: SocketAddr, clients: usize, duration: u64, target: String,
         let (t, s) = (target.clone(), selector.clone());
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(start.into()).await;
-            client(addr, t, s, start, warmup, end, n, Duration::from_millis(think_ms)).await
+            client(
+                addr,
+                t,
+                s,
+                start,
+                warmup,
+                end,
+                n,
+                Duration::from_millis(think_ms),
+            )
+            .await
         }));
     }
     let mut all = Vec::new();
@@ -157,7 +208,11 @@ async fn reflex(addr: SocketAddr, clients: usize, duration: u64, target: String,
     }
     all.sort();
     let ms = |d: Duration| (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().map(ms);
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .map(ms)
+    };
     let result = json!({
         "tool": "ferrocable-bench", "scenario": "reflex", "label": label, "target": target, "clients": clients, "think_ms": think_ms,
         "measured_s": duration, "reflexes": all.len(), "per_s": (all.len() as f64 / duration as f64).round(),
@@ -173,11 +228,20 @@ async fn reflex(addr: SocketAddr, clients: usize, duration: u64, target: String,
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.scenario {
-        Scenario::Reflex { addr, clients, duration, target, selector, think_ms, label } => {
-            rt.block_on(reflex(addr, clients, duration, target, selector, think_ms, label))
-        }
+        Scenario::Reflex {
+            addr,
+            clients,
+            duration,
+            target,
+            selector,
+            think_ms,
+            label,
+        } => rt.block_on(reflex(
+            addr, clients, duration, target, selector, think_ms, label,
+        )),
     }
 }
-

@@ -361,7 +361,7 @@ impl Connection {
         sub.channel.unsubscribed(&mut ctx).await;
         let effects = ctx.into_effects();
         for stream in sub.streams.drain(..) {
-            self.node.hub.unsubscribe(&stream, self.id, &identifier);
+            self.node.detach(&stream, self.id, &identifier);
         }
         self.broadcast_all(&effects);
         self.node.metrics.subscriptions.dec();
@@ -425,21 +425,21 @@ impl Connection {
     }
 
     fn apply_streams(&self, identifier: &Identifier, streams: &mut Vec<String>, effects: &Effects) {
-        let hub = &self.node.hub;
+        let node = &self.node;
         if effects.stop_all_streams {
             for stream in streams.drain(..) {
-                hub.unsubscribe(&stream, self.id, identifier);
+                node.detach(&stream, self.id, identifier);
             }
         }
         for stop in &effects.stop_stream_from {
             if let Some(i) = streams.iter().position(|s| s == stop) {
                 streams.swap_remove(i);
-                hub.unsubscribe(stop, self.id, identifier);
+                node.detach(stop, self.id, identifier);
             }
         }
         for start in &effects.stream_from {
             if !streams.contains(start) {
-                hub.subscribe(start, self.id, identifier, &self.outbox);
+                node.attach(start, self.id, identifier, &self.outbox);
                 streams.push(start.clone());
             }
         }

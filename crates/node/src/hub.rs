@@ -81,7 +81,20 @@ impl Hub {
         identifier: &Identifier,
         outbox: &Arc<Outbox>,
     ) -> bool {
+        self.attach(stream, conn, identifier, outbox).0
+    }
+
+    /// Like [`Hub::subscribe`], also telling whether this was the stream's first subscriber
+    /// on this node (the moment to subscribe the node to the stream on the pubsub bus).
+    pub fn attach(
+        &self,
+        stream: &str,
+        conn: ConnId,
+        identifier: &Identifier,
+        outbox: &Arc<Outbox>,
+    ) -> (bool, bool) {
         let mut shard = self.shard(stream).write();
+        let first = !shard.contains_key(stream);
         let groups = match shard.get_mut(stream) {
             Some(g) => g,
             None => shard.entry(Arc::from(stream)).or_default(),
@@ -97,26 +110,33 @@ impl Hub {
                 groups.last_mut().expect("just pushed")
             }
         };
-        group.members.insert(conn, outbox.clone()).is_none()
+        (group.members.insert(conn, outbox.clone()).is_none(), first)
     }
 
     /// Detaches a subscription from a stream. Returns `false` if it was not attached.
     pub fn unsubscribe(&self, stream: &str, conn: ConnId, identifier: &Identifier) -> bool {
+        self.detach(stream, conn, identifier).0
+    }
+
+    /// Like [`Hub::unsubscribe`], also telling whether the stream has no subscriber left on
+    /// this node.
+    pub fn detach(&self, stream: &str, conn: ConnId, identifier: &Identifier) -> (bool, bool) {
         let mut shard = self.shard(stream).write();
         let Some(groups) = shard.get_mut(stream) else {
-            return false;
+            return (false, false);
         };
         let Some(i) = groups.iter().position(|g| &g.identifier == identifier) else {
-            return false;
+            return (false, false);
         };
         let removed = groups[i].members.remove(&conn).is_some();
         if groups[i].members.is_empty() {
             groups.swap_remove(i);
         }
-        if groups.is_empty() {
+        let last = groups.is_empty();
+        if last {
             shard.remove(stream);
         }
-        removed
+        (removed, last)
     }
 
     /// Delivers `message` (JSON) to every subscription of `stream`, skipping connection

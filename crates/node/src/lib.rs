@@ -14,6 +14,7 @@ pub mod hub;
 pub mod metrics;
 mod node;
 pub mod outbox;
+pub mod pubsub;
 
 pub use auth::{AllowAll, Authenticator, ConnectRequest, Identity, Unauthorized};
 pub use channel::{Channel, ChannelContext, Effects, PerformError};
@@ -21,6 +22,7 @@ pub use hub::{BroadcastReport, ConnId, Hub};
 pub use metrics::Metrics;
 pub use node::{BroadcastError, Node, NodeBuilder, NodeConfig, ShutdownReport};
 pub use outbox::{Outbox, OutboxLimits, PushError};
+pub use pubsub::{PubSub, PubSubHooks};
 
 /// Boxed, sendable future: how trait objects carry the async methods users write natively.
 pub(crate) type BoxFuture<'a, T> =

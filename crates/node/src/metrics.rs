@@ -41,6 +41,12 @@ pub struct Metrics {
     pub refused_upgrades: Family<ReasonLabel, Counter>,
     /// Failed calls to a backing store (sessions today), by store and operation.
     pub store_errors: Family<StoreLabel, Counter>,
+    /// Pubsub bus failures (connection lost, publish failed, bad envelope).
+    pub pubsub_errors: Counter,
+    /// 1 while the node is connected to its pubsub bus.
+    pub pubsub_connected: Gauge,
+    /// Messages received from other nodes through the bus.
+    pub pubsub_received: Counter,
 }
 
 /// Label set for store errors.
@@ -66,6 +72,9 @@ impl Default for Metrics {
             rejected_subscriptions: Counter::default(),
             refused_upgrades: Family::default(),
             store_errors: Family::default(),
+            pubsub_errors: Counter::default(),
+            pubsub_connected: Gauge::default(),
+            pubsub_received: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -117,6 +126,21 @@ impl Default for Metrics {
             "ferrocable_store_errors",
             "Failed calls to a backing store, by store and operation",
             m.store_errors.clone(),
+        );
+        registry.register(
+            "ferrocable_pubsub_errors",
+            "Pubsub bus failures",
+            m.pubsub_errors.clone(),
+        );
+        registry.register(
+            "ferrocable_pubsub_connected",
+            "1 while connected to the pubsub bus",
+            m.pubsub_connected.clone(),
+        );
+        registry.register(
+            "ferrocable_pubsub_received",
+            "Messages received from other nodes",
+            m.pubsub_received.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -18,6 +18,7 @@ use crate::channel::{Channel, DynChannel};
 use crate::hub::{BroadcastReport, ConnId, Hub};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, OutboxLimits};
+use crate::pubsub::PubSub;
 
 /// Tunables of a node. `Default` gives the reference values of the ActionCable and
 /// AnyCable servers.
@@ -60,6 +61,8 @@ pub(crate) struct Inner {
     tracker: TaskTracker,
     pub(crate) connections: Registry,
     next_id: AtomicU64,
+    pubsub: Option<Arc<dyn PubSub>>,
+    node_id: crate::pubsub::NodeId,
 }
 
 /// Every live connection's outbox, sharded by connection id: how the node reaches all
@@ -110,6 +113,53 @@ impl Inner {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Attaches a subscription to a stream; the stream's first local subscriber subscribes
+    /// the node on the bus.
+    pub(crate) fn attach(
+        &self,
+        stream: &str,
+        conn: ConnId,
+        identifier: &ferrocable_protocol::Identifier,
+        outbox: &Arc<Outbox>,
+    ) {
+        let (_, first) = self.hub.attach(stream, conn, identifier, outbox);
+        if first && let Some(p) = &self.pubsub {
+            p.subscribe(stream);
+        }
+    }
+
+    /// Detaches a subscription; the last local subscriber unsubscribes the node on the bus.
+    pub(crate) fn detach(
+        &self,
+        stream: &str,
+        conn: ConnId,
+        identifier: &ferrocable_protocol::Identifier,
+    ) {
+        let (removed, last) = self.hub.detach(stream, conn, identifier);
+        if removed
+            && last
+            && let Some(p) = &self.pubsub
+        {
+            p.unsubscribe(stream);
+        }
+    }
+
+    /// A message from another node: local delivery only.
+    fn deliver_remote(&self, stream: &str, message: &str) {
+        match serde_json::from_str::<&RawValue>(message) {
+            Ok(raw) => {
+                self.metrics.pubsub_received.inc();
+                let report = self.hub.broadcast(stream, raw, None);
+                self.metrics
+                    .broadcast_deliveries
+                    .inc_by(report.delivered as u64);
+            }
+            Err(_) => {
+                self.metrics.pubsub_errors.inc();
+            }
+        }
+    }
+
     pub(crate) fn broadcast_raw(
         &self,
         stream: &str,
@@ -117,6 +167,9 @@ impl Inner {
         except: Option<ConnId>,
     ) -> BroadcastReport {
         let report = self.hub.broadcast(stream, message, except);
+        if let Some(p) = &self.pubsub {
+            p.publish(stream, message.get());
+        }
         self.metrics.broadcasts.inc();
         self.metrics
             .broadcast_deliveries
@@ -142,6 +195,7 @@ impl std::fmt::Debug for Node {
 
 /// Builds a [`Node`]: register channels, pick an authenticator, set the config.
 pub struct NodeBuilder {
+    pubsub: Option<Arc<dyn PubSub>>,
     config: NodeConfig,
     channels: HashMap<String, Arc<dyn DynChannel>>,
     auth: Box<dyn DynAuthenticator>,
@@ -159,6 +213,7 @@ impl std::fmt::Debug for NodeBuilder {
 impl Default for NodeBuilder {
     fn default() -> Self {
         NodeBuilder {
+            pubsub: None,
             config: NodeConfig::default(),
             channels: HashMap::new(),
             auth: Box::new(AllowAll),
@@ -178,6 +233,12 @@ impl NodeBuilder {
     /// `"ChatChannel"`). Only registered channels can be subscribed to.
     pub fn channel(mut self, name: impl Into<String>, channel: impl Channel) -> Self {
         self.channels.insert(name.into(), Arc::new(channel));
+        self
+    }
+
+    /// Connects the node to other nodes through `pubsub` (default: none, a single node).
+    pub fn pubsub(mut self, pubsub: impl PubSub) -> Self {
+        self.pubsub = Some(Arc::new(pubsub));
         self
     }
 
@@ -220,8 +281,27 @@ impl NodeBuilder {
             shutdown: shutdown.clone(),
             tracker: TaskTracker::new(),
             connections: Registry::new(64),
+            pubsub: self.pubsub,
+            // Random per process (the std hasher is seeded randomly), so two nodes never share one.
+            node_id: std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                (std::process::id(), SystemTime::now()),
+            ),
             next_id: AtomicU64::new(1),
         });
+        if let Some(p) = &inner.pubsub {
+            let weak = Arc::downgrade(&inner);
+            p.start(crate::pubsub::PubSubHooks {
+                node_id: inner.node_id,
+                deliver: Arc::new(move |stream: &str, message: &str| {
+                    if let Some(node) = weak.upgrade() {
+                        node.deliver_remote(stream, message);
+                    }
+                }),
+                errors: inner.metrics.pubsub_errors.clone(),
+                connected: inner.metrics.pubsub_connected.clone(),
+            });
+        }
         tokio::spawn(heartbeat(
             Arc::downgrade(&inner),
             inner.config.ping_interval,

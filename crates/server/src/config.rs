@@ -55,6 +55,10 @@ pub struct ServeConfig {
     pub default_url_host: String,
     /// Port of absolute URLs rendered outside a request (default: the bind port).
     pub default_url_port: Option<u16>,
+    /// Node ↔ node bus: `memory` (this process only: a single node) or `redis://…`.
+    pub pubsub: String,
+    /// Channel prefix on the bus.
+    pub pubsub_prefix: String,
     /// The demo's browser packages (`npm ci --prefix demo` puts them in `demo/node_modules`).
     pub demo_assets_dir: String,
     /// Where embedded state lives (the SQLite session file, a generated secret).
@@ -107,6 +111,8 @@ impl Default for ServeConfig {
             data_dir: PathBuf::from("data"),
             demo_assets_dir: crate::demo::DEFAULT_ASSETS_DIR.into(),
             default_url_scheme: "http".into(),
+            pubsub: "memory".into(),
+            pubsub_prefix: "ferrocable:stream:".into(),
             default_url_host: "localhost".into(),
             default_url_port: None,
             session_store: "sqlite".into(),
@@ -144,6 +150,8 @@ const ENV_KEYS: &[&str] = &[
     "data_dir",
     "demo_assets_dir",
     "default_url_scheme",
+    "pubsub",
+    "pubsub_prefix",
     "default_url_host",
     "default_url_port",
     "session_store",

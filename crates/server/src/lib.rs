@@ -38,6 +38,9 @@ pub enum StartError {
     /// The TLS certificate or key could not be used.
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    /// The pubsub URL is not usable.
+    #[error("pubsub {0}")]
+    PubSub(String),
     /// The session store could not be opened.
     #[error("session store {url}: {source}")]
     Session {
@@ -236,6 +239,19 @@ pub async fn start(
         );
     if config.bench_channel {
         builder = builder.channel("BenchmarkChannel", bench_channel::BenchmarkChannel);
+    }
+    match config.pubsub.trim() {
+        "memory" | "" => {}
+        url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+            let bus = ferrocable_redis::RedisPubSub::new(url, &config.pubsub_prefix)
+                .map_err(StartError::PubSub)?;
+            builder = builder.pubsub(bus);
+        }
+        other => {
+            return Err(StartError::PubSub(format!(
+                "{other:?}: use memory or redis://…"
+            )));
+        }
     }
     let node = builder.build();
     let _ = node_slot.set(node.clone());

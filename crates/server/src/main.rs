@@ -93,6 +93,10 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     data_dir: Option<PathBuf>,
+    /// Node-to-node bus: memory (single node) or redis://… [env: FERROCABLE_PUBSUB] [default: memory].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pubsub: Option<String>,
     /// Log format: text or json [default: text].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

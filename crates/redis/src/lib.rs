@@ -1,0 +1,255 @@
+//! Redis pub/sub as the node ↔ node bus.
+//!
+//! One dedicated subscriber connection per node, subscribed only to streams that have local
+//! subscribers (`<prefix><stream>` channels). When the connection drops, the node keeps
+//! serving local traffic, counts the failure, reconnects with back-off and **resubscribes every
+//! stream** (the failure Rails' Redis adapter is known for is staying silent here). Publishing
+//! goes through a separate auto-reconnecting connection from a bounded queue; delivery is
+//! at-most-once, like Redis pub/sub itself.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use ferrocable_node::pubsub::{PubSub, PubSubHooks, decode_envelope, encode_envelope};
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+/// Messages waiting to be published before new ones are dropped (and counted).
+const PUBLISH_QUEUE: usize = 65_536;
+
+enum Command {
+    Subscribe(String),
+    Unsubscribe(String),
+}
+
+/// The Redis bus for one node.
+pub struct RedisPubSub {
+    client: redis::Client,
+    prefix: String,
+    commands: Mutex<Option<mpsc::UnboundedSender<Command>>>,
+    publish: Mutex<Option<mpsc::Sender<(String, String)>>>,
+    hooks: Mutex<Option<PubSubHooks>>,
+}
+
+impl std::fmt::Debug for RedisPubSub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisPubSub")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisPubSub {
+    /// A bus on `url` (`redis://host:port/db`); channels are `<prefix><stream>`.
+    pub fn new(url: &str, prefix: &str) -> Result<Self, String> {
+        let client =
+            redis::Client::open(url).map_err(|e| format!("invalid redis URL {url:?}: {e}"))?;
+        Ok(RedisPubSub {
+            client,
+            prefix: prefix.to_owned(),
+            commands: Mutex::new(None),
+            publish: Mutex::new(None),
+            hooks: Mutex::new(None),
+        })
+    }
+}
+
+async fn subscriber(
+    client: redis::Client,
+    prefix: String,
+    hooks: PubSubHooks,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let mut streams: HashSet<String> = HashSet::new();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let connected =
+            tokio::time::timeout(Duration::from_secs(3), client.get_async_pubsub()).await;
+        let pubsub = match connected {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                warn!(error = %e, "redis pubsub: connect failed; retrying");
+                hooks.errors.inc();
+                if !wait_draining(&mut commands, &mut streams, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+            Err(_) => {
+                warn!("redis pubsub: connect timed out; retrying");
+                hooks.errors.inc();
+                if !wait_draining(&mut commands, &mut streams, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let (mut sink, mut messages) = pubsub.split();
+        let mut ok = true;
+        for s in &streams {
+            if let Err(e) = sink.subscribe(format!("{prefix}{s}")).await {
+                warn!(error = %e, "redis pubsub: resubscribe failed");
+                ok = false;
+                break;
+            }
+        }
+        if ok {
+            if !streams.is_empty() {
+                info!(streams = streams.len(), "redis pubsub: (re)subscribed");
+            }
+            hooks.connected.set(1);
+            backoff = Duration::from_millis(100);
+            loop {
+                tokio::select! {
+                    cmd = commands.recv() => match cmd {
+                        None => return,
+                        Some(Command::Subscribe(s)) => {
+                            let r = sink.subscribe(format!("{prefix}{s}")).await;
+                            streams.insert(s);
+                            if r.is_err() { break; }
+                        }
+                        Some(Command::Unsubscribe(s)) => {
+                            let r = sink.unsubscribe(format!("{prefix}{s}")).await;
+                            streams.remove(&s);
+                            if r.is_err() { break; }
+                        }
+                    },
+                    msg = messages.next() => match msg {
+                        None => break,
+                        Some(msg) => {
+                            let payload: String = match msg.get_payload() {
+                                Ok(p) => p,
+                                Err(_) => { hooks.errors.inc(); continue; }
+                            };
+                            match decode_envelope(&payload) {
+                                Some((origin, _, _)) if origin == hooks.node_id => {}
+                                Some((_, stream, message)) if streams.contains(&stream) => (hooks.deliver)(&stream, message.get()),
+                                Some(_) => {}
+                                None => {
+                                    hooks.errors.inc();
+                                }
+                            }
+                        }
+                    },
+                }
+            }
+        }
+        hooks.connected.set(0);
+        hooks.errors.inc();
+        warn!("redis pubsub: connection lost; local traffic continues, reconnecting");
+        if !wait_draining(&mut commands, &mut streams, backoff).await {
+            return;
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Sleeps `d` while keeping the wanted set of streams current. `false` when the node is gone.
+async fn wait_draining(
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    streams: &mut HashSet<String>,
+    d: Duration,
+) -> bool {
+    let deadline = tokio::time::sleep(d);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return true,
+            cmd = commands.recv() => match cmd {
+                None => return false,
+                Some(Command::Subscribe(s)) => { streams.insert(s); }
+                Some(Command::Unsubscribe(s)) => { streams.remove(&s); }
+            },
+        }
+    }
+}
+
+async fn publisher(
+    client: redis::Client,
+    prefix: String,
+    hooks: PubSubHooks,
+    mut queue: mpsc::Receiver<(String, String)>,
+) {
+    let mut conn: Option<redis::aio::ConnectionManager> = None;
+    while let Some((stream, envelope)) = queue.recv().await {
+        if conn.is_none() {
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(2)))
+                .set_response_timeout(Some(Duration::from_secs(2)))
+                .set_number_of_retries(1);
+            match tokio::time::timeout(
+                Duration::from_secs(3),
+                redis::aio::ConnectionManager::new_with_config(client.clone(), config),
+            )
+            .await
+            {
+                Ok(Ok(c)) => conn = Some(c),
+                _ => {
+                    hooks.errors.inc();
+                    continue;
+                }
+            }
+        }
+        if let Some(c) = conn.as_mut() {
+            let r: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                .arg(format!("{prefix}{stream}"))
+                .arg(envelope)
+                .query_async(c)
+                .await;
+            if r.is_err() {
+                hooks.errors.inc();
+            }
+        }
+    }
+}
+
+impl PubSub for RedisPubSub {
+    fn start(&self, hooks: PubSubHooks) {
+        let (ctx, crx) = mpsc::unbounded_channel();
+        let (ptx, prx) = mpsc::channel(PUBLISH_QUEUE);
+        *self.commands.lock() = Some(ctx);
+        *self.publish.lock() = Some(ptx);
+        *self.hooks.lock() = Some(hooks.clone());
+        tokio::spawn(subscriber(
+            self.client.clone(),
+            self.prefix.clone(),
+            hooks.clone(),
+            crx,
+        ));
+        tokio::spawn(publisher(
+            self.client.clone(),
+            self.prefix.clone(),
+            hooks,
+            prx,
+        ));
+    }
+
+    fn publish(&self, stream: &str, message: &str) {
+        let Some(hooks) = self.hooks.lock().clone() else {
+            return;
+        };
+        let envelope = encode_envelope(hooks.node_id, stream, message);
+        if let Some(tx) = self.publish.lock().as_ref()
+            && tx.try_send((stream.to_owned(), envelope)).is_err()
+        {
+            // The queue is full (Redis down for long) or closed: drop and count.
+            hooks.errors.inc();
+        }
+    }
+
+    fn subscribe(&self, stream: &str) {
+        if let Some(tx) = self.commands.lock().as_ref() {
+            let _ = tx.send(Command::Subscribe(stream.to_owned()));
+        }
+    }
+
+    fn unsubscribe(&self, stream: &str) {
+        if let Some(tx) = self.commands.lock().as_ref() {
+            let _ = tx.send(Command::Unsubscribe(stream.to_owned()));
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Several nodes, one bus: broadcasts cross nodes, only nodes with subscribers get them, the
+//! origin delivers once, and a Redis outage leaves local traffic alone and heals by itself.
+#![allow(missing_docs)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ferrocable_node::Node;
+use ferrocable_node::pubsub::MemoryBus;
+use ferrocable_server::{RunningServer, ServeConfig};
+use futures_util::StreamExt;
+use serde_json::json;
+
+async fn subscribed(server: &RunningServer) -> Client<tokio::net::TcpStream> {
+    let mut c = connect(server.local_addr()).await;
+    c.welcomed().await;
+    c.subscribe(BENCH).await;
+    c
+}
+
+/// Broadcasts `tag` through `via` until `client` receives it (the bus subscription is
+/// asynchronous), or panics after `limit`.
+async fn until_received(
+    via: &RunningServer,
+    client: &mut Client<tokio::net::TcpStream>,
+    tag: &str,
+    limit: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        via.node()
+            .broadcast("all", &json!({"tag": tag}).to_string())
+            .unwrap();
+        let got = tokio::time::timeout(Duration::from_millis(300), async {
+            loop {
+                let f = client.frame().await;
+                if f["message"]["tag"] == tag {
+                    return;
+                }
+            }
+        })
+        .await;
+        if got.is_ok() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{tag} never crossed the bus"
+        );
+    }
+}
+
+async fn nothing_more(client: &mut Client<tokio::net::TcpStream>, d: Duration) {
+    if let Ok(Some(Ok(m))) = tokio::time::timeout(d, client.ws.next()).await {
+        let t = m.as_text().unwrap_or_default().to_owned();
+        assert!(t.contains("\"ping\""), "unexpected extra frame {t}");
+    }
+}
+
+#[tokio::test]
+async fn memory_bus_crosses_nodes_once_and_only_where_subscribed() {
+    let bus = MemoryBus::new();
+    let a = start_with(config(), Node::builder().pubsub(bus.pubsub())).await;
+    let b = start_with(config(), Node::builder().pubsub(bus.pubsub())).await;
+    let c = start_with(config(), Node::builder().pubsub(bus.pubsub())).await;
+    let mut on_a = subscribed(&a).await;
+    let mut on_b = subscribed(&b).await;
+    until_received(&b, &mut on_a, "hello", Duration::from_secs(5)).await;
+    // The origin delivered its own copy exactly once.
+    assert_eq!(on_b.frame().await["message"]["tag"], "hello");
+    nothing_more(&mut on_b, Duration::from_millis(200)).await;
+    nothing_more(&mut on_a, Duration::from_millis(200)).await;
+    assert_eq!(
+        metric(
+            &metrics(c.local_addr()).await,
+            "ferrocable_pubsub_received_total"
+        ),
+        Some(0.0),
+        "no subscribers, no traffic"
+    );
+}
+
+fn redis_config(url: &str, prefix: &str) -> ServeConfig {
+    ServeConfig {
+        pubsub: url.into(),
+        pubsub_prefix: prefix.into(),
+        ..config()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_pubsub_crosses_nodes() {
+    let prefix = format!("ferrocable-test:{}:", ferrocable_session::new_session_id());
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
+    let a = start(redis_config(&url, &prefix)).await;
+    let b = start(redis_config(&url, &prefix)).await;
+    let mut on_a = subscribed(&a).await;
+    let mut on_b = subscribed(&b).await;
+    until_received(&b, &mut on_a, "via-b", Duration::from_secs(10)).await;
+    until_received(&a, &mut on_b, "via-a", Duration::from_secs(10)).await;
+    assert_eq!(
+        metric(
+            &metrics(a.local_addr()).await,
+            "ferrocable_pubsub_connected"
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_leaves_local_traffic_alone_and_the_bus_heals() {
+    let port = spare_port();
+    let mut redis = OwnRedis::start(port);
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let a = start(redis_config(&url, "t:")).await;
+    let b = start(redis_config(&url, "t:")).await;
+    let mut on_a = subscribed(&a).await;
+    until_received(&b, &mut on_a, "before", Duration::from_secs(10)).await;
+
+    redis.stop();
+    // Local delivery does not depend on the bus.
+    a.node().broadcast("all", r#"{"tag":"local"}"#).unwrap();
+    assert_eq!(on_a.frame().await["message"]["tag"], "local");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let m = metrics(a.local_addr()).await;
+            if metric(&m, "ferrocable_pubsub_connected") == Some(0.0)
+                && metric(&m, "ferrocable_pubsub_errors_total").unwrap_or(0.0) >= 1.0
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the outage shows in the metrics");
+
+    let _redis = OwnRedis::start(port);
+    // Resubscribed without restarting anything.
+    until_received(&b, &mut on_a, "after", Duration::from_secs(20)).await;
+    assert_eq!(
+        metric(
+            &metrics(a.local_addr()).await,
+            "ferrocable_pubsub_connected"
+        ),
+        Some(1.0)
+    );
+}
