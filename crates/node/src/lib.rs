@@ -11,6 +11,7 @@ pub mod auth;
 pub mod channel;
 mod connection;
 pub mod hub;
+pub mod ingress;
 pub mod metrics;
 mod node;
 pub mod outbox;

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub store_errors: Family<StoreLabel, Counter>,
     /// Pubsub bus failures (connection lost, publish failed, bad envelope).
     pub pubsub_errors: Counter,
+    /// Broadcast ingress requests refused (bad key, malformed body), by reason.
+    pub ingress_refused: Family<ReasonLabel, Counter>,
     /// 1 while the node is connected to its pubsub bus.
     pub pubsub_connected: Gauge,
     /// Messages received from other nodes through the bus.
@@ -73,6 +75,7 @@ impl Default for Metrics {
             refused_upgrades: Family::default(),
             store_errors: Family::default(),
             pubsub_errors: Counter::default(),
+            ingress_refused: Family::default(),
             pubsub_connected: Gauge::default(),
             pubsub_received: Counter::default(),
             registry: Registry::default(),
@@ -142,6 +145,11 @@ impl Default for Metrics {
             "Messages received from other nodes",
             m.pubsub_received.clone(),
         );
+        registry.register(
+            "ferrocable_ingress_refused",
+            "Broadcast ingress requests refused, by reason",
+            m.ingress_refused.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -168,6 +176,15 @@ impl Metrics {
     /// Counts one refused upgrade request.
     pub fn refused_upgrade(&self, reason: &str) {
         self.refused_upgrades
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one refused ingress request.
+    pub fn ingress_refused(&self, reason: &str) {
+        self.ingress_refused
             .get_or_create(&ReasonLabel {
                 reason: reason.to_owned(),
             })

@@ -359,6 +359,23 @@ impl Node {
         Ok(self.inner.broadcast_raw(stream, raw, None))
     }
 
+    /// Delivers `json` to this node's subscribers of `stream` only, without publishing to the
+    /// bus: for ingress that every node reads itself (Redis `__anycable__`).
+    pub fn broadcast_local(
+        &self,
+        stream: &str,
+        json: &str,
+    ) -> Result<BroadcastReport, BroadcastError> {
+        let raw: &RawValue = serde_json::from_str(json).map_err(|_| BroadcastError::InvalidJson)?;
+        let report = self.inner.hub.broadcast(stream, raw, None);
+        self.inner.metrics.broadcasts.inc();
+        self.inner
+            .metrics
+            .broadcast_deliveries
+            .inc_by(report.delivered as u64);
+        Ok(report)
+    }
+
     /// Broadcasts an already validated JSON value to every subscription of `stream`.
     pub fn broadcast_raw(&self, stream: &str, message: &RawValue) -> BroadcastReport {
         self.inner.broadcast_raw(stream, message, None)

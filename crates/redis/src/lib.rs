@@ -253,3 +253,66 @@ impl PubSub for RedisPubSub {
         }
     }
 }
+
+/// Reads AnyCable publications from a Redis pub/sub channel (`__anycable__` by default) and
+/// delivers them to this node's subscribers. Every node reads the channel itself, so
+/// deliveries are local only (never republished on the bus). Reconnects with back-off.
+pub fn spawn_anycable_ingress(
+    url: &str,
+    channel: &str,
+    node: ferrocable_node::Node,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    let client = redis::Client::open(url).map_err(|e| format!("invalid redis URL {url:?}: {e}"))?;
+    let channel = channel.to_owned();
+    Ok(tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        let shutdown = node.shutdown_token();
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let connected =
+                tokio::time::timeout(Duration::from_secs(3), client.get_async_pubsub()).await;
+            if let Ok(Ok(mut pubsub)) = connected
+                && pubsub.subscribe(&channel).await.is_ok()
+            {
+                backoff = Duration::from_millis(100);
+                let mut messages = pubsub.on_message();
+                loop {
+                    let msg = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        m = messages.next() => m,
+                    };
+                    let Some(msg) = msg else { break };
+                    let Ok(payload) = msg.get_payload::<Vec<u8>>() else {
+                        continue;
+                    };
+                    match ferrocable_node::ingress::decode_publications(&payload) {
+                        Ok(list) => {
+                            for p in list {
+                                let _ = node.broadcast_local(&p.stream, &p.message);
+                            }
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "redis ingress: publication refused");
+                            node.metrics().ingress_refused(
+                                if matches!(e, ferrocable_node::ingress::IngressError::Malformed) {
+                                    "malformed"
+                                } else {
+                                    "invalid"
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+            node.metrics().pubsub_errors.inc();
+            warn!(channel = %channel, "redis ingress: connection lost; reconnecting");
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }))
+}

@@ -29,6 +29,8 @@ pub struct AppState {
     pub sessions: Arc<ferrocable_session::Sessions>,
     /// The demo app's state.
     pub demo: Arc<crate::demo::Demo>,
+    /// Bearer key of `POST /_broadcast`.
+    pub broadcast_key: Arc<str>,
 }
 
 /// Builds the router.
@@ -53,11 +55,58 @@ pub fn router(state: AppState, config: &ServeConfig) -> Router {
         .route(&config.mount_path, get(crate::upgrade::cable))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/_broadcast", post(broadcast_ingress))
         .route("/assets/app.css", get(crate::demo::app_css))
         .route("/assets/app.js", get(crate::demo::app_js))
         .route("/vendor/{file}", get(crate::demo::vendor))
         .merge(pages)
         .with_state(state)
+}
+
+/// Compares two secrets in constant time (HMACs of both under one key, verified by ring).
+fn keys_match(given: &str, expected: &str) -> bool {
+    use ring::hmac;
+    let k = hmac::Key::new(hmac::HMAC_SHA256, b"ferrocable ingress key check");
+    let tag = hmac::sign(&k, expected.as_bytes());
+    hmac::verify(&k, given.as_bytes(), tag.as_ref()).is_ok()
+}
+
+/// Largest `POST /_broadcast` body.
+const MAX_INGRESS_BYTES: usize = 1024 * 1024;
+
+/// `POST /_broadcast`: AnyCable's HTTP broadcast ingress (Bearer key; one publication or an
+/// array). 201 when delivered to this node and the bus; 401, 400 or 413 otherwise.
+async fn broadcast_ingress(State(state): State<AppState>, req: axum::extract::Request) -> Response {
+    let metrics = state.node.metrics();
+    let authorized = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|k| keys_match(k.trim(), &state.broadcast_key));
+    if !authorized {
+        metrics.ingress_refused("unauthorized");
+        return (StatusCode::UNAUTHORIZED, "missing or wrong broadcast key\n").into_response();
+    }
+    let body = match axum::body::to_bytes(req.into_body(), MAX_INGRESS_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            metrics.ingress_refused("too_large");
+            return (StatusCode::PAYLOAD_TOO_LARGE, "body over 1 MiB\n").into_response();
+        }
+    };
+    match ferrocable_node::ingress::decode_publications(&body) {
+        Ok(list) => {
+            for p in &list {
+                let _ = state.node.broadcast(&p.stream, &p.message);
+            }
+            (StatusCode::CREATED, "").into_response()
+        }
+        Err(e) => {
+            metrics.ingress_refused("malformed");
+            (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
+        }
+    }
 }
 
 /// `GET /session`: the current session as JSON (the demo's window on the session).

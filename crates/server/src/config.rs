@@ -55,6 +55,13 @@ pub struct ServeConfig {
     pub default_url_host: String,
     /// Port of absolute URLs rendered outside a request (default: the bind port).
     pub default_url_port: Option<u16>,
+    /// Bearer key for `POST /_broadcast` (default: derived from the secret key base as AnyCable
+    /// does: hex HMAC-SHA256 of "broadcast-cable").
+    pub broadcast_key: Option<String>,
+    /// Redis URL whose `__anycable__` channel carries publications to deliver (off when unset).
+    pub broadcast_redis_url: Option<String>,
+    /// The Redis ingress channel.
+    pub broadcast_redis_channel: String,
     /// Node ↔ node bus: `memory` (this process only: a single node) or `redis://…`.
     pub pubsub: String,
     /// Channel prefix on the bus.
@@ -111,6 +118,9 @@ impl Default for ServeConfig {
             data_dir: PathBuf::from("data"),
             demo_assets_dir: crate::demo::DEFAULT_ASSETS_DIR.into(),
             default_url_scheme: "http".into(),
+            broadcast_key: None,
+            broadcast_redis_url: None,
+            broadcast_redis_channel: "__anycable__".into(),
             pubsub: "memory".into(),
             pubsub_prefix: "ferrocable:stream:".into(),
             default_url_host: "localhost".into(),
@@ -152,6 +162,9 @@ const ENV_KEYS: &[&str] = &[
     "default_url_scheme",
     "pubsub",
     "pubsub_prefix",
+    "broadcast_key",
+    "broadcast_redis_url",
+    "broadcast_redis_channel",
     "default_url_host",
     "default_url_port",
     "session_store",

@@ -88,6 +88,16 @@ fn secret_key_base(config: &ServeConfig) -> Result<Vec<u8>, StartError> {
     Ok(secret.into_bytes())
 }
 
+/// AnyCable's key derivation: hex(HMAC-SHA256(secret, purpose)).
+fn derived_key(secret: &[u8], purpose: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    ring::hmac::sign(&key, purpose)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Opens the configured session store.
 pub async fn open_sessions(
     config: &ServeConfig,
@@ -265,7 +275,25 @@ pub async fn start(
             .into(),
         sessions,
         demo,
+        broadcast_key: config
+            .broadcast_key
+            .clone()
+            .filter(|k| !k.is_empty())
+            .unwrap_or_else(|| derived_key(&secret, b"broadcast-cable"))
+            .into(),
     };
+    if let Some(url) = config
+        .broadcast_redis_url
+        .as_deref()
+        .filter(|u| !u.is_empty())
+    {
+        ferrocable_redis::spawn_anycable_ingress(
+            url,
+            &config.broadcast_redis_channel,
+            node.clone(),
+        )
+        .map_err(StartError::PubSub)?;
+    }
     let router = app::router(state, config);
     let _ = router_slot.set(router.clone());
     let accept = tokio::spawn(listener::accept_loop(
