@@ -62,7 +62,7 @@ pub struct ServeConfig {
     pub broadcast_redis_url: Option<String>,
     /// The Redis ingress channel.
     pub broadcast_redis_channel: String,
-    /// Node ↔ node bus: `memory` (this process only: a single node) or `redis://…`.
+    /// Node ↔ node bus: `memory` (this process only: a single node), `redis://…` or `nats://…`.
     pub pubsub: String,
     /// Channel prefix on the bus.
     pub pubsub_prefix: String,

@@ -257,9 +257,13 @@ pub async fn start(
                 .map_err(StartError::PubSub)?;
             builder = builder.pubsub(bus);
         }
+        url if url.starts_with("nats://") => {
+            let prefix = config.pubsub_prefix.trim_end_matches(':').replace(':', ".");
+            builder = builder.pubsub(ferrocable_nats::NatsPubSub::new(url, &prefix));
+        }
         other => {
             return Err(StartError::PubSub(format!(
-                "{other:?}: use memory or redis://…"
+                "{other:?}: use memory, redis://… or nats://…"
             )));
         }
     }

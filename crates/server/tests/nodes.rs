@@ -148,3 +148,87 @@ async fn a_redis_restart_leaves_local_traffic_alone_and_the_bus_heals() {
         Some(1.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_pubsub_crosses_nodes() {
+    let prefix = format!(
+        "ferrocable-test-{}",
+        &ferrocable_session::new_session_id()[..8]
+    )
+    .replace('-', "_");
+    let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let a = start(redis_config(&url, &prefix)).await;
+    let b = start(redis_config(&url, &prefix)).await;
+    let mut on_a = subscribed(&a).await;
+    let mut on_b = subscribed(&b).await;
+    until_received(&b, &mut on_a, "nats-via-b", Duration::from_secs(10)).await;
+    until_received(&a, &mut on_b, "nats-via-a", Duration::from_secs(10)).await;
+}
+
+/// A NATS server of the test's own, so the test can stop and restart it.
+struct OwnNats(Option<std::process::Child>);
+
+impl OwnNats {
+    fn start(port: u16) -> Self {
+        let bin = if std::path::Path::new("/usr/sbin/nats-server").exists() {
+            "/usr/sbin/nats-server"
+        } else {
+            "nats-server"
+        };
+        let mut child = std::process::Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server is installed");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return OwnNats(Some(child));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("nats-server did not start on {port}");
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_leaves_local_traffic_alone_and_the_bus_heals() {
+    let port = spare_port();
+    let mut nats = OwnNats::start(port);
+    let url = format!("nats://127.0.0.1:{port}");
+    let a = start(redis_config(&url, "t")).await;
+    let b = start(redis_config(&url, "t")).await;
+    let mut on_a = subscribed(&a).await;
+    until_received(&b, &mut on_a, "before", Duration::from_secs(10)).await;
+    nats.stop();
+    a.node().broadcast("all", r#"{"tag":"local"}"#).unwrap();
+    assert_eq!(on_a.frame().await["message"]["tag"], "local");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while metric(
+            &metrics(a.local_addr()).await,
+            "ferrocable_pubsub_connected",
+        ) != Some(0.0)
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the outage shows in the metrics");
+    let _nats = OwnNats::start(port);
+    until_received(&b, &mut on_a, "after", Duration::from_secs(30)).await;
+}
