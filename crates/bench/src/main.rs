@@ -9,6 +9,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+mod broadcast;
+
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
@@ -29,6 +31,39 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Scenario {
+    /// Broadcast fan-out to N subscribers of `BenchmarkChannel` (`--bench-channel`).
+    Broadcast {
+        /// Server address (loopback only).
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        addr: SocketAddr,
+        /// Connections, each subscribed once.
+        #[arg(long, default_value_t = 1000)]
+        n: usize,
+        /// Broadcast rounds.
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Bytes of payload per broadcast.
+        #[arg(long, default_value_t = 64)]
+        payload_size: usize,
+        /// Connections being set up at once.
+        #[arg(long, default_value_t = 200)]
+        concurrency: usize,
+        /// Spread client sockets over 127.0.0.1..=127.0.0.K (0: the default source).
+        #[arg(long, default_value_t = 0)]
+        source_ips: u8,
+        /// Longest wait for one round, in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        round_timeout_ms: u64,
+        /// Pause between rounds, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        round_interval_ms: u64,
+        /// Server process to read RSS from.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Label copied into the result.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
     /// Reflex round trips against the demo app.
     Reflex {
         /// Server address (loopback only).
@@ -232,6 +267,29 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.scenario {
+        Scenario::Broadcast {
+            addr,
+            n,
+            rounds,
+            payload_size,
+            concurrency,
+            source_ips,
+            round_timeout_ms,
+            round_interval_ms,
+            server_pid,
+            label,
+        } => rt.block_on(broadcast::run(broadcast::Options {
+            addr,
+            n,
+            rounds,
+            payload_size,
+            concurrency,
+            source_ips,
+            round_timeout: Duration::from_millis(round_timeout_ms),
+            round_interval: Duration::from_millis(round_interval_ms),
+            server_pid,
+            label,
+        })),
         Scenario::Reflex {
             addr,
             clients,
