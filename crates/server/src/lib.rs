@@ -88,6 +88,19 @@ fn secret_key_base(config: &ServeConfig) -> Result<Vec<u8>, StartError> {
     Ok(secret.into_bytes())
 }
 
+/// Binds with a deep accept backlog: a reconnect storm (every client of a restarted node at
+/// once) otherwise overflows the default 128 and costs clients a one-second SYN retry.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 /// AnyCable's key derivation: hex(HMAC-SHA256(secret, purpose)).
 fn derived_key(secret: &[u8], purpose: &[u8]) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
@@ -199,12 +212,10 @@ pub async fn start(
             ));
         }
     };
-    let listener = TcpListener::bind(config.bind)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.bind,
-            source,
-        })?;
+    let listener = listen(config.bind).map_err(|source| StartError::Bind {
+        addr: config.bind,
+        source,
+    })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind {
         addr: config.bind,
         source,
