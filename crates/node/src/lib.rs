@@ -8,6 +8,7 @@
 //! WebSocket and the upgrade request's details ([`ConnectRequest`]).
 
 pub mod auth;
+pub mod broker;
 pub mod channel;
 mod connection;
 pub mod hub;
