@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 mod broadcast;
+mod churn;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -31,6 +32,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Scenario {
+    /// A reconnect storm: N connect and subscribe, all drop at once, all reconnect at once.
+    Churn {
+        /// Server address (loopback only).
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        addr: SocketAddr,
+        /// Connections per wave.
+        #[arg(long, default_value_t = 1000)]
+        n: usize,
+        /// Connections being set up at once.
+        #[arg(long, default_value_t = 500)]
+        concurrency: usize,
+        /// Label copied into the result.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
     /// Broadcast fan-out to N subscribers of `BenchmarkChannel` (`--bench-channel`).
     Broadcast {
         /// Server address (loopback only).
@@ -267,6 +283,12 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.scenario {
+        Scenario::Churn {
+            addr,
+            n,
+            concurrency,
+            label,
+        } => rt.block_on(churn::run(addr, n, concurrency, label)),
         Scenario::Broadcast {
             addr,
             n,
