@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpSocket;
 use tokio::sync::{Semaphore, mpsc};
-use tokio_websockets::{ClientBuilder, Message};
+use tokio_websockets::Message;
 
 const BENCH: &str = r#"{"channel":"BenchmarkChannel"}"#;
 
@@ -96,31 +96,9 @@ pub(crate) async fn run(o: Options) -> anyhow::Result<()> {
                     socket.bind(SocketAddr::new(ip, 0))?;
                 }
                 let stream = socket.connect(addr).await?;
-                stream.set_nodelay(true)?;
-                let (mut ws, _) = ClientBuilder::new()
-                    .uri(&format!("ws://{addr}/cable"))?
-                    .add_header(
-                        "sec-websocket-protocol".parse()?,
-                        "actioncable-v1-json".parse()?,
-                    )?
-                    .add_header("origin".parse()?, format!("http://{addr}").parse()?)?
-                    .connect_on(stream)
-                    .await?;
-                ws.send(Message::text(
-                    json!({"command": "subscribe", "identifier": BENCH}).to_string(),
-                ))
-                .await?;
-                loop {
-                    let m = tokio::time::timeout(Duration::from_secs(30), ws.next())
-                        .await
-                        .context("no confirmation")?
-                        .context("closed")??;
-                    if m.as_text()
-                        .is_some_and(|t| t.contains("confirm_subscription"))
-                    {
-                        return anyhow::Ok(ws);
-                    }
-                }
+                let mut ws = crate::client::open(stream, addr, None).await?;
+                crate::client::subscribe(&mut ws, BENCH).await?;
+                anyhow::Ok(ws)
             }
             .await;
             drop(permit);

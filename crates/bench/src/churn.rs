@@ -6,53 +6,25 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use futures_util::{SinkExt, StreamExt};
+use anyhow::bail;
 use serde_json::json;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
-use tokio_websockets::{ClientBuilder, MaybeTlsStream, Message, WebSocketStream};
+use tokio_websockets::WebSocketStream;
 
 const BENCH: &str = r#"{"channel":"BenchmarkChannel"}"#;
 
-async fn connect(addr: SocketAddr) -> anyhow::Result<WebSocketStream<MaybeTlsStream<TcpStream>>> {
-    let stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (mut ws, _) = ClientBuilder::new()
-        .uri(&format!("ws://{addr}/cable"))?
-        .add_header(
-            "sec-websocket-protocol".parse()?,
-            "actioncable-v1-json".parse()?,
-        )?
-        .add_header("origin".parse()?, format!("http://{addr}").parse()?)?
-        .connect_on(MaybeTlsStream::Plain(stream))
-        .await?;
-    ws.send(Message::text(
-        json!({"command": "subscribe", "identifier": BENCH}).to_string(),
-    ))
-    .await?;
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(30), ws.next())
-            .await
-            .context("no confirmation")?
-            .context("closed")??;
-        if m.as_text()
-            .is_some_and(|t| t.contains("confirm_subscription"))
-        {
-            return Ok(ws);
-        }
-    }
+async fn connect(addr: SocketAddr) -> anyhow::Result<WebSocketStream<TcpStream>> {
+    let mut ws = crate::client::open(TcpStream::connect(addr).await?, addr, None).await?;
+    crate::client::subscribe(&mut ws, BENCH).await?;
+    Ok(ws)
 }
 
 async fn wave(
     addr: SocketAddr,
     n: usize,
     concurrency: usize,
-) -> (
-    Vec<WebSocketStream<MaybeTlsStream<TcpStream>>>,
-    usize,
-    Duration,
-) {
+) -> (Vec<WebSocketStream<TcpStream>>, usize, Duration) {
     let started = Instant::now();
     let limit = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = Vec::with_capacity(n);

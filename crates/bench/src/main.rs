@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 mod broadcast;
 mod churn;
+mod client;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -18,7 +19,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_websockets::{ClientBuilder, Message};
+use tokio_websockets::Message;
 
 #[derive(Parser)]
 #[command(
@@ -144,30 +145,8 @@ async fn client(
     think: Duration,
 ) -> anyhow::Result<Outcome> {
     let cookie = session_cookie(addr).await?;
-    let stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (mut ws, _) = ClientBuilder::new()
-        .uri(&format!("ws://{addr}/cable"))?
-        .add_header(
-            "sec-websocket-protocol".parse()?,
-            "actioncable-v1-json".parse()?,
-        )?
-        .add_header("cookie".parse()?, cookie.parse()?)?
-        .add_header("origin".parse()?, format!("http://{addr}").parse()?)?
-        .connect_on(stream)
-        .await?;
-    ws.send(Message::text(
-        json!({"command": "subscribe", "identifier": SR}).to_string(),
-    ))
-    .await?;
-    loop {
-        let m = ws.next().await.context("closed before confirmation")??;
-        if m.as_text()
-            .is_some_and(|t| t.contains("confirm_subscription"))
-        {
-            break;
-        }
-    }
+    let mut ws = client::open(TcpStream::connect(addr).await?, addr, Some(&cookie)).await?;
+    client::subscribe(&mut ws, SR).await?;
     let mut out = Outcome {
         latencies: Vec::new(),
         errors: 0,

@@ -288,121 +288,57 @@ pub async fn dispatch(
         broadcasts: broadcasts.clone(),
         error,
     };
+    // Ends the reflex with a terminal event (`morph-nothing`, `-halted`, `-forbidden`,
+    // `-error`), the queued operations first.
+    let end = |event: &str, error: Option<String>| {
+        let reply = terminal(
+            event,
+            &echo,
+            &id,
+            &payload,
+            piggyback.clone(),
+            error.as_deref(),
+        );
+        done(reply, error)
+    };
+    const ERROR: &str = "stimulus-reflex:morph-error";
 
     if let Err(e) = committed {
         let message = format!("session store unavailable: {e}");
         warn!(reflex_id = %id, error = %message, "session commit failed");
-        return done(
-            terminal(
-                "stimulus-reflex:morph-error",
-                &echo,
-                &id,
-                &payload,
-                piggyback,
-                Some(&message),
-            ),
-            Some(message),
-        );
+        return end(ERROR, Some(message));
     }
     match outcome {
         Err(Ok(Halt::Abort)) => {
             info!(reflex_id = %id, target = %data.target, "reflex halted");
-            return done(
-                terminal(
-                    "stimulus-reflex:morph-halted",
-                    &echo,
-                    &id,
-                    &payload,
-                    piggyback,
-                    None,
-                ),
-                None,
-            );
+            return end("stimulus-reflex:morph-halted", None);
         }
         Err(Ok(Halt::Forbidden)) => {
             info!(reflex_id = %id, target = %data.target, "reflex forbidden");
-            return done(
-                terminal(
-                    "stimulus-reflex:morph-forbidden",
-                    &echo,
-                    &id,
-                    &payload,
-                    piggyback,
-                    None,
-                ),
-                None,
-            );
+            return end("stimulus-reflex:morph-forbidden", None);
         }
         Err(Err(message)) => {
             warn!(reflex_id = %id, target = %data.target, error = %message, "reflex failed");
-            return done(
-                terminal(
-                    "stimulus-reflex:morph-error",
-                    &echo,
-                    &id,
-                    &payload,
-                    piggyback,
-                    Some(&message),
-                ),
-                Some(message),
-            );
+            return end(ERROR, Some(message));
         }
         Ok(()) => {}
     }
     let permanent = Some(data.permanent_attribute_name.as_str());
     let mut ops = piggyback.clone();
     match ctx.morph.clone() {
-        Morph::Nothing => {
-            return done(
-                terminal(
-                    "stimulus-reflex:morph-nothing",
-                    &echo,
-                    &id,
-                    &payload,
-                    piggyback,
-                    None,
-                ),
-                None,
-            );
-        }
+        Morph::Nothing => return end("stimulus-reflex:morph-nothing", None),
         Morph::Selectors(list) => {
             for (selector, html) in list {
                 match selector_operation(&selector, &html) {
                     Ok(op) => ops.push(tag(op, &echo, &id, &payload, permanent)),
-                    Err(e) => {
-                        let m = e.to_string();
-                        return done(
-                            terminal(
-                                "stimulus-reflex:morph-error",
-                                &echo,
-                                &id,
-                                &payload,
-                                piggyback,
-                                Some(&m),
-                            ),
-                            Some(m),
-                        );
-                    }
+                    Err(e) => return end(ERROR, Some(e.to_string())),
                 }
             }
         }
         Morph::Page => {
             let page = match host.render_page(sid, &data.url).await {
                 Ok(html) => html,
-                Err(e) => {
-                    let m = format!("page render failed: {e}");
-                    return done(
-                        terminal(
-                            "stimulus-reflex:morph-error",
-                            &echo,
-                            &id,
-                            &payload,
-                            piggyback,
-                            Some(&m),
-                        ),
-                        Some(m),
-                    );
-                }
+                Err(e) => return end(ERROR, Some(format!("page render failed: {e}"))),
             };
             let selectors = if data.selectors.is_empty() {
                 vec!["body".to_owned()]
@@ -411,20 +347,7 @@ pub async fn dispatch(
             };
             let found = match extract_inner(&page, &selectors) {
                 Ok(f) => f,
-                Err(e) => {
-                    let m = e.to_string();
-                    return done(
-                        terminal(
-                            "stimulus-reflex:morph-error",
-                            &echo,
-                            &id,
-                            &payload,
-                            piggyback,
-                            Some(&m),
-                        ),
-                        Some(m),
-                    );
-                }
+                Err(e) => return end(ERROR, Some(e.to_string())),
             };
             for (selector, inner) in selectors.iter().zip(found) {
                 if let Some(inner) = inner {
@@ -439,17 +362,11 @@ pub async fn dispatch(
             }
             if ops.len() == piggyback.len() {
                 // Ruby would send an empty envelope here and the client would wait for ever.
-                let m = format!("none of the selectors {selectors:?} matched the re-rendered page");
-                return done(
-                    terminal(
-                        "stimulus-reflex:morph-error",
-                        &echo,
-                        &id,
-                        &payload,
-                        piggyback,
-                        Some(&m),
-                    ),
-                    Some(m),
+                return end(
+                    ERROR,
+                    Some(format!(
+                        "none of the selectors {selectors:?} matched the re-rendered page"
+                    )),
                 );
             }
         }
