@@ -77,6 +77,11 @@ impl ChannelContext {
         &self.identity
     }
 
+    /// The identity as shared by the connection (no copy: hand it to async work).
+    pub fn shared_identity(&self) -> &Arc<Identity> {
+        &self.identity
+    }
+
     /// Streams the subscription is attached to, before this command's effects.
     pub fn streams(&self) -> &[String] {
         &self.streams

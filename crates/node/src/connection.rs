@@ -189,6 +189,35 @@ where
     }
 }
 
+/// Applies a command's stream effects to one subscription: stops first, then starts; the
+/// node subscribes on the bus at a stream's first local subscriber.
+fn apply_streams(
+    node: &Inner,
+    conn: ConnId,
+    outbox: &Arc<Outbox>,
+    identifier: &Identifier,
+    streams: &mut Vec<String>,
+    effects: &Effects,
+) {
+    if effects.stop_all_streams {
+        for stream in streams.drain(..) {
+            node.detach(&stream, conn, identifier);
+        }
+    }
+    for stop in &effects.stop_stream_from {
+        if let Some(i) = streams.iter().position(|s| s == stop) {
+            streams.swap_remove(i);
+            node.detach(stop, conn, identifier);
+        }
+    }
+    for start in &effects.stream_from {
+        if !streams.contains(start) {
+            node.attach(start, conn, identifier, outbox);
+            streams.push(start.clone());
+        }
+    }
+}
+
 impl Connection {
     fn queue(&self, frame: Bytes) {
         // An overflow is noticed by the write loop, which disconnects with `too_slow`.
@@ -326,7 +355,14 @@ impl Connection {
         };
         // Streams are attached before the confirmation is queued: once the client reads
         // `confirm_subscription`, broadcasts to those streams reach it.
-        self.apply_streams(&identifier, &mut sub.streams, &effects);
+        apply_streams(
+            &self.node,
+            self.id,
+            &self.outbox,
+            &identifier,
+            &mut sub.streams,
+            &effects,
+        );
         self.transmit_all(&identifier, &effects);
         self.queue(
             ServerFrame::ConfirmSubscription {
@@ -405,11 +441,14 @@ impl Connection {
         let result = channel.perform(&mut ctx, &action, data).await;
         let effects = ctx.into_effects();
         if let Some(sub) = self.subscriptions.get_mut(&identifier) {
-            let mut streams = std::mem::take(&mut sub.streams);
-            self.apply_streams(&identifier, &mut streams, &effects);
-            if let Some(sub) = self.subscriptions.get_mut(&identifier) {
-                sub.streams = streams;
-            }
+            apply_streams(
+                &self.node,
+                self.id,
+                &self.outbox,
+                &identifier,
+                &mut sub.streams,
+                &effects,
+            );
         }
         self.transmit_all(&identifier, &effects);
         self.broadcast_all(&effects);
@@ -421,27 +460,6 @@ impl Connection {
                 PerformError::Failed(_) => "action_failed",
             };
             self.refuse(code, &e.to_string());
-        }
-    }
-
-    fn apply_streams(&self, identifier: &Identifier, streams: &mut Vec<String>, effects: &Effects) {
-        let node = &self.node;
-        if effects.stop_all_streams {
-            for stream in streams.drain(..) {
-                node.detach(&stream, self.id, identifier);
-            }
-        }
-        for stop in &effects.stop_stream_from {
-            if let Some(i) = streams.iter().position(|s| s == stop) {
-                streams.swap_remove(i);
-                node.detach(stop, self.id, identifier);
-            }
-        }
-        for start in &effects.stream_from {
-            if !streams.contains(start) {
-                node.attach(start, self.id, identifier, &self.outbox);
-                streams.push(start.clone());
-            }
         }
     }
 

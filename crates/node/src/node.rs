@@ -406,19 +406,6 @@ impl Node {
         self.inner.shutdown.is_cancelled()
     }
 
-    /// Runs a connection on an upgraded WebSocket, as a task that shutdown waits for.
-    pub fn spawn_connection<S>(&self, ws: WebSocketStream<S>, request: ConnectRequest)
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let inner = self.inner.clone();
-        self.inner.tracker.spawn(crate::connection::run(
-            inner,
-            Box::new(ws),
-            Box::new(request),
-        ));
-    }
-
     /// Runs a connection on an upgraded WebSocket until it ends. Call it from a task that
     /// [`Node::spawn_tracked`] started, so that shutdown waits for it.
     ///

@@ -66,7 +66,7 @@ impl Channel for ReflexChannel {
         if action != "receive" {
             return Err(PerformError::UnknownAction(action.to_owned()));
         }
-        let identity = Arc::new(ctx.identity().clone());
+        let identity = ctx.shared_identity().clone();
         let out = dispatch(
             &self.registry,
             self.host.as_ref(),

@@ -261,37 +261,64 @@ impl Channel for RoomChannel {
     }
 }
 
-/// A real Redis of the test's own on a spare port, so the test can stop and restart it.
-pub struct OwnRedis {
+/// A real service process of the test's own on a spare port (Redis, NATS), so a test can stop
+/// and restart it; killed and reaped on drop.
+pub struct OwnService {
     child: Option<std::process::Child>,
 }
 
-impl OwnRedis {
-    pub fn start(port: u16) -> Self {
-        let child = std::process::Command::new("redis-server")
-            .args([
+impl OwnService {
+    /// Starts `program args…` and waits until it accepts TCP on `port`.
+    pub fn start(program: &str, args: &[&str], port: u16) -> Self {
+        let child = std::process::Command::new(program)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("{program} is installed (scripts/test.sh installs it): {e}")
+            });
+        let mut service = OwnService { child: Some(child) };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return service;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        service.stop();
+        panic!("{program} did not start on {port}");
+    }
+
+    /// A Redis that keeps nothing on disk.
+    pub fn redis(port: u16) -> Self {
+        let p = port.to_string();
+        Self::start(
+            "redis-server",
+            &[
                 "--port",
-                &port.to_string(),
+                &p,
                 "--bind",
                 "127.0.0.1",
                 "--save",
                 "",
                 "--appendonly",
                 "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test.sh installs it)");
-        let r = OwnRedis { child: Some(child) };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return r;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server did not start on {port}");
+            ],
+            port,
+        )
     }
 
+    /// A core NATS server.
+    pub fn nats(port: u16) -> Self {
+        let bin = if std::path::Path::new("/usr/sbin/nats-server").exists() {
+            "/usr/sbin/nats-server"
+        } else {
+            "nats-server"
+        };
+        Self::start(bin, &["-a", "127.0.0.1", "-p", &port.to_string()], port)
+    }
+
+    /// Kills the process (the test's outage).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -300,7 +327,7 @@ impl OwnRedis {
     }
 }
 
-impl Drop for OwnRedis {
+impl Drop for OwnService {
     fn drop(&mut self) {
         self.stop();
     }

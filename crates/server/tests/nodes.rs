@@ -112,7 +112,7 @@ async fn redis_pubsub_crosses_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_leaves_local_traffic_alone_and_the_bus_heals() {
     let port = spare_port();
-    let mut redis = OwnRedis::start(port);
+    let mut redis = OwnService::redis(port);
     let url = format!("redis://127.0.0.1:{port}/0");
     let a = start(redis_config(&url, "t:")).await;
     let b = start(redis_config(&url, "t:")).await;
@@ -137,7 +137,7 @@ async fn a_redis_restart_leaves_local_traffic_alone_and_the_bus_heals() {
     .await
     .expect("the outage shows in the metrics");
 
-    let _redis = OwnRedis::start(port);
+    let _redis = OwnService::redis(port);
     // Resubscribed without restarting anything.
     until_received(&b, &mut on_a, "after", Duration::from_secs(20)).await;
     assert_eq!(
@@ -165,51 +165,10 @@ async fn nats_pubsub_crosses_nodes() {
     until_received(&a, &mut on_b, "nats-via-a", Duration::from_secs(10)).await;
 }
 
-/// A NATS server of the test's own, so the test can stop and restart it.
-struct OwnNats(Option<std::process::Child>);
-
-impl OwnNats {
-    fn start(port: u16) -> Self {
-        let bin = if std::path::Path::new("/usr/sbin/nats-server").exists() {
-            "/usr/sbin/nats-server"
-        } else {
-            "nats-server"
-        };
-        let mut child = std::process::Command::new(bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("nats-server is installed");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return OwnNats(Some(child));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("nats-server did not start on {port}");
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for OwnNats {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_restart_leaves_local_traffic_alone_and_the_bus_heals() {
     let port = spare_port();
-    let mut nats = OwnNats::start(port);
+    let mut nats = OwnService::nats(port);
     let url = format!("nats://127.0.0.1:{port}");
     let a = start(redis_config(&url, "t")).await;
     let b = start(redis_config(&url, "t")).await;
@@ -229,6 +188,6 @@ async fn a_nats_restart_leaves_local_traffic_alone_and_the_bus_heals() {
     })
     .await
     .expect("the outage shows in the metrics");
-    let _nats = OwnNats::start(port);
+    let _nats = OwnService::nats(port);
     until_received(&b, &mut on_a, "after", Duration::from_secs(30)).await;
 }

@@ -275,7 +275,7 @@ async fn the_sqlite_default_survives_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_outage_is_a_503_and_the_server_recovers() {
     let port = spare_port();
-    let mut redis = OwnRedis::start(port);
+    let mut redis = OwnService::redis(port);
     let cfg = ServeConfig {
         session_store: format!("redis://127.0.0.1:{port}/0"),
         ..config()
@@ -317,7 +317,7 @@ async fn a_store_outage_is_a_503_and_the_server_recovers() {
         "{m}"
     );
 
-    let _redis = OwnRedis::start(port);
+    let _redis = OwnService::redis(port);
     let mut recovered = false;
     for _ in 0..50 {
         let r = http(addr, "POST", "/session/increment", Some(&cookie)).await;
