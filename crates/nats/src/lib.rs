@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ferrocable_node::pubsub::{PubSub, PubSubHooks, decode_envelope, encode_envelope};
+use ferrocable_node::pubsub::{PubSub, PubSubHooks, decode_envelope};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -119,10 +119,12 @@ async fn run(
                                         continue;
                                     };
                                     match decode_envelope(text) {
-                                        Some((origin, _, _)) if origin == hooks.node_id => {}
-                                        Some((_, s, m)) if s == name => {
-                                            (hooks.deliver)(&s, m.get())
-                                        }
+                                        Some(e) if e.origin == hooks.node_id => {}
+                                        Some(e) if e.stream == name => (hooks.deliver)(
+                                            &e.stream,
+                                            e.message.get(),
+                                            e.position().as_ref(),
+                                        ),
                                         Some(_) => {}
                                         None => {
                                             hooks.errors.inc();
@@ -155,15 +157,9 @@ impl PubSub for NatsPubSub {
         tokio::spawn(run(self.url.clone(), self.prefix.clone(), hooks, rx));
     }
 
-    fn publish(&self, stream: &str, message: &str) {
-        let Some(node_id) = self.hooks.lock().as_ref().map(|h| h.node_id) else {
-            return;
-        };
+    fn publish(&self, stream: &str, envelope: String) {
         if let Some(tx) = self.commands.lock().as_ref() {
-            let _ = tx.send(Command::Publish(
-                stream.to_owned(),
-                encode_envelope(node_id, stream, message),
-            ));
+            let _ = tx.send(Command::Publish(stream.to_owned(), envelope));
         }
     }
 

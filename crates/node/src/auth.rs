@@ -20,6 +20,10 @@ pub struct ConnectRequest {
     pub headers: http::HeaderMap,
     /// The peer's address, when known.
     pub remote_addr: Option<SocketAddr>,
+    /// The negotiated subprotocol (`None`: none was offered; treated as
+    /// `actioncable-v1-json`). The extended protocol turns on session ids, restore and
+    /// history.
+    pub protocol: Option<ferrocable_protocol::Subprotocol>,
 }
 
 impl ConnectRequest {
@@ -47,7 +51,7 @@ impl ConnectRequest {
 }
 
 /// Who a connection belongs to: the `identified_by` attributes, e.g. `current_user`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Identity {
     /// Attribute name → value (sorted, so the connection identifier is stable).
     pub identifiers: BTreeMap<String, String>,

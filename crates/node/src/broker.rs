@@ -1,24 +1,23 @@
-//! Stream history for reliable delivery: every stored broadcast gets an epoch and a per-stream
-//! offset, and a client that missed messages asks for everything after its last position.
+//! The broker: stream history for reliable delivery, and the session cache that lets a
+//! client of the extended protocol restore its subscriptions after a reconnect.
 //!
-//! The rules clients rely on: offsets rise by one per stream; the epoch is random per broker
-//! start, so a history that was lost (restart) can never look recoverable; a request with a
-//! stale epoch or an evicted offset is **rejected**, never answered with a guess.
+//! The rules clients rely on: offsets rise by one per stream; the epoch is random per
+//! storage generation, so a history that was lost (restart, flush) can never look
+//! recoverable; a request with a stale epoch or an evicted offset is **rejected**, never
+//! answered with a guess.
+//!
+//! [`Broker`] is the port; [`MemoryBroker`] the single-node implementation. Backends that
+//! share history across nodes (Redis Streams, NATS JetStream) live in their own crates and
+//! pass the same conformance suite.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+pub use ferrocable_protocol::StreamPosition;
 use parking_lot::Mutex;
 
-/// Where a message sits in its stream's history.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamPosition {
-    /// The history's epoch.
-    pub epoch: String,
-    /// The message's offset (the first message of an epoch has offset 1).
-    pub offset: u64,
-}
+use crate::BoxFuture;
 
 /// A stored message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +28,15 @@ pub struct HistoryEntry {
     pub at_ms: u64,
     /// The message JSON.
     pub message: Bytes,
+}
+
+/// Messages replayed for one stream, with the epoch they belong to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct History {
+    /// The epoch of every entry.
+    pub epoch: String,
+    /// Entries in offset order.
+    pub entries: Vec<HistoryEntry>,
 }
 
 /// Why history cannot be served.
@@ -42,13 +50,40 @@ pub enum HistoryError {
     Evicted,
 }
 
-/// Limits of the in-memory history (AnyCable's defaults: 100 messages, 300 s per stream).
+/// A broker operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    /// The history cannot answer this request (the client must resynchronise).
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    /// The backend is unreachable or answered with an error.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The backend returned something that is not what this broker stored.
+    #[error("broker returned corrupt data: {0}")]
+    Corrupt(String),
+}
+
+/// A message registered in the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// Where it was stored.
+    pub position: StreamPosition,
+    /// The broker also published it to the other nodes in the same atomic step (a Redis
+    /// broker sharing the node's Redis bus); the node must not publish it again.
+    pub published: bool,
+}
+
+/// Limits of a history (AnyCable's defaults: 100 messages, 300 s per stream) and of the
+/// session cache (300 s).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryLimits {
     /// Messages kept per stream.
     pub max_messages: usize,
     /// Age after which a message is evicted.
     pub ttl: Duration,
+    /// How long a disconnected session can be restored.
+    pub sessions_ttl: Duration,
 }
 
 impl Default for HistoryLimits {
@@ -56,8 +91,75 @@ impl Default for HistoryLimits {
         HistoryLimits {
             max_messages: 100,
             ttl: Duration::from_secs(300),
+            sessions_ttl: Duration::from_secs(300),
         }
     }
+}
+
+/// Stream history and session cache. Methods return boxed futures so a node can hold any
+/// backend as `Arc<dyn Broker>`; [`Broker::append`]'s future owns its inputs, so the node can
+/// poll it once inline (an in-memory broker is done at once) and hand it to its ordered
+/// broadcaster task if it is not.
+pub trait Broker: Send + Sync + 'static {
+    /// Stores `message` (JSON) for `stream` and gives it the next offset. `envelope` is the
+    /// bus envelope of the message, for brokers that publish it in the same atomic step.
+    fn append(
+        &self,
+        stream: &str,
+        message: Bytes,
+        envelope: &dyn Fn(&StreamPosition) -> String,
+    ) -> BoxFuture<'static, Result<Appended, BrokerError>>;
+
+    /// Every stored message of `stream` after `position` (exclusive), or a rejection.
+    fn history_from<'a>(
+        &'a self,
+        stream: &'a str,
+        position: &'a StreamPosition,
+    ) -> BoxFuture<'a, Result<History, BrokerError>>;
+
+    /// Every stored message of `stream` stored at or after `since_secs` (Unix seconds).
+    fn history_since<'a>(
+        &'a self,
+        stream: &'a str,
+        since_secs: u64,
+    ) -> BoxFuture<'a, Result<History, BrokerError>>;
+
+    /// Keeps a session's state under `sid` for the sessions TTL (replacing an older one).
+    fn commit_session<'a>(
+        &'a self,
+        sid: &'a str,
+        state: Bytes,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Takes the state of session `sid` out of the cache (once: a restored session gets a new
+    /// id), or `None` when it expired or never existed.
+    fn restore_session<'a>(
+        &'a self,
+        sid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Bytes>, BrokerError>>;
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A random epoch or id: `bytes` random bytes as lowercase hex.
+pub fn random_token(bytes: usize) -> String {
+    use std::hash::BuildHasher;
+    let mut out = String::with_capacity(bytes * 2);
+    while out.len() < bytes * 2 {
+        let seed = std::collections::hash_map::RandomState::new().hash_one((
+            SystemTime::now(),
+            std::process::id(),
+            out.len(),
+        ));
+        out.push_str(&format!("{seed:016x}"));
+    }
+    out.truncate(bytes * 2);
+    out
 }
 
 #[derive(Debug, Default)]
@@ -66,25 +168,23 @@ struct Ring {
     entries: VecDeque<HistoryEntry>,
 }
 
-/// In-memory history ring per stream.
+/// In-memory history ring per stream and session cache: a single node's broker.
 #[derive(Debug)]
 pub struct MemoryBroker {
     epoch: String,
     limits: HistoryLimits,
     streams: Mutex<HashMap<String, Ring>>,
+    sessions: Mutex<HashMap<String, (Bytes, Instant)>>,
 }
 
 impl MemoryBroker {
     /// A broker with a fresh random epoch.
     pub fn new(limits: HistoryLimits) -> Self {
-        let seed = std::hash::BuildHasher::hash_one(
-            &std::collections::hash_map::RandomState::new(),
-            std::time::SystemTime::now(),
-        );
         MemoryBroker {
-            epoch: format!("{:x}", seed & 0xffff_ffff_ffff),
+            epoch: random_token(4),
             limits,
             streams: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -106,9 +206,12 @@ impl MemoryBroker {
     }
 
     /// Stores `message` for `stream` at time `now_ms`; returns its position.
-    pub fn append(&self, stream: &str, message: Bytes, now_ms: u64) -> StreamPosition {
+    pub fn append_at(&self, stream: &str, message: Bytes, now_ms: u64) -> StreamPosition {
         let mut streams = self.streams.lock();
-        let ring = streams.entry(stream.to_owned()).or_default();
+        let ring = match streams.get_mut(stream) {
+            Some(r) => r,
+            None => streams.entry(stream.to_owned()).or_default(),
+        };
         ring.last_offset += 1;
         let offset = ring.last_offset;
         ring.entries.push_back(HistoryEntry {
@@ -176,6 +279,76 @@ impl MemoryBroker {
     }
 }
 
+impl Broker for MemoryBroker {
+    fn append(
+        &self,
+        stream: &str,
+        message: Bytes,
+        _envelope: &dyn Fn(&StreamPosition) -> String,
+    ) -> BoxFuture<'static, Result<Appended, BrokerError>> {
+        let position = self.append_at(stream, message, now_ms());
+        Box::pin(std::future::ready(Ok(Appended {
+            position,
+            published: false,
+        })))
+    }
+
+    fn history_from<'a>(
+        &'a self,
+        stream: &'a str,
+        position: &'a StreamPosition,
+    ) -> BoxFuture<'a, Result<History, BrokerError>> {
+        let r = self
+            .since_position(stream, position, now_ms())
+            .map(|entries| History {
+                epoch: self.epoch.clone(),
+                entries,
+            })
+            .map_err(BrokerError::from);
+        Box::pin(std::future::ready(r))
+    }
+
+    fn history_since<'a>(
+        &'a self,
+        stream: &'a str,
+        since_secs: u64,
+    ) -> BoxFuture<'a, Result<History, BrokerError>> {
+        let entries = self.since_time(stream, since_secs.saturating_mul(1000), now_ms());
+        Box::pin(std::future::ready(Ok(History {
+            epoch: self.epoch.clone(),
+            entries,
+        })))
+    }
+
+    fn commit_session<'a>(
+        &'a self,
+        sid: &'a str,
+        state: Bytes,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        let now = Instant::now();
+        let mut sessions = self.sessions.lock();
+        // Expired sessions are swept when the map has doubled since the last sweep.
+        if sessions.len() >= 1024 && sessions.len().is_power_of_two() {
+            sessions.retain(|_, (_, expires)| *expires > now);
+        }
+        sessions.insert(sid.to_owned(), (state, now + self.limits.sessions_ttl));
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn restore_session<'a>(
+        &'a self,
+        sid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Bytes>, BrokerError>> {
+        let found = self
+            .sessions
+            .lock()
+            .remove(sid)
+            .filter(|(_, expires)| *expires > Instant::now())
+            .map(|(state, _)| state);
+        Box::pin(std::future::ready(Ok(found)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,9 +360,9 @@ mod tests {
     #[test]
     fn offsets_rise_per_stream_and_replay_is_exclusive() {
         let b = MemoryBroker::new(HistoryLimits::default());
-        let p1 = b.append("a", msg("1"), 1000);
-        let p2 = b.append("a", msg("2"), 1001);
-        let q1 = b.append("b", msg("x"), 1002);
+        let p1 = b.append_at("a", msg("1"), 1000);
+        let p2 = b.append_at("a", msg("2"), 1001);
+        let q1 = b.append_at("b", msg("x"), 1002);
         assert_eq!((p1.offset, p2.offset, q1.offset), (1, 2, 1));
         let got = b.since_position("a", &p1, 1003).unwrap();
         assert_eq!(got.iter().map(|e| e.offset).collect::<Vec<_>>(), vec![2]);
@@ -205,10 +378,10 @@ mod tests {
     fn stale_epochs_and_evicted_offsets_are_rejected_never_guessed() {
         let b = MemoryBroker::new(HistoryLimits {
             max_messages: 3,
-            ttl: Duration::from_secs(300),
+            ..HistoryLimits::default()
         });
         for i in 0..5 {
-            b.append("a", msg(&i.to_string()), 1000);
+            b.append_at("a", msg(&i.to_string()), 1000);
         }
         let stale = StreamPosition {
             epoch: "other".into(),
@@ -244,11 +417,11 @@ mod tests {
     #[test]
     fn messages_expire_and_time_queries_see_what_is_left() {
         let b = MemoryBroker::new(HistoryLimits {
-            max_messages: 100,
             ttl: Duration::from_secs(10),
+            ..HistoryLimits::default()
         });
-        let p = b.append("a", msg("old"), 0);
-        b.append("a", msg("new"), 9_000);
+        let p = b.append_at("a", msg("old"), 0);
+        b.append_at("a", msg("new"), 9_000);
         assert_eq!(b.since_time("a", 0, 9_500).len(), 2);
         assert_eq!(b.since_time("a", 0, 12_000).len(), 1, "the old one expired");
         let before = StreamPosition {

@@ -10,11 +10,12 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferrocable_protocol::{
-    ClientCommand, DecodeError, DisconnectReason, Identifier, ServerFrame, decode_command,
-    encode_data_frame, encode_json_string,
+    ClientCommand, DecodeError, DisconnectReason, HistoryRequest, Identifier, ServerFrame,
+    Subprotocol, decode_command, encode_data_frame, encode_data_frame_at, encode_json_string,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Map, Value};
@@ -23,10 +24,120 @@ use tokio_websockets::{CloseCode, Message, Payload, WebSocketStream};
 use tracing::{debug, info, warn};
 
 use crate::auth::{ConnectRequest, Identity};
+use crate::broker::random_token;
 use crate::channel::{ChannelContext, DynChannel, Effects, PerformError};
 use crate::hub::ConnId;
 use crate::node::Inner;
-use crate::outbox::Outbox;
+use crate::outbox::{OutFrame, Outbox, StreamKey};
+
+/// How long live frames of a restored subscription wait for the client's `history` request
+/// before they are sent anyway.
+const REPLAY_GATE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What an extended-protocol session keeps in the broker so that a reconnecting client
+/// gets its subscriptions back without authenticating again.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SessionState {
+    identity: Identity,
+    subscriptions: Vec<SavedSubscription>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedSubscription {
+    identifier: String,
+    streams: Vec<String>,
+}
+
+/// Ordering state of a connection that replays history (extended protocol): live frames
+/// of a subscription whose replay is pending are held back, and every stored message is
+/// sent at most once, in offset order.
+#[derive(Default)]
+struct Replay {
+    /// Subscriptions whose replay is pending, and since when.
+    gates: HashMap<Identifier, Instant>,
+    /// Live frames held back by a gate.
+    held: VecDeque<OutFrame>,
+    /// Last offset sent per (stream, subscription).
+    last_sent: HashMap<Arc<StreamKey>, u64>,
+}
+
+impl Replay {
+    /// Whether a stored message may be sent (not sent before); records it.
+    fn admit(&mut self, key: &Arc<StreamKey>, offset: u64) -> bool {
+        match self.last_sent.get_mut(key) {
+            Some(last) if offset <= *last => false,
+            Some(last) => {
+                *last = offset;
+                true
+            }
+            None => {
+                self.last_sent.insert(key.clone(), offset);
+                true
+            }
+        }
+    }
+
+    /// Puts frames in wire order: held live frames wait for their replay's end.
+    fn sequence(&mut self, frames: VecDeque<OutFrame>, out: &mut Vec<Bytes>) {
+        for frame in frames {
+            match frame {
+                OutFrame::Plain(bytes) => out.push(bytes),
+                OutFrame::Live {
+                    ref key, offset, ..
+                } => {
+                    if self.gates.contains_key(&key.identifier) {
+                        self.held.push_back(frame);
+                    } else if self.admit(key, offset) {
+                        out.push(frame.into_bytes());
+                    }
+                }
+                OutFrame::Replay { bytes, key, offset } => {
+                    if self.admit(&key, offset) {
+                        out.push(bytes);
+                    }
+                }
+                OutFrame::EndReplay { bytes, identifier } => {
+                    out.push(bytes);
+                    self.release(&identifier, out);
+                }
+            }
+        }
+        let now = Instant::now();
+        let expired: Vec<Identifier> = self
+            .gates
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= REPLAY_GATE_TIMEOUT)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for identifier in expired {
+            self.release(&identifier, out);
+        }
+    }
+
+    /// Ends the gate of `identifier` and sends its held frames that are still new.
+    fn release(&mut self, identifier: &Identifier, out: &mut Vec<Bytes>) {
+        self.gates.remove(identifier);
+        let held = std::mem::take(&mut self.held);
+        for frame in held {
+            match &frame {
+                OutFrame::Live { key, offset, .. } if &key.identifier == identifier => {
+                    if self.admit(key, *offset) {
+                        out.push(frame.into_bytes());
+                    }
+                }
+                _ => self.held.push_back(frame),
+            }
+        }
+    }
+
+    /// Forgets a subscription.
+    fn forget(&mut self, identifier: &Identifier) {
+        self.gates.remove(identifier);
+        self.last_sent.retain(|k, _| &k.identifier != identifier);
+        self.held
+            .retain(|f| !matches!(f, OutFrame::Live { key, .. } if &key.identifier == identifier));
+    }
+}
 
 /// A live subscription of this connection.
 struct Subscription {
@@ -40,9 +151,12 @@ enum Exit {
     /// The peer closed or vanished.
     PeerGone,
     /// The server closes with a `disconnect` frame, after writing `pending` frames.
-    Disconnect(DisconnectReason, CloseCode, VecDeque<Bytes>),
+    Disconnect(DisconnectReason, CloseCode, Vec<Bytes>),
     /// The peer sent a frame over the size limit; the codec already queued close 1009.
     TooLarge,
+    /// The node shuts down and an extended session was saved: close with 1001 after
+    /// `pending`, without a `disconnect` frame, so the client restores elsewhere.
+    HandOver(Vec<Bytes>),
 }
 
 struct Connection {
@@ -51,6 +165,10 @@ struct Connection {
     identity: Arc<Identity>,
     outbox: Arc<Outbox>,
     subscriptions: HashMap<Identifier, Subscription>,
+    /// The session id (extended protocol only).
+    sid: Option<Box<str>>,
+    /// Replay ordering (only once the connection replayed or restored something).
+    replay: Option<Box<Replay>>,
 }
 
 /// Decrements the connection gauge however the task ends.
@@ -78,9 +196,18 @@ pub(crate) async fn run<S>(
     let _gauge = Gauge(&node);
     let id = node.next_conn_id();
 
-    let identity = tokio::select! {
-        r = node.auth.authenticate(&request) => r,
-        _ = node.shutdown.cancelled() => return,
+    let extended = request.protocol == Some(Subprotocol::ActionCableV1ExtJson);
+    let restored = if extended {
+        Box::pin(restore(&node, &request)).await
+    } else {
+        None
+    };
+    let identity = match restored {
+        Some(ref state) => Ok(state.identity.clone()),
+        None => tokio::select! {
+            r = node.auth.authenticate(&request) => r,
+            _ = node.shutdown.cancelled() => return,
+        },
     };
     // The request (headers, cookies) is not kept: an idle connection holds only what it needs.
     let remote = request.remote_addr;
@@ -98,7 +225,7 @@ pub(crate) async fn run<S>(
             Box::pin(goodbye(
                 &node,
                 &mut ws,
-                VecDeque::new(),
+                Vec::new(),
                 bye.encode(),
                 CloseCode::NORMAL_CLOSURE,
             ))
@@ -109,11 +236,17 @@ pub(crate) async fn run<S>(
     debug!(conn = id, ?remote, "connection opened");
 
     let mut conn = Connection {
-        outbox: Arc::new(Outbox::new(node.config.outbox)),
+        outbox: Arc::new(if extended {
+            Outbox::with_positions(node.config.outbox)
+        } else {
+            Outbox::new(node.config.outbox)
+        }),
         node: node.clone(),
         id,
         identity,
         subscriptions: HashMap::new(),
+        sid: extended.then(|| random_token(8).into_boxed_str()),
+        replay: None,
     };
     node.connections.insert(id, conn.outbox.clone());
     if node.shutdown.is_cancelled() {
@@ -121,9 +254,38 @@ pub(crate) async fn run<S>(
         conn.outbox
             .request_disconnect(DisconnectReason::ServerRestart);
     }
-    conn.queue(ServerFrame::Welcome.encode());
+    match (&conn.sid, restored) {
+        (None, _) => conn.queue(ServerFrame::Welcome.encode()),
+        (Some(sid), None) => {
+            let frame = ServerFrame::WelcomeSession {
+                sid,
+                restored_ids: None,
+            }
+            .encode();
+            conn.queue(frame);
+        }
+        (Some(_), Some(state)) => Box::pin(conn.resume(state)).await,
+    }
+    if conn.sid.is_some() {
+        Box::pin(conn.commit()).await;
+    }
     let exit = conn.serve(&mut ws).await;
     node.connections.remove(id);
+    let exit = match exit {
+        // A drop or a node shutdown keeps an extended session restorable: on shutdown the
+        // client gets no `disconnect` frame (which would make it forget its session id), only
+        // a close, and reconnects (to this node or another one sharing the broker) with its
+        // `sid`.
+        Exit::PeerGone if conn.sid.is_some() => {
+            Box::pin(conn.commit()).await;
+            Exit::PeerGone
+        }
+        Exit::Disconnect(DisconnectReason::ServerRestart, _, pending) if conn.sid.is_some() => {
+            Box::pin(conn.commit()).await;
+            Exit::HandOver(pending)
+        }
+        other => other,
+    };
     Box::pin(conn.unsubscribe_all()).await;
     match exit {
         Exit::PeerGone => {
@@ -131,6 +293,18 @@ pub(crate) async fn run<S>(
         }
         Exit::TooLarge => {
             let _ = tokio::time::timeout(node.config.write_timeout, ws.flush()).await;
+        }
+        Exit::HandOver(pending) => {
+            node.metrics.disconnect("handover");
+            let write = async {
+                for frame in pending {
+                    ws.feed(Message::text(Payload::from(frame))).await?;
+                }
+                ws.send(Message::close(Some(CloseCode::GOING_AWAY), ""))
+                    .await?;
+                ws.close().await
+            };
+            let _ = tokio::time::timeout(node.config.write_timeout, write).await;
         }
         Exit::Disconnect(reason, code, pending) => {
             node.metrics.disconnect(reason.as_str());
@@ -150,7 +324,7 @@ pub(crate) async fn run<S>(
 async fn goodbye<S>(
     node: &Inner,
     ws: &mut WebSocketStream<S>,
-    pending: VecDeque<Bytes>,
+    pending: Vec<Bytes>,
     bye: Bytes,
     code: CloseCode,
 ) where
@@ -168,13 +342,15 @@ async fn goodbye<S>(
 
 /// Writes `frames` and flushes. The write timeout's timer is armed only when the socket
 /// does not take everything at once, so the common case costs no timer registration.
-async fn write_frames<S>(
+async fn write_frames<S, I>(
     ws: &mut WebSocketStream<S>,
-    frames: VecDeque<Bytes>,
+    frames: I,
     timeout: std::time::Duration,
 ) -> Result<Result<(), tokio_websockets::Error>, tokio::time::error::Elapsed>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
+    I: IntoIterator<Item = Bytes>,
+    I::IntoIter: Send,
 {
     // Boxed: only alive while writing, so it need not sit in every idle task.
     let mut write = Box::pin(async move {
@@ -186,6 +362,33 @@ where
     match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
         Poll::Ready(done) => Ok(done),
         Poll::Pending => tokio::time::timeout(timeout, write).await,
+    }
+}
+
+/// Looks up the session a reconnecting extended-protocol client names (`X-ANYCABLE-RESTORE-SID`
+/// header first, then the `sid` query parameter; empty means none).
+async fn restore(node: &Inner, request: &ConnectRequest) -> Option<SessionState> {
+    let sid = request
+        .headers
+        .get("x-anycable-restore-sid")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| request.query_param("sid"))
+        .filter(|s| !s.is_empty() && s.len() <= 128)?;
+    match node.broker.restore_session(sid).await {
+        Ok(Some(bytes)) => match serde_json::from_slice::<SessionState>(&bytes) {
+            Ok(state) => Some(state),
+            Err(e) => {
+                warn!(error = %e, "session restore: corrupt session state");
+                node.metrics.broker_error("restore_session");
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(e) => {
+            warn!(error = %e, "session restore failed");
+            node.metrics.broker_error("restore_session");
+            None
+        }
     }
 }
 
@@ -219,9 +422,88 @@ fn apply_streams(
 }
 
 impl Connection {
-    fn queue(&self, frame: Bytes) {
+    fn queue(&self, frame: impl Into<OutFrame>) {
         // An overflow is noticed by the write loop, which disconnects with `too_slow`.
         let _ = self.outbox.try_push(frame);
+    }
+
+    fn replay(&mut self) -> &mut Replay {
+        self.replay.get_or_insert_with(Box::default)
+    }
+
+    /// Brings back a saved session: subscriptions and streams without running channel
+    /// callbacks (as AnyCable does), then the welcome naming what came back. Live frames of
+    /// restored subscriptions wait for the client's `history` request.
+    async fn resume(&mut self, state: SessionState) {
+        let mut restored = Vec::new();
+        for saved in state.subscriptions {
+            let identifier = Identifier::new(saved.identifier);
+            let Ok(parsed) = identifier.params() else {
+                continue;
+            };
+            let Some(channel) = self.node.channels.get(&parsed.channel).cloned() else {
+                continue;
+            };
+            self.replay()
+                .gates
+                .insert(identifier.clone(), Instant::now());
+            let mut sub = Subscription {
+                channel,
+                params: Arc::new(parsed.params),
+                streams: Vec::new(),
+            };
+            let effects = Effects {
+                stream_from: saved.streams,
+                ..Effects::default()
+            };
+            apply_streams(
+                &self.node,
+                self.id,
+                &self.outbox,
+                &identifier,
+                &mut sub.streams,
+                &effects,
+            );
+            self.subscriptions.insert(identifier.clone(), sub);
+            self.node.metrics.subscriptions.inc();
+            restored.push(identifier);
+        }
+        self.node.metrics.sessions_restored.inc();
+        let Some(sid) = &self.sid else { return };
+        let frame = ServerFrame::WelcomeSession {
+            sid,
+            restored_ids: Some(&restored),
+        }
+        .encode();
+        self.queue(frame);
+    }
+
+    /// Saves the session's state in the broker for the sessions TTL.
+    async fn commit(&self) {
+        let Some(sid) = &self.sid else { return };
+        let state = SessionState {
+            identity: (*self.identity).clone(),
+            subscriptions: self
+                .subscriptions
+                .iter()
+                .map(|(id, sub)| SavedSubscription {
+                    identifier: id.as_str().to_owned(),
+                    streams: sub.streams.clone(),
+                })
+                .collect(),
+        };
+        let Ok(bytes) = serde_json::to_vec(&state) else {
+            return;
+        };
+        if let Err(e) = self
+            .node
+            .broker
+            .commit_session(sid, Bytes::from(bytes))
+            .await
+        {
+            warn!(conn = self.id, error = %e, "session commit failed");
+            self.node.metrics.broker_error("commit_session");
+        }
     }
 
     fn refuse(&self, code: &'static str, message: &str) {
@@ -243,14 +525,28 @@ impl Connection {
                     let drained = outbox.take();
                     if drained.overflowed {
                         warn!(conn = self.id, "outbox overflowed: client too slow");
-                        return Exit::Disconnect(DisconnectReason::TooSlow, CloseCode::POLICY_VIOLATION, VecDeque::new());
+                        return Exit::Disconnect(DisconnectReason::TooSlow, CloseCode::POLICY_VIOLATION, Vec::new());
                     }
                     if let Some(reason) = drained.disconnect {
                         let code = if reason == DisconnectReason::ServerRestart { CloseCode::GOING_AWAY } else { CloseCode::NORMAL_CLOSURE };
-                        return Exit::Disconnect(reason, code, drained.frames);
+                        let mut pending = Vec::with_capacity(drained.frames.len());
+                        match self.replay.as_mut() {
+                            Some(replay) => replay.sequence(drained.frames, &mut pending),
+                            None => pending.extend(drained.frames.into_iter().map(OutFrame::into_bytes)),
+                        }
+                        return Exit::Disconnect(reason, code, pending);
                     }
                     if !drained.frames.is_empty() {
-                        match write_frames(ws, drained.frames, self.node.config.write_timeout).await {
+                        let timeout = self.node.config.write_timeout;
+                        let written = match self.replay.as_mut() {
+                            Some(replay) => {
+                                let mut ordered = Vec::with_capacity(drained.frames.len());
+                                replay.sequence(drained.frames, &mut ordered);
+                                write_frames(ws, ordered, timeout).await
+                            }
+                            None => write_frames(ws, drained.frames.into_iter().map(OutFrame::into_bytes), timeout).await,
+                        };
+                        match written {
                             Ok(Ok(())) => {}
                             Ok(Err(e)) => {
                                 debug!(conn = self.id, error = %e, "write failed");
@@ -258,7 +554,7 @@ impl Connection {
                             }
                             Err(_) => {
                                 warn!(conn = self.id, "write timed out: client too slow");
-                                return Exit::Disconnect(DisconnectReason::TooSlow, CloseCode::POLICY_VIOLATION, VecDeque::new());
+                                return Exit::Disconnect(DisconnectReason::TooSlow, CloseCode::POLICY_VIOLATION, Vec::new());
                             }
                         }
                     }
@@ -302,9 +598,18 @@ impl Connection {
                 warn!(conn = self.id, error = %e, "bad frame");
                 self.refuse(e.code(), &e.to_string());
             }
-            Ok(ClientCommand::Subscribe { identifier }) => self.subscribe(identifier).await,
+            Ok(ClientCommand::Subscribe {
+                identifier,
+                history,
+            }) => self.subscribe(identifier, history).await,
             Ok(ClientCommand::Unsubscribe { identifier }) => self.unsubscribe(identifier).await,
             Ok(ClientCommand::Message { identifier, data }) => self.perform(identifier, data).await,
+            Ok(ClientCommand::History {
+                identifier,
+                history,
+            }) => self.history(identifier, history).await,
+            Ok(ClientCommand::Pong) => {}
+            Ok(ClientCommand::Ping) => self.queue(ServerFrame::Pong.encode()),
         }
     }
 
@@ -313,7 +618,7 @@ impl Connection {
         self.queue(ServerFrame::RejectSubscription { identifier }.encode());
     }
 
-    async fn subscribe(&mut self, identifier: Identifier) {
+    async fn subscribe(&mut self, identifier: Identifier, history: Option<HistoryRequest>) {
         if self.subscriptions.contains_key(&identifier) {
             debug!(conn = self.id, %identifier, "duplicate subscribe ignored");
             return;
@@ -353,6 +658,12 @@ impl Connection {
             params,
             streams: Vec::new(),
         };
+        if history.is_some() {
+            // Live frames wait until the replay is queued, so they follow it in offset order.
+            self.replay()
+                .gates
+                .insert(identifier.clone(), Instant::now());
+        }
         // Streams are attached before the confirmation is queued: once the client reads
         // `confirm_subscription`, broadcasts to those streams reach it.
         apply_streams(
@@ -371,8 +682,99 @@ impl Connection {
             .encode(),
         );
         self.broadcast_all(&effects);
-        self.subscriptions.insert(identifier, sub);
+        self.subscriptions.insert(identifier.clone(), sub);
         self.node.metrics.subscriptions.inc();
+        if let Some(history) = history {
+            // Confirmed first, then replayed (AnyCable's order).
+            self.history(identifier, history).await;
+        }
+        self.commit().await;
+    }
+
+    /// Replays what the client missed on every stream of a subscription: all of it, in
+    /// offset order, then `confirm_history`; or, if any stream cannot be served, nothing but
+    /// `reject_history`.
+    async fn history(&mut self, identifier: Identifier, request: HistoryRequest) {
+        let Some(sub) = self.subscriptions.get(&identifier) else {
+            warn!(conn = self.id, %identifier, "history for unknown subscription");
+            self.node.metrics.history_rejected.inc();
+            self.queue(
+                ServerFrame::RejectHistory {
+                    identifier: &identifier,
+                }
+                .encode(),
+            );
+            return;
+        };
+        let streams = sub.streams.clone();
+        self.replay()
+            .gates
+            .insert(identifier.clone(), Instant::now());
+        let broker = self.node.broker.clone();
+        let mut replayed = Vec::new();
+        let mut failed = None;
+        for stream in &streams {
+            let result = match request.streams.get(stream) {
+                Some(position) => broker.history_from(stream, position).await,
+                None => match request.since {
+                    Some(since) => broker.history_since(stream, since).await,
+                    None => continue,
+                },
+            };
+            match result {
+                Ok(history) => replayed.push((stream, history)),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            debug!(conn = self.id, %identifier, error = %e, "history rejected");
+            if matches!(
+                e,
+                crate::broker::BrokerError::Unavailable(_) | crate::broker::BrokerError::Corrupt(_)
+            ) {
+                self.node.metrics.broker_error("history");
+            }
+            self.node.metrics.history_rejected.inc();
+            let bytes = ServerFrame::RejectHistory {
+                identifier: &identifier,
+            }
+            .encode();
+            self.queue(OutFrame::EndReplay { bytes, identifier });
+            return;
+        }
+        let identifier_literal = encode_json_string(identifier.as_str());
+        for (stream, history) in replayed {
+            let key = Arc::new(StreamKey {
+                stream: Arc::from(stream.as_str()),
+                identifier: identifier.clone(),
+            });
+            let stream_literal = encode_json_string(stream);
+            let epoch_literal = encode_json_string(&history.epoch);
+            for entry in history.entries {
+                let Ok(message) = std::str::from_utf8(&entry.message) else {
+                    continue;
+                };
+                self.queue(OutFrame::Replay {
+                    bytes: encode_data_frame_at(
+                        &identifier_literal,
+                        message,
+                        &stream_literal,
+                        &epoch_literal,
+                        entry.offset,
+                    ),
+                    key: key.clone(),
+                    offset: entry.offset,
+                });
+            }
+        }
+        let bytes = ServerFrame::ConfirmHistory {
+            identifier: &identifier,
+        }
+        .encode();
+        self.queue(OutFrame::EndReplay { bytes, identifier });
     }
 
     async fn unsubscribe(&mut self, identifier: Identifier) {
@@ -384,7 +786,11 @@ impl Connection {
             );
             return;
         };
+        if let Some(replay) = self.replay.as_mut() {
+            replay.forget(&identifier);
+        }
         self.end_subscription(identifier, sub).await;
+        self.commit().await;
     }
 
     async fn end_subscription(&mut self, identifier: Identifier, mut sub: Subscription) {
@@ -440,6 +846,9 @@ impl Connection {
         );
         let result = channel.perform(&mut ctx, &action, data).await;
         let effects = ctx.into_effects();
+        let streams_changed = !effects.stream_from.is_empty()
+            || !effects.stop_stream_from.is_empty()
+            || effects.stop_all_streams;
         if let Some(sub) = self.subscriptions.get_mut(&identifier) {
             apply_streams(
                 &self.node,
@@ -452,6 +861,9 @@ impl Connection {
         }
         self.transmit_all(&identifier, &effects);
         self.broadcast_all(&effects);
+        if streams_changed {
+            self.commit().await;
+        }
         if let Err(e) = result {
             warn!(conn = self.id, %identifier, %action, error = %e, "action failed");
             let code = match e {

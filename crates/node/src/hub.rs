@@ -11,11 +11,14 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use ferrocable_protocol::{Identifier, encode_data_frame, encode_json_string};
+use bytes::Bytes;
+use ferrocable_protocol::{
+    Identifier, StreamPosition, encode_data_frame, encode_data_frame_at, encode_json_string,
+};
 use parking_lot::RwLock;
 use serde_json::value::RawValue;
 
-use crate::outbox::{Outbox, PushError};
+use crate::outbox::{OutFrame, Outbox, PushError, StreamKey};
 
 /// A connection's id, unique within a node.
 pub type ConnId = u64;
@@ -26,6 +29,8 @@ struct Group {
     /// The identifier, pre-encoded as a JSON string literal for the data frame.
     identifier_literal: Box<str>,
     identifier: Identifier,
+    /// (stream, identifier), shared by every frame of a stored message sent to this group.
+    key: Arc<StreamKey>,
     members: HashMap<ConnId, Arc<Outbox>>,
 }
 
@@ -95,16 +100,21 @@ impl Hub {
     ) -> (bool, bool) {
         let mut shard = self.shard(stream).write();
         let first = !shard.contains_key(stream);
-        let groups = match shard.get_mut(stream) {
-            Some(g) => g,
-            None => shard.entry(Arc::from(stream)).or_default(),
+        let stream_name: Arc<str> = match shard.get_key_value(stream) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(stream),
         };
+        let groups = shard.entry(stream_name.clone()).or_default();
         let group = match groups.iter().position(|g| &g.identifier == identifier) {
             Some(i) => &mut groups[i],
             None => {
                 groups.push(Group {
                     identifier_literal: encode_json_string(identifier.as_str()).into(),
                     identifier: identifier.clone(),
+                    key: Arc::new(StreamKey {
+                        stream: stream_name,
+                        identifier: identifier.clone(),
+                    }),
                     members: HashMap::new(),
                 });
                 groups.last_mut().expect("just pushed")
@@ -147,19 +157,67 @@ impl Hub {
         message: &RawValue,
         except: Option<ConnId>,
     ) -> BroadcastReport {
+        self.broadcast_at(stream, message, except, None)
+    }
+
+    /// Like [`Hub::broadcast`] for a message stored in the history at `position`: the frame
+    /// carries `stream_id`, `epoch` and `offset`.
+    pub fn broadcast_at(
+        &self,
+        stream: &str,
+        message: &RawValue,
+        except: Option<ConnId>,
+        position: Option<&StreamPosition>,
+    ) -> BroadcastReport {
         let mut report = BroadcastReport::default();
         let shard = self.shard(stream).read();
         let Some(groups) = shard.get(stream) else {
             return report;
         };
+        let literals = position.map(|p| {
+            (
+                encode_json_string(stream),
+                encode_json_string(&p.epoch),
+                p.offset,
+            )
+        });
         for group in groups {
-            let frame = encode_data_frame(&group.identifier_literal, message.get());
-            report.encoded += 1;
+            // Plain and positioned frames are each encoded at most once per group.
+            let mut plain: Option<Bytes> = None;
+            let mut positioned: Option<OutFrame> = None;
             for (conn, outbox) in &group.members {
                 if Some(*conn) == except {
                     continue;
                 }
-                match outbox.try_push(frame.clone()) {
+                let frame = match &literals {
+                    Some((stream_literal, epoch_literal, offset)) if outbox.wants_positions() => {
+                        positioned
+                            .get_or_insert_with(|| {
+                                report.encoded += 1;
+                                OutFrame::Live {
+                                    bytes: encode_data_frame_at(
+                                        &group.identifier_literal,
+                                        message.get(),
+                                        stream_literal,
+                                        epoch_literal,
+                                        *offset,
+                                    ),
+                                    key: group.key.clone(),
+                                    offset: *offset,
+                                }
+                            })
+                            .clone()
+                    }
+                    _ => OutFrame::Plain(
+                        plain
+                            .get_or_insert_with(|| {
+                                report.encoded += 1;
+                                encode_data_frame(&group.identifier_literal, message.get())
+                            })
+                            .clone(),
+                    ),
+                };
+                match outbox.try_push(frame) {
                     Ok(()) => report.delivered += 1,
                     Err(PushError::Overflow) => report.overflowed += 1,
                     Err(PushError::Closed) => {}
@@ -200,7 +258,7 @@ mod tests {
         o.take()
             .frames
             .iter()
-            .map(|f| String::from_utf8(f.to_vec()).unwrap())
+            .map(|f| String::from_utf8(f.bytes().to_vec()).unwrap())
             .collect()
     }
 
@@ -244,7 +302,7 @@ mod tests {
         hub.broadcast("s", &raw("1"), None);
         let frames: Vec<_> = outs
             .iter()
-            .map(|o| o.take().frames.pop_front().unwrap())
+            .map(|o| o.take().frames.pop_front().unwrap().into_bytes())
             .collect();
         // Same backing buffer: Bytes clones, not copies.
         assert!(frames.windows(2).all(|w| w[0].as_ptr() == w[1].as_ptr()));

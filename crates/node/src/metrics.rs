@@ -43,6 +43,12 @@ pub struct Metrics {
     pub store_errors: Family<StoreLabel, Counter>,
     /// Pubsub bus failures (connection lost, publish failed, bad envelope).
     pub pubsub_errors: Counter,
+    /// Broker (history, session cache) failures, by operation.
+    pub broker_errors: Family<ReasonLabel, Counter>,
+    /// Sessions restored from the cache (extended protocol).
+    pub sessions_restored: Counter,
+    /// History requests answered with `reject_history`.
+    pub history_rejected: Counter,
     /// Broadcast ingress requests refused (bad key, malformed body), by reason.
     pub ingress_refused: Family<ReasonLabel, Counter>,
     /// 1 while the node is connected to its pubsub bus.
@@ -75,6 +81,9 @@ impl Default for Metrics {
             refused_upgrades: Family::default(),
             store_errors: Family::default(),
             pubsub_errors: Counter::default(),
+            broker_errors: Family::default(),
+            sessions_restored: Counter::default(),
+            history_rejected: Counter::default(),
             ingress_refused: Family::default(),
             pubsub_connected: Gauge::default(),
             pubsub_received: Counter::default(),
@@ -136,6 +145,21 @@ impl Default for Metrics {
             m.pubsub_errors.clone(),
         );
         registry.register(
+            "ferrocable_broker_errors",
+            "Broker (history, session cache) failures by operation",
+            m.broker_errors.clone(),
+        );
+        registry.register(
+            "ferrocable_sessions_restored",
+            "Extended-protocol sessions restored after a reconnect",
+            m.sessions_restored.clone(),
+        );
+        registry.register(
+            "ferrocable_history_rejected",
+            "History requests answered with reject_history",
+            m.history_rejected.clone(),
+        );
+        registry.register(
             "ferrocable_pubsub_connected",
             "1 while connected to the pubsub bus",
             m.pubsub_connected.clone(),
@@ -160,6 +184,15 @@ impl Metrics {
         self.bad_frames
             .get_or_create(&ReasonLabel {
                 reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one broker failure of operation `op`.
+    pub fn broker_error(&self, op: &str) {
+        self.broker_errors
+            .get_or_create(&ReasonLabel {
+                reason: op.to_owned(),
             })
             .inc();
     }

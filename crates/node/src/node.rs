@@ -5,7 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ferrocable_protocol::{DEFAULT_MAX_COMMAND_BYTES, DisconnectReason, ServerFrame};
+use bytes::Bytes;
+use ferrocable_protocol::{
+    DEFAULT_MAX_COMMAND_BYTES, DisconnectReason, ServerFrame, StreamPosition,
+};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -14,11 +19,12 @@ use tokio_util::task::TaskTracker;
 use tokio_websockets::WebSocketStream;
 
 use crate::auth::{AllowAll, Authenticator, ConnectRequest, DynAuthenticator};
+use crate::broker::{Appended, Broker, BrokerError, HistoryLimits, MemoryBroker};
 use crate::channel::{Channel, DynChannel};
 use crate::hub::{BroadcastReport, ConnId, Hub};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, OutboxLimits};
-use crate::pubsub::PubSub;
+use crate::pubsub::{PubSub, encode_envelope};
 
 /// Tunables of a node. `Default` gives the reference values of the ActionCable and
 /// AnyCable servers.
@@ -36,6 +42,11 @@ pub struct NodeConfig {
     pub shutdown_timeout: Duration,
     /// Hub shards (stream registry locks).
     pub hub_shards: usize,
+    /// History and session-cache limits of the default in-memory broker.
+    pub history: HistoryLimits,
+    /// Broadcasts waiting for a remote broker to store them; beyond this a broadcast is
+    /// delivered unstored (no offset) and counted as a broker error.
+    pub max_pending_appends: usize,
 }
 
 impl Default for NodeConfig {
@@ -47,6 +58,8 @@ impl Default for NodeConfig {
             write_timeout: Duration::from_secs(2),
             shutdown_timeout: Duration::from_secs(10),
             hub_shards: 64,
+            history: HistoryLimits::default(),
+            max_pending_appends: 65_536,
         }
     }
 }
@@ -62,7 +75,19 @@ pub(crate) struct Inner {
     pub(crate) connections: Registry,
     next_id: AtomicU64,
     pubsub: Option<Arc<dyn PubSub>>,
+    pub(crate) broker: Arc<dyn Broker>,
+    /// Ordered queue of broadcasts whose broker append did not finish inline.
+    appends: tokio::sync::mpsc::Sender<PendingAppend>,
+    pending_appends: std::sync::atomic::AtomicUsize,
     node_id: crate::pubsub::NodeId,
+}
+
+/// A broadcast waiting for its broker append, in the broadcaster task's queue.
+struct PendingAppend {
+    append: crate::BoxFuture<'static, Result<Appended, BrokerError>>,
+    stream: String,
+    message: Box<RawValue>,
+    except: Option<ConnId>,
 }
 
 /// Every live connection's outbox, sharded by connection id: how the node reaches all
@@ -145,11 +170,11 @@ impl Inner {
     }
 
     /// A message from another node: local delivery only.
-    fn deliver_remote(&self, stream: &str, message: &str) {
+    fn deliver_remote(&self, stream: &str, message: &str, position: Option<&StreamPosition>) {
         match serde_json::from_str::<&RawValue>(message) {
             Ok(raw) => {
                 self.metrics.pubsub_received.inc();
-                let report = self.hub.broadcast(stream, raw, None);
+                let report = self.hub.broadcast_at(stream, raw, None, position);
                 self.metrics
                     .broadcast_deliveries
                     .inc_by(report.delivered as u64);
@@ -160,17 +185,89 @@ impl Inner {
         }
     }
 
+    /// Broadcasts a message: the broker stores it (giving it an offset), then it is
+    /// delivered locally and published to the other nodes.
+    ///
+    /// An in-memory broker stores at once and everything happens inline. A remote broker's
+    /// append is polled once here (which sends the command) and, if it has not finished,
+    /// queued to the broadcaster task, which completes appends in call order, so messages
+    /// of a stream keep their order. The returned report is then empty (delivery happens
+    /// when the append finishes).
     pub(crate) fn broadcast_raw(
         &self,
         stream: &str,
         message: &RawValue,
         except: Option<ConnId>,
     ) -> BroadcastReport {
-        let report = self.hub.broadcast(stream, message, except);
-        if let Some(p) = &self.pubsub {
-            p.publish(stream, message.get());
-        }
         self.metrics.broadcasts.inc();
+        let node_id = self.node_id;
+        let envelope =
+            |p: &StreamPosition| encode_envelope(node_id, stream, message.get(), Some(p));
+        let mut append = self.broker.append(
+            stream,
+            Bytes::copy_from_slice(message.get().as_bytes()),
+            &envelope,
+        );
+        if self.pending_appends.load(Ordering::Acquire) == 0 {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            if let std::task::Poll::Ready(appended) = append.as_mut().poll(&mut cx) {
+                return self.fan_out(stream, message, except, appended);
+            }
+        }
+        if self.pending_appends.fetch_add(1, Ordering::AcqRel) >= self.config.max_pending_appends {
+            self.pending_appends.fetch_sub(1, Ordering::AcqRel);
+            return self.fan_out(
+                stream,
+                message,
+                except,
+                Err(BrokerError::Unavailable("too many pending appends".into())),
+            );
+        }
+        let pending = PendingAppend {
+            append,
+            stream: stream.to_owned(),
+            message: message.to_owned(),
+            except,
+        };
+        if let Err(e) = self.appends.try_send(pending) {
+            self.pending_appends.fetch_sub(1, Ordering::AcqRel);
+            let p = e.into_inner();
+            return self.fan_out(
+                &p.stream,
+                &p.message,
+                p.except,
+                Err(BrokerError::Unavailable("broadcaster stopped".into())),
+            );
+        }
+        BroadcastReport::default()
+    }
+
+    /// Delivers a stored (or, when the broker failed, unstored) message locally and
+    /// publishes it to the other nodes unless the broker already did.
+    fn fan_out(
+        &self,
+        stream: &str,
+        message: &RawValue,
+        except: Option<ConnId>,
+        appended: Result<Appended, BrokerError>,
+    ) -> BroadcastReport {
+        let (position, published) = match appended {
+            Ok(a) => (Some(a.position), a.published),
+            Err(e) => {
+                tracing::warn!(%stream, error = %e, "broker append failed: delivering without history");
+                self.metrics.broker_error("append");
+                (None, false)
+            }
+        };
+        let report = self
+            .hub
+            .broadcast_at(stream, message, except, position.as_ref());
+        if !published && let Some(p) = &self.pubsub {
+            p.publish(
+                stream,
+                encode_envelope(self.node_id, stream, message.get(), position.as_ref()),
+            );
+        }
         self.metrics
             .broadcast_deliveries
             .inc_by(report.delivered as u64);
@@ -196,6 +293,7 @@ impl std::fmt::Debug for Node {
 /// Builds a [`Node`]: register channels, pick an authenticator, set the config.
 pub struct NodeBuilder {
     pubsub: Option<Arc<dyn PubSub>>,
+    broker: Option<Arc<dyn Broker>>,
     config: NodeConfig,
     channels: HashMap<String, Arc<dyn DynChannel>>,
     auth: Box<dyn DynAuthenticator>,
@@ -214,6 +312,7 @@ impl Default for NodeBuilder {
     fn default() -> Self {
         NodeBuilder {
             pubsub: None,
+            broker: None,
             config: NodeConfig::default(),
             channels: HashMap::new(),
             auth: Box::new(AllowAll),
@@ -239,6 +338,13 @@ impl NodeBuilder {
     /// Connects the node to other nodes through `pubsub` (default: none, a single node).
     pub fn pubsub(mut self, pubsub: impl PubSub) -> Self {
         self.pubsub = Some(Arc::new(pubsub));
+        self
+    }
+
+    /// Stores broadcasts and extended-protocol sessions in `broker` (default: a
+    /// [`MemoryBroker`] with the config's history limits).
+    pub fn broker(mut self, broker: impl Broker) -> Self {
+        self.broker = Some(Arc::new(broker));
         self
     }
 
@@ -272,7 +378,15 @@ impl NodeBuilder {
     /// Builds the node and starts its heartbeat. Must run inside a tokio runtime.
     pub fn build(self) -> Node {
         let shutdown = CancellationToken::new();
+        let (appends, append_queue) =
+            tokio::sync::mpsc::channel(self.config.max_pending_appends.max(1));
+        let broker = self
+            .broker
+            .unwrap_or_else(|| Arc::new(MemoryBroker::new(self.config.history)));
         let inner = Arc::new(Inner {
+            broker,
+            appends,
+            pending_appends: std::sync::atomic::AtomicUsize::new(0),
             hub: Hub::new(self.config.hub_shards),
             config: self.config,
             channels: self.channels,
@@ -293,21 +407,54 @@ impl NodeBuilder {
             let weak = Arc::downgrade(&inner);
             p.start(crate::pubsub::PubSubHooks {
                 node_id: inner.node_id,
-                deliver: Arc::new(move |stream: &str, message: &str| {
-                    if let Some(node) = weak.upgrade() {
-                        node.deliver_remote(stream, message);
-                    }
-                }),
+                deliver: Arc::new(
+                    move |stream: &str, message: &str, position: Option<&StreamPosition>| {
+                        if let Some(node) = weak.upgrade() {
+                            node.deliver_remote(stream, message, position);
+                        }
+                    },
+                ),
                 errors: inner.metrics.pubsub_errors.clone(),
                 connected: inner.metrics.pubsub_connected.clone(),
             });
         }
+        tokio::spawn(broadcaster(Arc::downgrade(&inner), append_queue));
         tokio::spawn(heartbeat(
             Arc::downgrade(&inner),
             inner.config.ping_interval,
             shutdown,
         ));
         Node { inner }
+    }
+}
+
+/// Completes remote broker appends in the order broadcasts were made (several in flight at
+/// once, so a network broker is pipelined), then delivers each.
+async fn broadcaster(
+    node: std::sync::Weak<Inner>,
+    mut queue: tokio::sync::mpsc::Receiver<PendingAppend>,
+) {
+    let mut in_flight = FuturesOrdered::new();
+    loop {
+        tokio::select! {
+            next = queue.recv() => match next {
+                Some(p) => in_flight.push_back(async move {
+                    let PendingAppend { append, stream, message, except } = p;
+                    (append.await, stream, message, except)
+                }),
+                None => break,
+            },
+            Some((appended, stream, message, except)) = in_flight.next(), if !in_flight.is_empty() => {
+                let Some(node) = node.upgrade() else { return };
+                node.fan_out(&stream, &message, except, appended);
+                node.pending_appends.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+    while let Some((appended, stream, message, except)) = in_flight.next().await {
+        let Some(node) = node.upgrade() else { return };
+        node.fan_out(&stream, &message, except, appended);
+        node.pending_appends.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -5,9 +5,10 @@
 //! overflowed and its task disconnects it with `too_slow`; nobody else slows down.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use ferrocable_protocol::DisconnectReason;
+use ferrocable_protocol::{DisconnectReason, Identifier};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -40,9 +41,82 @@ pub enum PushError {
     Closed,
 }
 
+/// One subscription's view of one stream: what a stored message's offset is counted
+/// against when a connection de-duplicates replayed and live frames.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct StreamKey {
+    /// The stream.
+    pub stream: Arc<str>,
+    /// The subscription.
+    pub identifier: Identifier,
+}
+
+/// A queued frame. Most are opaque bytes; frames of stored messages carry their stream key
+/// and offset, so a connection that replays history can keep its frames in offset order
+/// and never send one twice (the extended protocol's clients do not de-duplicate).
+#[derive(Debug, Clone)]
+pub enum OutFrame {
+    /// Any frame.
+    Plain(Bytes),
+    /// A live broadcast of a stored message.
+    Live {
+        /// The encoded frame.
+        bytes: Bytes,
+        /// Its subscription and stream.
+        key: Arc<StreamKey>,
+        /// Its offset.
+        offset: u64,
+    },
+    /// A message replayed from history.
+    Replay {
+        /// The encoded frame.
+        bytes: Bytes,
+        /// Its subscription and stream.
+        key: Arc<StreamKey>,
+        /// Its offset.
+        offset: u64,
+    },
+    /// `confirm_history` / `reject_history`: the replay of `identifier` is complete, live
+    /// frames held back meanwhile may follow.
+    EndReplay {
+        /// The encoded frame.
+        bytes: Bytes,
+        /// The subscription whose replay ended.
+        identifier: Identifier,
+    },
+}
+
+impl OutFrame {
+    /// The encoded frame.
+    pub fn bytes(&self) -> &Bytes {
+        match self {
+            OutFrame::Plain(b)
+            | OutFrame::Live { bytes: b, .. }
+            | OutFrame::Replay { bytes: b, .. }
+            | OutFrame::EndReplay { bytes: b, .. } => b,
+        }
+    }
+
+    /// The encoded frame, by value.
+    pub fn into_bytes(self) -> Bytes {
+        match self {
+            OutFrame::Plain(b)
+            | OutFrame::Live { bytes: b, .. }
+            | OutFrame::Replay { bytes: b, .. }
+            | OutFrame::EndReplay { bytes: b, .. } => b,
+        }
+    }
+}
+
+impl From<Bytes> for OutFrame {
+    fn from(b: Bytes) -> Self {
+        OutFrame::Plain(b)
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
-    frames: VecDeque<Bytes>,
+    frames: VecDeque<OutFrame>,
     bytes: usize,
     overflowed: bool,
     closed: bool,
@@ -56,13 +130,14 @@ pub struct Outbox {
     state: Mutex<State>,
     ready: Notify,
     limits: OutboxLimits,
+    positions: bool,
 }
 
 /// What a writer takes out of an outbox in one go.
 #[derive(Debug, Default)]
 pub struct Drained {
     /// Frames to write, oldest first.
-    pub frames: VecDeque<Bytes>,
+    pub frames: VecDeque<OutFrame>,
     /// Whether the outbox overflowed: the connection must be closed as too slow.
     pub overflowed: bool,
     /// The node asked the connection to close with this reason (e.g. shutdown).
@@ -76,11 +151,29 @@ impl Outbox {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
             limits,
+            positions: false,
         }
     }
 
+    /// Creates an empty outbox whose connection wants stored messages with their
+    /// `stream_id` / `epoch` / `offset` (the extended protocol). Plain ActionCable clients
+    /// get the Rails frame, byte for byte.
+    pub fn with_positions(limits: OutboxLimits) -> Self {
+        Outbox {
+            positions: true,
+            ..Outbox::new(limits)
+        }
+    }
+
+    /// Whether this connection gets position metadata on stored messages.
+    pub fn wants_positions(&self) -> bool {
+        self.positions
+    }
+
     /// Queues a frame without waiting. Never blocks on the client.
-    pub fn try_push(&self, frame: Bytes) -> Result<(), PushError> {
+    pub fn try_push(&self, frame: impl Into<OutFrame>) -> Result<(), PushError> {
+        let frame = frame.into();
+        let len = frame.bytes().len();
         let mut s = self.state.lock();
         if s.closed {
             return Err(PushError::Closed);
@@ -88,14 +181,13 @@ impl Outbox {
         if s.overflowed {
             return Err(PushError::Overflow);
         }
-        if s.bytes + frame.len() > self.limits.max_bytes || s.frames.len() >= self.limits.max_frames
-        {
+        if s.bytes + len > self.limits.max_bytes || s.frames.len() >= self.limits.max_frames {
             s.overflowed = true;
             drop(s);
             self.ready.notify_one();
             return Err(PushError::Overflow);
         }
-        s.bytes += frame.len();
+        s.bytes += len;
         s.frames.push_back(frame);
         let first = s.frames.len() == 1;
         drop(s);
@@ -171,7 +263,7 @@ mod tests {
         let d = o.take();
         assert!(!d.overflowed);
         assert_eq!(
-            d.frames.iter().map(|f| f[0]).collect::<Vec<_>>(),
+            d.frames.iter().map(|f| f.bytes()[0]).collect::<Vec<_>>(),
             vec![0, 1, 2, 3, 4]
         );
         assert!(o.is_empty());

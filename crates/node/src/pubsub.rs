@@ -9,14 +9,15 @@
 
 use std::sync::Arc;
 
+use ferrocable_protocol::StreamPosition;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 /// A node's identity on the bus (random per process).
 pub type NodeId = u64;
 
-/// Hands a message from the bus to the node: `(stream, message JSON)`.
-pub type Deliver = Arc<dyn Fn(&str, &str) + Send + Sync>;
+/// Hands a message from the bus to the node: `(stream, message JSON, history position)`.
+pub type Deliver = Arc<dyn Fn(&str, &str, Option<&StreamPosition>) + Send + Sync>;
 
 /// What a pubsub backend gets from its node.
 #[derive(Clone)]
@@ -44,32 +45,69 @@ impl std::fmt::Debug for PubSubHooks {
 pub trait PubSub: Send + Sync + 'static {
     /// Starts the backend's task(s); called once by the node.
     fn start(&self, hooks: PubSubHooks);
-    /// Publishes `message` (JSON) for `stream` to the other nodes.
-    fn publish(&self, stream: &str, message: &str);
+    /// Publishes a message of `stream` to the other nodes; `envelope` is its bus envelope
+    /// ([`encode_envelope`]), made once by the node.
+    fn publish(&self, stream: &str, envelope: String);
     /// Starts receiving `stream` from the bus.
     fn subscribe(&self, stream: &str);
     /// Stops receiving `stream`.
     fn unsubscribe(&self, stream: &str);
 }
 
-/// The bus envelope: `{"o":<origin node>,"s":"<stream>","m":<message JSON>}`.
-pub fn encode_envelope(origin: NodeId, stream: &str, message: &str) -> String {
-    format!(
-        "{{\"o\":{origin},\"s\":{},\"m\":{message}}}",
+/// The bus envelope: `{"o":<origin node>,"s":"<stream>","m":<message JSON>}`, plus
+/// `"e":"<epoch>","f":<offset>` for a message stored in the history.
+pub fn encode_envelope(
+    origin: NodeId,
+    stream: &str,
+    message: &str,
+    position: Option<&StreamPosition>,
+) -> String {
+    let mut out = format!(
+        "{{\"o\":{origin},\"s\":{},\"m\":{message}",
         ferrocable_protocol::encode_json_string(stream)
-    )
+    );
+    if let Some(p) = position {
+        out.push_str(&format!(
+            ",\"e\":{},\"f\":{}",
+            ferrocable_protocol::encode_json_string(&p.epoch),
+            p.offset
+        ));
+    }
+    out.push('}');
+    out
+}
+
+/// A decoded bus envelope.
+#[derive(Debug, serde::Deserialize)]
+pub struct Envelope {
+    /// The node that published it.
+    #[serde(rename = "o")]
+    pub origin: NodeId,
+    /// The stream.
+    #[serde(rename = "s")]
+    pub stream: String,
+    /// The message JSON.
+    #[serde(rename = "m")]
+    pub message: Box<serde_json::value::RawValue>,
+    #[serde(rename = "e", default)]
+    epoch: Option<String>,
+    #[serde(rename = "f", default)]
+    offset: Option<u64>,
+}
+
+impl Envelope {
+    /// The message's history position, when it was stored.
+    pub fn position(&self) -> Option<StreamPosition> {
+        Some(StreamPosition {
+            epoch: self.epoch.clone()?,
+            offset: self.offset?,
+        })
+    }
 }
 
 /// Reads a bus envelope; `None` for anything malformed (counted by the caller).
-pub fn decode_envelope(text: &str) -> Option<(NodeId, String, Box<serde_json::value::RawValue>)> {
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        o: NodeId,
-        s: String,
-        m: Box<serde_json::value::RawValue>,
-    }
-    let e: Envelope = serde_json::from_str(text).ok()?;
-    Some((e.o, e.s, e.m))
+pub fn decode_envelope(text: &str) -> Option<Envelope> {
+    serde_json::from_str(text).ok()
 }
 
 /// An in-process bus: several nodes in one process (tests, embedding) reach each other with
@@ -135,10 +173,14 @@ impl PubSub for MemoryPubSub {
         });
     }
 
-    fn publish(&self, stream: &str, message: &str) {
+    fn publish(&self, stream: &str, envelope: String) {
         let Some(origin) = *self.id.lock() else {
             return;
         };
+        let Some(e) = decode_envelope(&envelope) else {
+            return;
+        };
+        let position = e.position();
         // Snapshot the receivers, then deliver without holding the bus lock.
         let targets: Vec<Deliver> = self
             .bus
@@ -149,7 +191,7 @@ impl PubSub for MemoryPubSub {
             .map(|n| n.deliver.clone())
             .collect();
         for deliver in targets {
-            deliver(stream, message);
+            deliver(stream, e.message.get(), position.as_ref());
         }
     }
 
@@ -172,12 +214,18 @@ mod tests {
 
     #[test]
     fn envelopes_round_trip_and_garbage_is_refused() {
-        let text = encode_envelope(7, "chat \"1\"", r#"{"a":[1,2]}"#);
-        let (o, s, m) = decode_envelope(&text).unwrap();
+        let text = encode_envelope(7, "chat \"1\"", r#"{"a":[1,2]}"#, None);
+        let e = decode_envelope(&text).unwrap();
         assert_eq!(
-            (o, s.as_str(), m.get()),
-            (7, "chat \"1\"", r#"{"a":[1,2]}"#)
+            (e.origin, e.stream.as_str(), e.message.get(), e.position()),
+            (7, "chat \"1\"", r#"{"a":[1,2]}"#, None)
         );
+        let at = StreamPosition {
+            epoch: "ep".into(),
+            offset: 9,
+        };
+        let e = decode_envelope(&encode_envelope(7, "s", "1", Some(&at))).unwrap();
+        assert_eq!(e.position(), Some(at));
         assert!(decode_envelope("nope").is_none());
         assert!(decode_envelope(r#"{"o":1,"s":"x"}"#).is_none());
     }

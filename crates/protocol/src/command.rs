@@ -1,10 +1,32 @@
 //! Client commands: decoding inbound frames.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::error::DecodeError;
 use crate::identifier::Identifier;
+
+/// Where a message sits in its stream's history: the storage epoch and the per-stream
+/// offset (the extended protocol's `epoch` / `offset`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
+pub struct StreamPosition {
+    /// The history's storage generation.
+    pub epoch: String,
+    /// The message's offset (the first message of an epoch has offset 1).
+    pub offset: u64,
+}
+
+/// A `history` request (alone or riding on `subscribe`): everything after the given
+/// positions, and for streams without one everything since `since`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryRequest {
+    /// Unix time in seconds; used for streams absent from `streams`.
+    pub since: Option<u64>,
+    /// Last position seen per stream.
+    pub streams: BTreeMap<String, StreamPosition>,
+}
 
 /// A command sent by the client, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +35,8 @@ pub enum ClientCommand {
     Subscribe {
         /// The subscription key.
         identifier: Identifier,
+        /// History to replay once the subscription is confirmed (extended protocol).
+        history: Option<HistoryRequest>,
     },
     /// `{"command":"unsubscribe","identifier":…}`: detach a channel.
     Unsubscribe {
@@ -26,15 +50,29 @@ pub enum ClientCommand {
         /// The `data` string: JSON text whose `action` names the channel action.
         data: String,
     },
+    /// `{"command":"history","identifier":…,"history":{…}}`: replay missed messages
+    /// (extended protocol).
+    History {
+        /// The subscription key.
+        identifier: Identifier,
+        /// What to replay.
+        history: HistoryRequest,
+    },
+    /// `{"command":"pong"}`: the client answers a `ping` (extended protocol).
+    Pong,
+    /// `{"command":"ping"}`: the client checks the server is alive; answered with `pong`.
+    Ping,
 }
 
 impl ClientCommand {
-    /// The identifier every command carries.
-    pub fn identifier(&self) -> &Identifier {
+    /// The identifier, for the commands that carry one.
+    pub fn identifier(&self) -> Option<&Identifier> {
         match self {
-            ClientCommand::Subscribe { identifier }
+            ClientCommand::Subscribe { identifier, .. }
             | ClientCommand::Unsubscribe { identifier }
-            | ClientCommand::Message { identifier, .. } => identifier,
+            | ClientCommand::Message { identifier, .. }
+            | ClientCommand::History { identifier, .. } => Some(identifier),
+            ClientCommand::Pong | ClientCommand::Ping => None,
         }
     }
 }
@@ -47,6 +85,60 @@ struct RawCommand<'a> {
     identifier: Option<&'a RawValue>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    history: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RawHistory {
+    #[serde(default)]
+    since: Option<serde_json::Value>,
+    #[serde(default)]
+    streams: Option<BTreeMap<String, StreamPosition>>,
+}
+
+/// Whether a `history` object is well formed but asks for nothing.
+fn raw_history_is_empty(raw: Option<&RawValue>) -> bool {
+    raw.is_some_and(|raw| {
+        raw.get().starts_with('{')
+            && serde_json::from_str::<RawHistory>(raw.get()).is_ok_and(|h| {
+                matches!(
+                    h.since,
+                    None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false))
+                ) && h.streams.is_none_or(|s| s.is_empty())
+            })
+    })
+}
+
+/// Reads a `history` object; a request with neither `since` nor `streams` asks for nothing
+/// and is refused, as AnyCable does.
+fn history_field(raw: Option<&RawValue>) -> Result<HistoryRequest, DecodeError> {
+    let raw = raw.ok_or(DecodeError::MissingHistory)?;
+    // serde would read an array as a struct: only an object is a history request.
+    if !raw.get().starts_with('{') {
+        return Err(DecodeError::MalformedHistory);
+    }
+    let h: RawHistory =
+        serde_json::from_str(raw.get()).map_err(|_| DecodeError::MalformedHistory)?;
+    let since = match h.since {
+        // `@anycable/core` sends `false` when it has no timestamp.
+        None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)) => None,
+        Some(serde_json::Value::Number(n)) => match n.as_u64() {
+            Some(s) => Some(s),
+            // Whole seconds are expected; a fraction is floored, a negative or absurd value refused.
+            None => match n.as_f64() {
+                Some(f) if (0.0..1e12).contains(&f) => Some(f as u64),
+                _ => return Err(DecodeError::MalformedHistory),
+            },
+        },
+        Some(_) => return Err(DecodeError::MalformedHistory),
+    }
+    .filter(|s| *s > 0);
+    let streams = h.streams.unwrap_or_default();
+    if since.is_none() && streams.is_empty() {
+        return Err(DecodeError::MalformedHistory);
+    }
+    Ok(HistoryRequest { since, streams })
 }
 
 fn string_field(raw: Option<&RawValue>, missing: DecodeError) -> Result<String, DecodeError> {
@@ -84,6 +176,9 @@ pub fn decode_command(frame: &[u8], max_len: usize) -> Result<ClientCommand, Dec
         "subscribe" => 0,
         "unsubscribe" => 1,
         "message" => 2,
+        "history" => 3,
+        "pong" => return Ok(ClientCommand::Pong),
+        "ping" => return Ok(ClientCommand::Ping),
         _ => return Err(DecodeError::UnknownCommand),
     };
     let identifier = Identifier::new(string_field(
@@ -91,11 +186,24 @@ pub fn decode_command(frame: &[u8], max_len: usize) -> Result<ClientCommand, Dec
         DecodeError::MissingIdentifier,
     )?);
     Ok(match kind {
-        0 => ClientCommand::Subscribe { identifier },
+        0 => ClientCommand::Subscribe {
+            identifier,
+            // A subscribe's history that asks for nothing (no time, no positions) is no
+            // history request, not an error: the subscription itself is valid.
+            history: if raw_history_is_empty(raw.history) {
+                None
+            } else {
+                raw.history.map(|h| history_field(Some(h))).transpose()?
+            },
+        },
         1 => ClientCommand::Unsubscribe { identifier },
-        _ => ClientCommand::Message {
+        2 => ClientCommand::Message {
             identifier,
             data: string_field(raw.data, DecodeError::MissingData)?,
+        },
+        _ => ClientCommand::History {
+            identifier,
+            history: history_field(raw.history)?,
         },
     })
 }
@@ -117,7 +225,8 @@ mod tests {
         assert_eq!(
             decode(f),
             Ok(ClientCommand::Subscribe {
-                identifier: Identifier::new(r#"{"channel":"ChatChannel","room":42}"#)
+                identifier: Identifier::new(r#"{"channel":"ChatChannel","room":42}"#),
+                history: None,
             })
         );
     }
@@ -151,7 +260,10 @@ mod tests {
         let f =
             r#"{"identifier":"{ \"channel\" : \"Ch\u00e9\" }","command":"subscribe","extra":[1]}"#;
         let cmd = decode(f).unwrap();
-        assert_eq!(cmd.identifier().as_str(), "{ \"channel\" : \"Ché\" }");
+        assert_eq!(
+            cmd.identifier().unwrap().as_str(),
+            "{ \"channel\" : \"Ché\" }"
+        );
     }
 
     #[test]
@@ -190,6 +302,74 @@ mod tests {
             decode(r#"{"command":"subscribe","command":"subscribe","identifier":"{}"}"#),
             Err(DecodeError::MalformedJson)
         );
+    }
+
+    #[test]
+    fn golden_extended_commands() {
+        let id = Identifier::new(r#"{"channel":"ChatChannel","id":42}"#);
+        let f = r#"{"command":"history","identifier":"{\"channel\":\"ChatChannel\",\"id\":42}","history":{"since":1681828329,"streams":{"chat_42":{"epoch":"vRXl","offset":32}}}}"#;
+        let mut streams = BTreeMap::new();
+        streams.insert(
+            "chat_42".to_string(),
+            StreamPosition {
+                epoch: "vRXl".into(),
+                offset: 32,
+            },
+        );
+        assert_eq!(
+            decode(f),
+            Ok(ClientCommand::History {
+                identifier: id.clone(),
+                history: HistoryRequest {
+                    since: Some(1681828329),
+                    streams,
+                },
+            })
+        );
+        let f = r#"{"command":"subscribe","identifier":"{\"channel\":\"ChatChannel\",\"id\":42}","history":{"since":1681828329.7}}"#;
+        assert_eq!(
+            decode(f),
+            Ok(ClientCommand::Subscribe {
+                identifier: id,
+                history: Some(HistoryRequest {
+                    since: Some(1681828329),
+                    streams: BTreeMap::new(),
+                }),
+            })
+        );
+        // `@anycable/core` attaches an empty request to a first subscribe.
+        let f =
+            r#"{"command":"subscribe","identifier":"{}","history":{"since":false,"streams":{}}}"#;
+        assert_eq!(
+            decode(f),
+            Ok(ClientCommand::Subscribe {
+                identifier: Identifier::new("{}"),
+                history: None,
+            })
+        );
+        assert_eq!(decode(r#"{"command":"pong"}"#), Ok(ClientCommand::Pong));
+        assert_eq!(decode(r#"{"command":"ping"}"#), Ok(ClientCommand::Ping));
+    }
+
+    #[test]
+    fn bad_history_is_a_typed_error() {
+        for f in [
+            r#"{"command":"history","identifier":"{}"}"#,
+            r#"{"command":"history","identifier":"{}","history":{}}"#,
+            r#"{"command":"history","identifier":"{}","history":{"since":-5}}"#,
+            r#"{"command":"history","identifier":"{}","history":{"since":"yesterday"}}"#,
+            r#"{"command":"history","identifier":"{}","history":{"streams":{"a":{"epoch":1,"offset":2}}}}"#,
+            r#"{"command":"history","identifier":"{}","history":{"streams":{"a":{"epoch":"e","offset":-2}}}}"#,
+            r#"{"command":"subscribe","identifier":"{}","history":[1]}"#,
+        ] {
+            assert!(
+                matches!(
+                    decode(f),
+                    Err(DecodeError::MissingHistory | DecodeError::MalformedHistory)
+                ),
+                "{f}"
+            );
+        }
     }
 
     #[test]

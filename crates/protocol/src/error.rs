@@ -34,6 +34,12 @@ pub enum DecodeError {
     /// A `message` command has no `data` string.
     #[error("message command has no \"data\" string")]
     MissingData,
+    /// A `history` command has no `history` object.
+    #[error("history command has no \"history\" object")]
+    MissingHistory,
+    /// A `history` object is malformed or asks for nothing.
+    #[error("history request is malformed (needs \"since\" seconds or \"streams\" positions)")]
+    MalformedHistory,
     /// A binary frame arrived on a JSON subprotocol.
     #[error("binary frames are not accepted on a JSON subprotocol")]
     BinaryFrame,
@@ -50,6 +56,8 @@ impl DecodeError {
             DecodeError::UnknownCommand => "unknown_command",
             DecodeError::MissingIdentifier => "missing_identifier",
             DecodeError::MissingData => "missing_data",
+            DecodeError::MissingHistory => "missing_history",
+            DecodeError::MalformedHistory => "malformed_history",
             DecodeError::BinaryFrame => "binary_frame",
         }
     }

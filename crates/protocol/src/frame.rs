@@ -11,6 +11,27 @@ use crate::identifier::Identifier;
 pub enum ServerFrame<'a> {
     /// `{"type":"welcome"}`: the connection is accepted.
     Welcome,
+    /// The extended protocol's welcome: `{"type":"welcome","sid":…}`, and after a session
+    /// restore `"restored":true` with the identifiers whose subscriptions came back.
+    WelcomeSession {
+        /// The connection's session id (new on every connection, restored or not).
+        sid: &'a str,
+        /// `Some` when the session was restored: the restored subscriptions.
+        restored_ids: Option<&'a [Identifier]>,
+    },
+    /// `{"type":"pong"}`: the answer to a client's `ping` command.
+    Pong,
+    /// `history` was served in full: every missed message was sent before this frame.
+    ConfirmHistory {
+        /// The subscription, echoed verbatim.
+        identifier: &'a Identifier,
+    },
+    /// `history` cannot be served (epoch changed, messages evicted): nothing was sent and the
+    /// app must resynchronise by other means.
+    RejectHistory {
+        /// The subscription, echoed verbatim.
+        identifier: &'a Identifier,
+    },
     /// `{"type":"ping","message":<unix seconds>}`: heartbeat.
     Ping {
         /// Unix time in seconds.
@@ -70,11 +91,62 @@ pub fn encode_data_frame(identifier_literal: &str, message_json: &str) -> Bytes 
     Bytes::from(out)
 }
 
+/// Encodes a data frame of a stored message: like [`encode_data_frame`], plus the extended
+/// protocol's `stream_id`, `epoch` and `offset`. `stream_literal` and `epoch_literal` are
+/// JSON string literals, encoded once per broadcast.
+pub fn encode_data_frame_at(
+    identifier_literal: &str,
+    message_json: &str,
+    stream_literal: &str,
+    epoch_literal: &str,
+    offset: u64,
+) -> Bytes {
+    let mut out = String::with_capacity(
+        identifier_literal.len() + message_json.len() + stream_literal.len() + 72,
+    );
+    out.push_str("{\"identifier\":");
+    out.push_str(identifier_literal);
+    out.push_str(",\"message\":");
+    out.push_str(message_json);
+    out.push_str(",\"stream_id\":");
+    out.push_str(stream_literal);
+    out.push_str(",\"epoch\":");
+    out.push_str(epoch_literal);
+    out.push_str(",\"offset\":");
+    out.push_str(itoa::Buffer::new().format(offset));
+    out.push('}');
+    Bytes::from(out)
+}
+
 impl ServerFrame<'_> {
     /// Encodes the frame as the text of one WebSocket message.
     pub fn encode(&self) -> Bytes {
         match self {
             ServerFrame::Welcome => Bytes::from_static(b"{\"type\":\"welcome\"}"),
+            ServerFrame::WelcomeSession { sid, restored_ids } => {
+                let mut out = format!("{{\"type\":\"welcome\",\"sid\":{}", encode_json_string(sid));
+                if let Some(ids) = restored_ids {
+                    out.push_str(",\"restored\":true,\"restored_ids\":[");
+                    for (i, id) in ids.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        out.push_str(&encode_json_string(id.as_str()));
+                    }
+                    out.push(']');
+                }
+                out.push('}');
+                Bytes::from(out)
+            }
+            ServerFrame::Pong => Bytes::from_static(b"{\"type\":\"pong\"}"),
+            ServerFrame::ConfirmHistory { identifier } => Bytes::from(format!(
+                "{{\"identifier\":{},\"type\":\"confirm_history\"}}",
+                encode_json_string(identifier.as_str())
+            )),
+            ServerFrame::RejectHistory { identifier } => Bytes::from(format!(
+                "{{\"identifier\":{},\"type\":\"reject_history\"}}",
+                encode_json_string(identifier.as_str())
+            )),
             ServerFrame::Ping { at } => {
                 Bytes::from(format!("{{\"type\":\"ping\",\"message\":{at}}}"))
             }
@@ -166,6 +238,50 @@ mod tests {
                 .encode()
             ),
             r#"{"type":"error","reason":"malformed_json","message":"bad \"x\""}"#
+        );
+    }
+
+    #[test]
+    fn golden_extended_frames() {
+        let id = Identifier::new(r#"{"channel":"ChatChannel","id":42}"#);
+        assert_eq!(
+            text(
+                ServerFrame::WelcomeSession {
+                    sid: "rcl245",
+                    restored_ids: None
+                }
+                .encode()
+            ),
+            r#"{"type":"welcome","sid":"rcl245"}"#
+        );
+        assert_eq!(
+            text(
+                ServerFrame::WelcomeSession {
+                    sid: "yi421",
+                    restored_ids: Some(std::slice::from_ref(&id))
+                }
+                .encode()
+            ),
+            r#"{"type":"welcome","sid":"yi421","restored":true,"restored_ids":["{\"channel\":\"ChatChannel\",\"id\":42}"]}"#
+        );
+        assert_eq!(text(ServerFrame::Pong.encode()), r#"{"type":"pong"}"#);
+        assert_eq!(
+            text(ServerFrame::ConfirmHistory { identifier: &id }.encode()),
+            r#"{"identifier":"{\"channel\":\"ChatChannel\",\"id\":42}","type":"confirm_history"}"#
+        );
+        assert_eq!(
+            text(ServerFrame::RejectHistory { identifier: &id }.encode()),
+            r#"{"identifier":"{\"channel\":\"ChatChannel\",\"id\":42}","type":"reject_history"}"#
+        );
+        assert_eq!(
+            text(encode_data_frame_at(
+                &encode_json_string(id.as_str()),
+                r#"{"text":"hello"}"#,
+                &encode_json_string("chat_42"),
+                &encode_json_string("vRXl"),
+                32
+            )),
+            r#"{"identifier":"{\"channel\":\"ChatChannel\",\"id\":42}","message":{"text":"hello"},"stream_id":"chat_42","epoch":"vRXl","offset":32}"#
         );
     }
 

@@ -18,10 +18,10 @@ mod frame;
 mod identifier;
 mod subprotocol;
 
-pub use command::{ClientCommand, decode_command};
+pub use command::{ClientCommand, HistoryRequest, StreamPosition, decode_command};
 pub use disconnect::DisconnectReason;
 pub use error::{DecodeError, IdentifierError};
-pub use frame::{ServerFrame, encode_data_frame, encode_json_string};
+pub use frame::{ServerFrame, encode_data_frame, encode_data_frame_at, encode_json_string};
 pub use identifier::{Identifier, IdentifierParams};
 pub use subprotocol::{Subprotocol, negotiate};
 

@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use ferrocable_node::pubsub::{PubSub, PubSubHooks, decode_envelope, encode_envelope};
+use ferrocable_node::pubsub::{PubSub, PubSubHooks, decode_envelope};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -126,8 +126,8 @@ async fn subscriber(
                                 Err(_) => { hooks.errors.inc(); continue; }
                             };
                             match decode_envelope(&payload) {
-                                Some((origin, _, _)) if origin == hooks.node_id => {}
-                                Some((_, stream, message)) if streams.contains(&stream) => (hooks.deliver)(&stream, message.get()),
+                                Some(e) if e.origin == hooks.node_id => {}
+                                Some(e) if streams.contains(&e.stream) => (hooks.deliver)(&e.stream, e.message.get(), e.position().as_ref()),
                                 Some(_) => {}
                                 None => {
                                     hooks.errors.inc();
@@ -228,11 +228,10 @@ impl PubSub for RedisPubSub {
         ));
     }
 
-    fn publish(&self, stream: &str, message: &str) {
+    fn publish(&self, stream: &str, envelope: String) {
         let Some(hooks) = self.hooks.lock().clone() else {
             return;
         };
-        let envelope = encode_envelope(hooks.node_id, stream, message);
         if let Some(tx) = self.publish.lock().as_ref()
             && tx.try_send((stream.to_owned(), envelope)).is_err()
         {

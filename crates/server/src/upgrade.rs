@@ -17,7 +17,10 @@ use crate::app::AppState;
 use crate::listener::ConnMeta;
 
 /// The subprotocols this server speaks, in preference order.
-const SUPPORTED: &[Subprotocol] = &[Subprotocol::ActionCableV1Json];
+const SUPPORTED: &[Subprotocol] = &[
+    Subprotocol::ActionCableV1Json,
+    Subprotocol::ActionCableV1ExtJson,
+];
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers
@@ -122,6 +125,7 @@ pub(crate) async fn cable(State(state): State<AppState>, mut req: Request) -> Re
         uri: req.uri().clone(),
         headers: std::mem::take(req.headers_mut()),
         remote_addr: meta.map(|m| m.remote),
+        protocol,
     });
     let node = state.node.clone();
     let limits = Limits::default().max_payload_len(Some(node.config().max_command_bytes));
