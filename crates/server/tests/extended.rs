@@ -1,0 +1,266 @@
+//! AnyCable's extended protocol (`actioncable-v1-ext-json`) at the frame level: session ids,
+//! restore after a drop, history replay in offset order without duplicates, rejections,
+//! and plain clients left unchanged.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+
+const EXT: &str = "actioncable-v1-ext-json";
+
+async fn connect_ext(addr: SocketAddr, sid: Option<&str>) -> Client<TcpStream> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let uri = match sid {
+        Some(sid) => format!("ws://{addr}/cable?sid={sid}"),
+        None => format!("ws://{addr}/cable"),
+    };
+    let c = connect_on(stream, &uri, &[("sec-websocket-protocol", EXT)]).await;
+    assert_eq!(c.protocol.as_deref(), Some(EXT));
+    c
+}
+
+fn history(identifier: &str, history: Value) -> String {
+    json!({"command": "history", "identifier": identifier, "history": history}).to_string()
+}
+
+/// Reads frames until `confirm_history`/`reject_history`, returning the data frames before it
+/// and the closing frame.
+async fn until_history_end<S>(c: &mut Client<S>) -> (Vec<Value>, Value)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut data = Vec::new();
+    loop {
+        let f = c.frame().await;
+        match f["type"].as_str() {
+            Some("confirm_history") | Some("reject_history") => return (data, f),
+            _ => data.push(f),
+        }
+    }
+}
+
+fn offsets(frames: &[Value]) -> Vec<u64> {
+    frames.iter().map(|f| f["offset"].as_u64().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn welcome_carries_a_session_id_and_frames_carry_positions() {
+    let server = start(config()).await;
+    let mut ext = connect_ext(server.local_addr(), None).await;
+    let welcome = ext.frame().await;
+    assert_eq!(welcome["type"], "welcome");
+    let sid = welcome["sid"].as_str().unwrap();
+    assert!(sid.len() >= 8, "{welcome}");
+    ext.subscribe(BENCH).await;
+
+    let mut plain = connect(server.local_addr()).await;
+    plain.welcomed().await;
+    plain.subscribe(BENCH).await;
+
+    server.node().broadcast("all", r#"{"n":1}"#).unwrap();
+    server.node().broadcast("all", r#"{"n":2}"#).unwrap();
+    let a = ext.frame().await;
+    let b = ext.frame().await;
+    assert_eq!(a["message"], json!({"n": 1}));
+    assert_eq!(a["stream_id"], "all");
+    assert!(a["epoch"].as_str().is_some_and(|e| !e.is_empty()));
+    assert_eq!(b["epoch"], a["epoch"]);
+    assert_eq!(
+        b["offset"].as_u64().unwrap(),
+        a["offset"].as_u64().unwrap() + 1
+    );
+    // A plain ActionCable client gets the Rails frame, byte for byte the same shape.
+    assert_eq!(
+        plain.frame().await,
+        json!({"identifier": BENCH, "message": {"n": 1}})
+    );
+
+    ext.send(r#"{"command":"ping"}"#).await;
+    assert_eq!(ext.frame().await, json!({"type": "pong"}));
+    // A pong is accepted silently: the next frame is the next broadcast.
+    ext.send(r#"{"command":"pong"}"#).await;
+    server.node().broadcast("all", r#"{"n":3}"#).unwrap();
+    assert_eq!(ext.frame().await["message"], json!({"n": 3}));
+}
+
+#[tokio::test]
+async fn a_dropped_session_is_restored_and_replays_every_missed_message_once_in_order() {
+    let server = start(config()).await;
+    let addr = server.local_addr();
+    let mut c = connect_ext(addr, None).await;
+    let sid = c.frame().await["sid"].as_str().unwrap().to_owned();
+    c.subscribe(BENCH).await;
+    server.node().broadcast("all", r#"{"n":1}"#).unwrap();
+    let seen = c.frame().await;
+    let epoch = seen["epoch"].as_str().unwrap().to_owned();
+    let last = seen["offset"].as_u64().unwrap();
+
+    // The transport dies without a close handshake; messages keep coming meanwhile.
+    drop(c);
+    for n in 2..=4 {
+        server
+            .node()
+            .broadcast("all", &json!({ "n": n }).to_string())
+            .unwrap();
+    }
+
+    let mut c = connect_ext(addr, Some(&sid)).await;
+    let welcome = c.frame().await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    assert_eq!(welcome["restored"], true, "{welcome}");
+    assert_eq!(welcome["restored_ids"], json!([BENCH]));
+    let new_sid = welcome["sid"].as_str().unwrap();
+    assert_ne!(new_sid, sid, "a restored session gets a new id");
+
+    // A live message arrives before the client asks for history: it must not overtake the
+    // replay, and must not come twice.
+    server.node().broadcast("all", r#"{"n":5}"#).unwrap();
+    c.send(&history(
+        BENCH,
+        json!({"streams": {"all": {"epoch": epoch, "offset": last}}}),
+    ))
+    .await;
+    let (replayed, end) = until_history_end(&mut c).await;
+    assert_eq!(end["type"], "confirm_history");
+    assert_eq!(end["identifier"], BENCH);
+    server.node().broadcast("all", r#"{"n":6}"#).unwrap();
+    let mut frames = replayed;
+    while frames.len() < 5 {
+        frames.push(c.frame().await);
+    }
+    let ns: Vec<u64> = frames
+        .iter()
+        .map(|f| f["message"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ns, vec![2, 3, 4, 5, 6], "{frames:?}");
+    assert_eq!(offsets(&frames), (last + 1..=last + 5).collect::<Vec<_>>());
+
+    // The restored subscription is live without a new subscribe.
+    c.send(&message(BENCH, json!({"action": "echo", "x": 1})))
+        .await;
+    assert_eq!(c.frame().await["message"], json!({"action": "echo", "x": 1}));
+
+    // A session id can be restored once; a second try is a fresh session.
+    let mut again = connect_ext(addr, Some(&sid)).await;
+    let w = again.frame().await;
+    assert_eq!(w["type"], "welcome");
+    assert!(w.get("restored").is_none(), "{w}");
+}
+
+#[tokio::test]
+async fn unknown_or_empty_session_ids_start_fresh_sessions() {
+    let server = start(config()).await;
+    for sid in ["", "nope", &"x".repeat(500)] {
+        let mut c = connect_ext(server.local_addr(), Some(sid)).await;
+        let w = c.frame().await;
+        assert_eq!(w["type"], "welcome");
+        assert!(w["sid"].is_string());
+        assert!(w.get("restored").is_none(), "{w}");
+    }
+}
+
+#[tokio::test]
+async fn subscribe_with_history_confirms_then_replays_since_a_time() {
+    let server = start(config()).await;
+    for n in 1..=3 {
+        server
+            .node()
+            .broadcast("all", &json!({ "n": n }).to_string())
+            .unwrap();
+    }
+    let mut c = connect_ext(server.local_addr(), None).await;
+    c.frame().await;
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 60;
+    c.send(
+        &json!({"command": "subscribe", "identifier": BENCH, "history": {"since": since}})
+            .to_string(),
+    )
+    .await;
+    assert_eq!(c.frame().await["type"], "confirm_subscription");
+    let (replayed, end) = until_history_end(&mut c).await;
+    assert_eq!(end["type"], "confirm_history");
+    let ns: Vec<u64> = replayed
+        .iter()
+        .map(|f| f["message"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ns, vec![1, 2, 3]);
+}
+
+#[tokio::test]
+async fn history_that_cannot_be_served_is_rejected_never_guessed() {
+    let server = start(config()).await;
+    let mut c = connect_ext(server.local_addr(), None).await;
+    c.frame().await;
+    c.subscribe(BENCH).await;
+    server.node().broadcast("all", "1").unwrap();
+    let f = c.frame().await;
+
+    // An epoch from another storage generation.
+    c.send(&history(
+        BENCH,
+        json!({"streams": {"all": {"epoch": "other", "offset": 1}}}),
+    ))
+    .await;
+    let (data, end) = until_history_end(&mut c).await;
+    assert!(data.is_empty(), "nothing partial: {data:?}");
+    assert_eq!(end["type"], "reject_history");
+
+    // An offset beyond the newest.
+    c.send(&history(
+        BENCH,
+        json!({"streams": {"all": {"epoch": f["epoch"], "offset": 999}}}),
+    ))
+    .await;
+    assert_eq!(until_history_end(&mut c).await.1["type"], "reject_history");
+
+    // A subscription the connection does not have.
+    c.send(&history(r#"{"channel":"Nope"}"#, json!({"since": 1})))
+        .await;
+    assert_eq!(until_history_end(&mut c).await.1["type"], "reject_history");
+
+    // A request that asks for nothing is a protocol error, answered with an error frame.
+    c.send(&history(BENCH, json!({}))).await;
+    let e = c.frame().await;
+    assert_eq!(e["type"], "error");
+    assert_eq!(e["reason"], "malformed_history");
+
+    // Live delivery still works after the rejections.
+    server.node().broadcast("all", "2").unwrap();
+    assert_eq!(c.frame().await["message"], 2);
+    let m = metrics(server.local_addr()).await;
+    assert!(metric(&m, "ferrocable_history_rejected_total").unwrap() >= 3.0);
+}
+
+#[tokio::test]
+async fn shutdown_hands_extended_sessions_over_without_a_disconnect_frame() {
+    let server = start(config()).await;
+    let mut ext = connect_ext(server.local_addr(), None).await;
+    ext.frame().await;
+    ext.subscribe(BENCH).await;
+    let mut plain = connect(server.local_addr()).await;
+    plain.welcomed().await;
+    let node = server.node().clone();
+    let stop = tokio::spawn(async move { node.shutdown().await });
+    let (code, frames) = ext.closed().await;
+    assert_eq!(code, Some(1001));
+    assert!(
+        frames.iter().all(|f| f["type"] != "disconnect"),
+        "{frames:?}"
+    );
+    let (_, frames) = plain.closed().await;
+    assert!(
+        frames
+            .iter()
+            .any(|f| f["type"] == "disconnect" && f["reason"] == "server_restart"),
+        "{frames:?}"
+    );
+    stop.await.unwrap();
+}
