@@ -101,13 +101,13 @@ impl Default for HistoryLimits {
 /// poll it once inline (an in-memory broker is done at once) and hand it to its ordered
 /// broadcaster task if it is not.
 pub trait Broker: Send + Sync + 'static {
-    /// Stores `message` (JSON) for `stream` and gives it the next offset. `envelope` is the
-    /// bus envelope of the message, for brokers that publish it in the same atomic step.
+    /// Stores `message` (JSON) for `stream` and gives it the next offset. `origin` is the
+    /// node's bus id, for brokers that publish the message in the same atomic step.
     fn append(
         &self,
         stream: &str,
         message: Bytes,
-        envelope: &dyn Fn(&StreamPosition) -> String,
+        origin: crate::pubsub::NodeId,
     ) -> BoxFuture<'static, Result<Appended, BrokerError>>;
 
     /// Every stored message of `stream` after `position` (exclusive), or a rejection.
@@ -160,6 +160,34 @@ pub fn random_token(bytes: usize) -> String {
     }
     out.truncate(bytes * 2);
     out
+}
+
+/// The one rule every broker applies to a position request: `entries` are a stream's
+/// unexpired messages in offset order, `last_offset` its newest offset in epoch `epoch`.
+/// Returns every entry after the position, or a rejection when the epoch differs, the
+/// position is beyond the newest message, or the next message it needs is gone.
+pub fn select_after<'a>(
+    epoch: &str,
+    last_offset: u64,
+    entries: impl IntoIterator<Item = &'a HistoryEntry>,
+    position: &StreamPosition,
+) -> Result<Vec<HistoryEntry>, HistoryError> {
+    if position.epoch != epoch || position.offset > last_offset {
+        return Err(HistoryError::EpochMismatch);
+    }
+    if position.offset == last_offset {
+        return Ok(Vec::new());
+    }
+    let mut entries = entries.into_iter().peekable();
+    // The next message the client needs must still be here.
+    match entries.peek() {
+        Some(first) if first.offset <= position.offset + 1 => {}
+        _ => return Err(HistoryError::Evicted),
+    }
+    Ok(entries
+        .filter(|e| e.offset > position.offset)
+        .cloned()
+        .collect())
 }
 
 #[derive(Debug, Default)]
@@ -233,35 +261,14 @@ impl MemoryBroker {
         position: &StreamPosition,
         now_ms: u64,
     ) -> Result<Vec<HistoryEntry>, HistoryError> {
-        if position.epoch != self.epoch {
-            return Err(HistoryError::EpochMismatch);
-        }
         let mut streams = self.streams.lock();
-        let Some(ring) = streams.get_mut(stream) else {
-            return if position.offset == 0 {
-                Ok(Vec::new())
-            } else {
-                Err(HistoryError::Evicted)
-            };
-        };
-        self.evict(ring, now_ms);
-        if position.offset > ring.last_offset {
-            return Err(HistoryError::EpochMismatch);
+        match streams.get_mut(stream) {
+            None => select_after(&self.epoch, 0, [], position),
+            Some(ring) => {
+                self.evict(ring, now_ms);
+                select_after(&self.epoch, ring.last_offset, ring.entries.iter(), position)
+            }
         }
-        if position.offset == ring.last_offset {
-            return Ok(Vec::new());
-        }
-        // The next message the client needs must still be here.
-        match ring.entries.front() {
-            Some(first) if first.offset <= position.offset + 1 => {}
-            _ => return Err(HistoryError::Evicted),
-        }
-        Ok(ring
-            .entries
-            .iter()
-            .filter(|e| e.offset > position.offset)
-            .cloned()
-            .collect())
     }
 
     /// Every stored message at or after `since_ms`.
@@ -284,7 +291,7 @@ impl Broker for MemoryBroker {
         &self,
         stream: &str,
         message: Bytes,
-        _envelope: &dyn Fn(&StreamPosition) -> String,
+        _origin: crate::pubsub::NodeId,
     ) -> BoxFuture<'static, Result<Appended, BrokerError>> {
         let position = self.append_at(stream, message, now_ms());
         Box::pin(std::future::ready(Ok(Appended {

@@ -10,6 +10,8 @@
 pub mod auth;
 pub mod broker;
 pub mod channel;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 mod connection;
 pub mod hub;
 pub mod ingress;

@@ -200,13 +200,10 @@ impl Inner {
         except: Option<ConnId>,
     ) -> BroadcastReport {
         self.metrics.broadcasts.inc();
-        let node_id = self.node_id;
-        let envelope =
-            |p: &StreamPosition| encode_envelope(node_id, stream, message.get(), Some(p));
         let mut append = self.broker.append(
             stream,
             Bytes::copy_from_slice(message.get().as_bytes()),
-            &envelope,
+            self.node_id,
         );
         if self.pending_appends.load(Ordering::Acquire) == 0 {
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());

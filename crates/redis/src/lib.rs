@@ -7,6 +7,10 @@
 //! goes through a separate auto-reconnecting connection from a bounded queue; delivery is
 //! at-most-once, like Redis pub/sub itself.
 
+mod broker;
+
+pub use broker::RedisBroker;
+
 use std::collections::HashSet;
 use std::time::Duration;
 

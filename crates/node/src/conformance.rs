@@ -1,0 +1,184 @@
+//! Conformance suites every backend of a role must pass: one definition of what a broker
+//! (and a pubsub bus) must do, run against the in-memory implementation here and against
+//! Redis and NATS in their crates' tests. Each check panics with a message naming the rule
+//! it found broken.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::broker::{Broker, BrokerError, HistoryError, StreamPosition, random_token};
+
+/// The history limit backends are built with for [`broker_suite`].
+pub const SUITE_MAX_MESSAGES: usize = 5;
+
+fn fresh_stream(name: &str) -> String {
+    format!("conformance:{name}:{}", random_token(6))
+}
+
+async fn append(broker: &dyn Broker, stream: &str, n: u64) -> StreamPosition {
+    broker
+        .append(stream, Bytes::from(format!("{{\"n\":{n}}}")), 1)
+        .await
+        .expect("append succeeds")
+        .position
+}
+
+fn numbers(entries: &[crate::broker::HistoryEntry]) -> Vec<u64> {
+    entries
+        .iter()
+        .map(|e| {
+            let v: serde_json::Value = serde_json::from_slice(&e.message).expect("stored JSON");
+            v["n"].as_u64().expect("n")
+        })
+        .collect()
+}
+
+/// Runs every broker rule. `broker` must keep [`SUITE_MAX_MESSAGES`] messages per stream,
+/// a history TTL of at least a minute and a sessions TTL of at least a minute.
+pub async fn broker_suite(broker: &dyn Broker) {
+    offsets_rise_by_one_per_stream_under_one_epoch(broker).await;
+    replay_is_exclusive_and_complete(broker).await;
+    bad_positions_are_rejected(broker).await;
+    evicted_offsets_are_rejected(broker).await;
+    time_queries_return_kept_messages(broker).await;
+    sessions_restore_once(broker).await;
+}
+
+async fn offsets_rise_by_one_per_stream_under_one_epoch(broker: &dyn Broker) {
+    let (a, b) = (fresh_stream("a"), fresh_stream("b"));
+    let a1 = append(broker, &a, 1).await;
+    let a2 = append(broker, &a, 2).await;
+    let b1 = append(broker, &b, 1).await;
+    assert_eq!(a1.offset, 1, "a stream's first offset is 1");
+    assert_eq!(a2.offset, 2, "offsets rise by one");
+    assert_eq!(b1.offset, 1, "offsets are per stream");
+    assert!(!a1.epoch.is_empty(), "an epoch is never empty");
+    assert_eq!(a1.epoch, a2.epoch, "one epoch per storage generation");
+    assert_eq!(a1.epoch, b1.epoch, "one epoch for all streams");
+}
+
+async fn replay_is_exclusive_and_complete(broker: &dyn Broker) {
+    let s = fresh_stream("replay");
+    let p1 = append(broker, &s, 1).await;
+    append(broker, &s, 2).await;
+    let p3 = append(broker, &s, 3).await;
+    let h = broker.history_from(&s, &p1).await.expect("history");
+    assert_eq!(numbers(&h.entries), vec![2, 3], "replay after a position is exclusive");
+    assert_eq!(
+        h.entries.iter().map(|e| e.offset).collect::<Vec<_>>(),
+        vec![2, 3],
+        "entries carry their offsets"
+    );
+    assert_eq!(h.epoch, p1.epoch);
+    let h = broker.history_from(&s, &p3).await.expect("history");
+    assert!(h.entries.is_empty(), "nothing after the newest message");
+    let zero = StreamPosition {
+        epoch: p1.epoch.clone(),
+        offset: 0,
+    };
+    let h = broker.history_from(&s, &zero).await.expect("history");
+    assert_eq!(numbers(&h.entries), vec![1, 2, 3], "offset 0 means everything");
+}
+
+async fn bad_positions_are_rejected(broker: &dyn Broker) {
+    let s = fresh_stream("bad");
+    let p = append(broker, &s, 1).await;
+    let stale = StreamPosition {
+        epoch: format!("{}-old", p.epoch),
+        offset: 1,
+    };
+    assert_eq!(
+        broker.history_from(&s, &stale).await,
+        Err(BrokerError::History(HistoryError::EpochMismatch)),
+        "another epoch is rejected"
+    );
+    let future = StreamPosition {
+        epoch: p.epoch.clone(),
+        offset: 99,
+    };
+    assert!(
+        matches!(
+            broker.history_from(&s, &future).await,
+            Err(BrokerError::History(_))
+        ),
+        "a position beyond the newest message is rejected"
+    );
+}
+
+async fn evicted_offsets_are_rejected(broker: &dyn Broker) {
+    let s = fresh_stream("evict");
+    let mut positions = Vec::new();
+    for n in 1..=(SUITE_MAX_MESSAGES as u64 + 3) {
+        positions.push(append(broker, &s, n).await);
+    }
+    assert_eq!(
+        broker.history_from(&s, &positions[0]).await,
+        Err(BrokerError::History(HistoryError::Evicted)),
+        "a position whose next message was evicted is rejected"
+    );
+    let kept = &positions[2]; // offset 3: messages 4..=8 are the 5 kept
+    let h = broker.history_from(&s, kept).await.expect("history");
+    assert_eq!(numbers(&h.entries), vec![4, 5, 6, 7, 8], "the kept tail is served");
+}
+
+async fn time_queries_return_kept_messages(broker: &dyn Broker) {
+    let s = fresh_stream("since");
+    append(broker, &s, 1).await;
+    append(broker, &s, 2).await;
+    let now = crate::broker::now_ms() / 1000;
+    let h = broker.history_since(&s, now - 60).await.expect("history");
+    assert_eq!(numbers(&h.entries), vec![1, 2], "since a minute ago: both");
+    assert!(!h.epoch.is_empty());
+    let h = broker.history_since(&s, now + 60).await.expect("history");
+    assert!(h.entries.is_empty(), "since the future: none");
+    let h = broker
+        .history_since(&fresh_stream("empty"), now - 60)
+        .await
+        .expect("history of an unknown stream");
+    assert!(h.entries.is_empty());
+}
+
+async fn sessions_restore_once(broker: &dyn Broker) {
+    let sid = random_token(8);
+    broker
+        .commit_session(&sid, Bytes::from_static(b"v1"))
+        .await
+        .expect("commit");
+    broker
+        .commit_session(&sid, Bytes::from_static(b"v2"))
+        .await
+        .expect("commit replaces");
+    assert_eq!(
+        broker.restore_session(&sid).await.expect("restore"),
+        Some(Bytes::from_static(b"v2")),
+        "the newest state is restored"
+    );
+    assert_eq!(
+        broker.restore_session(&sid).await.expect("restore"),
+        None,
+        "a session restores once"
+    );
+    assert_eq!(
+        broker.restore_session("never-existed").await.expect("restore"),
+        None
+    );
+}
+
+/// Limits for [`broker_suite`].
+pub fn suite_limits() -> crate::broker::HistoryLimits {
+    crate::broker::HistoryLimits {
+        max_messages: SUITE_MAX_MESSAGES,
+        ttl: Duration::from_secs(300),
+        sessions_ttl: Duration::from_secs(300),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn the_memory_broker_conforms() {
+        let broker = crate::broker::MemoryBroker::new(super::suite_limits());
+        super::broker_suite(&broker).await;
+    }
+}
