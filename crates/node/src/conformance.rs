@@ -64,7 +64,11 @@ async fn replay_is_exclusive_and_complete(broker: &dyn Broker) {
     append(broker, &s, 2).await;
     let p3 = append(broker, &s, 3).await;
     let h = broker.history_from(&s, &p1).await.expect("history");
-    assert_eq!(numbers(&h.entries), vec![2, 3], "replay after a position is exclusive");
+    assert_eq!(
+        numbers(&h.entries),
+        vec![2, 3],
+        "replay after a position is exclusive"
+    );
     assert_eq!(
         h.entries.iter().map(|e| e.offset).collect::<Vec<_>>(),
         vec![2, 3],
@@ -78,7 +82,11 @@ async fn replay_is_exclusive_and_complete(broker: &dyn Broker) {
         offset: 0,
     };
     let h = broker.history_from(&s, &zero).await.expect("history");
-    assert_eq!(numbers(&h.entries), vec![1, 2, 3], "offset 0 means everything");
+    assert_eq!(
+        numbers(&h.entries),
+        vec![1, 2, 3],
+        "offset 0 means everything"
+    );
 }
 
 async fn bad_positions_are_rejected(broker: &dyn Broker) {
@@ -119,7 +127,11 @@ async fn evicted_offsets_are_rejected(broker: &dyn Broker) {
     );
     let kept = &positions[2]; // offset 3: messages 4..=8 are the 5 kept
     let h = broker.history_from(&s, kept).await.expect("history");
-    assert_eq!(numbers(&h.entries), vec![4, 5, 6, 7, 8], "the kept tail is served");
+    assert_eq!(
+        numbers(&h.entries),
+        vec![4, 5, 6, 7, 8],
+        "the kept tail is served"
+    );
 }
 
 async fn time_queries_return_kept_messages(broker: &dyn Broker) {
@@ -160,7 +172,10 @@ async fn sessions_restore_once(broker: &dyn Broker) {
         "a session restores once"
     );
     assert_eq!(
-        broker.restore_session("never-existed").await.expect("restore"),
+        broker
+            .restore_session("never-existed")
+            .await
+            .expect("restore"),
         None
     );
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferrocable_node::broker::{
-    Appended, Broker, BrokerError, History, HistoryEntry, HistoryLimits, StreamPosition,
-    now_ms, random_token, select_after,
+    Appended, Broker, BrokerError, History, HistoryEntry, HistoryLimits, StreamPosition, now_ms,
+    random_token, select_after,
 };
 use ferrocable_node::pubsub::{NodeId, encode_envelope};
 use redis::Script;
@@ -195,10 +195,7 @@ impl Broker for RedisBroker {
             head.pop(); // the closing brace: the script appends the position
             (format!("{prefix}{stream}"), head)
         });
-        let (max, ttl) = (
-            self.limits.max_messages,
-            self.limits.ttl.as_secs().max(1),
-        );
+        let (max, ttl) = (self.limits.max_messages, self.limits.ttl.as_secs().max(1));
         let script = self.append.clone();
         let mut conn = self.conn.clone();
         // Everything is owned by the future; its first poll (inline, in the node) sends the
@@ -256,7 +253,10 @@ impl Broker for RedisBroker {
             let since_ms = since_secs.saturating_mul(1000);
             Ok(History {
                 epoch,
-                entries: entries.into_iter().filter(|e| e.at_ms >= since_ms).collect(),
+                entries: entries
+                    .into_iter()
+                    .filter(|e| e.at_ms >= since_ms)
+                    .collect(),
             })
         })
     }

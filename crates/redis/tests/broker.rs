@@ -34,7 +34,10 @@ async fn an_append_publishes_its_positioned_envelope_in_the_same_script() {
     let client = redis::Client::open(url()).unwrap();
     let mut sub = client.get_async_pubsub().await.unwrap();
     sub.subscribe(format!("{channels}chat")).await.unwrap();
-    let appended = b.append("chat", Bytes::from_static(br#"{"t":1}"#), 42).await.unwrap();
+    let appended = b
+        .append("chat", Bytes::from_static(br#"{"t":1}"#), 42)
+        .await
+        .unwrap();
     assert!(appended.published);
     let msg = tokio::time::timeout(Duration::from_secs(5), sub.on_message().next())
         .await
@@ -51,7 +54,11 @@ async fn an_append_publishes_its_positioned_envelope_in_the_same_script() {
 async fn lost_data_means_a_new_epoch_and_old_positions_are_rejected() {
     let prefix = format!("fctest:{}:", random_token(4));
     let b = broker(&prefix).await;
-    let before = b.append("s", Bytes::from_static(b"1"), 1).await.unwrap().position;
+    let before = b
+        .append("s", Bytes::from_static(b"1"), 1)
+        .await
+        .unwrap()
+        .position;
     // Redis loses the broker's keys (a restart without persistence, a flush).
     let client = redis::Client::open(url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -60,8 +67,16 @@ async fn lost_data_means_a_new_epoch_and_old_positions_are_rejected() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
-    let after = b.append("s", Bytes::from_static(b"2"), 1).await.unwrap().position;
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let after = b
+        .append("s", Bytes::from_static(b"2"), 1)
+        .await
+        .unwrap()
+        .position;
     assert_ne!(after.epoch, before.epoch, "a new storage generation");
     assert_eq!(after.offset, 1);
     assert_eq!(

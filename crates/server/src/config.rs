@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ferrocable_node::broker::HistoryLimits;
 use ferrocable_node::{NodeConfig, OutboxLimits};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -66,6 +67,17 @@ pub struct ServeConfig {
     pub pubsub: String,
     /// Channel prefix on the bus.
     pub pubsub_prefix: String,
+    /// Stream history and session cache (extended protocol): `memory` (this process only) or
+    /// `redis://…` (Redis Streams, shared by every node on that Redis).
+    pub broker: String,
+    /// Key prefix of the broker's data.
+    pub broker_prefix: String,
+    /// Messages kept per stream for replay.
+    pub history_limit: usize,
+    /// Seconds a message stays replayable.
+    pub history_ttl_secs: u64,
+    /// Seconds a dropped extended-protocol session can be restored.
+    pub sessions_ttl_secs: u64,
     /// The demo's browser packages (`npm ci --prefix demo` puts them in `demo/node_modules`).
     pub demo_assets_dir: String,
     /// Where embedded state lives (the SQLite session file, a generated secret).
@@ -123,6 +135,11 @@ impl Default for ServeConfig {
             broadcast_redis_channel: "__anycable__".into(),
             pubsub: "memory".into(),
             pubsub_prefix: "ferrocable:stream:".into(),
+            broker: "memory".into(),
+            broker_prefix: "ferrocable:broker:".into(),
+            history_limit: 100,
+            history_ttl_secs: 300,
+            sessions_ttl_secs: 300,
             default_url_host: "localhost".into(),
             default_url_port: None,
             session_store: "sqlite".into(),
@@ -162,6 +179,11 @@ const ENV_KEYS: &[&str] = &[
     "default_url_scheme",
     "pubsub",
     "pubsub_prefix",
+    "broker",
+    "broker_prefix",
+    "history_limit",
+    "history_ttl_secs",
+    "sessions_ttl_secs",
     "broadcast_key",
     "broadcast_redis_url",
     "broadcast_redis_channel",
@@ -231,6 +253,15 @@ impl ServeConfig {
         }
     }
 
+    /// The history and session-cache limits this configuration implies.
+    pub fn history_limits(&self) -> HistoryLimits {
+        HistoryLimits {
+            max_messages: self.history_limit.max(1),
+            ttl: Duration::from_secs(self.history_ttl_secs.max(1)),
+            sessions_ttl: Duration::from_secs(self.sessions_ttl_secs.max(1)),
+        }
+    }
+
     /// The node settings this configuration implies.
     pub fn node_config(&self) -> NodeConfig {
         NodeConfig {
@@ -242,6 +273,7 @@ impl ServeConfig {
             ping_interval: Duration::from_millis(self.ping_interval_ms.max(1)),
             write_timeout: Duration::from_millis(self.write_timeout_ms.max(1)),
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
+            history: self.history_limits(),
             ..NodeConfig::default()
         }
     }

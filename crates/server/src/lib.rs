@@ -38,6 +38,9 @@ pub enum StartError {
     /// The TLS certificate or key could not be used.
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    /// The broker URL is not usable or its backend is unreachable.
+    #[error("broker {0}")]
+    Broker(String),
     /// The pubsub URL is not usable.
     #[error("pubsub {0}")]
     PubSub(String),
@@ -275,6 +278,28 @@ pub async fn start(
         other => {
             return Err(StartError::PubSub(format!(
                 "{other:?}: use memory, redis://… or nats://…"
+            )));
+        }
+    }
+    match config.broker.trim() {
+        "memory" | "" => {}
+        url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+            let mut broker = ferrocable_redis::RedisBroker::connect(
+                url,
+                &config.broker_prefix,
+                config.history_limits(),
+            )
+            .await
+            .map_err(StartError::Broker)?;
+            // Same Redis for bus and history: the append script publishes too (one atomic step).
+            if config.pubsub.trim() == url {
+                broker = broker.publishing_to(&config.pubsub_prefix);
+            }
+            builder = builder.broker(broker);
+        }
+        other => {
+            return Err(StartError::Broker(format!(
+                "{other:?}: use memory or redis://…"
             )));
         }
     }

@@ -157,6 +157,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     }
 }
 
+pub const EXT: &str = "actioncable-v1-ext-json";
+
+/// Connects with AnyCable's extended protocol, restoring session `sid` if given.
+pub async fn connect_ext(addr: SocketAddr, sid: Option<&str>) -> Client<TcpStream> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let uri = match sid {
+        Some(sid) => format!("ws://{addr}/cable?sid={sid}"),
+        None => format!("ws://{addr}/cable"),
+    };
+    let c = connect_on(stream, &uri, &[("sec-websocket-protocol", EXT)]).await;
+    assert_eq!(c.protocol.as_deref(), Some(EXT));
+    c
+}
+
+pub fn history(identifier: &str, history: Value) -> String {
+    serde_json::json!({"command": "history", "identifier": identifier, "history": history})
+        .to_string()
+}
+
+/// Reads frames until `confirm_history`/`reject_history`, returning the data frames before it
+/// and the closing frame.
+pub async fn until_history_end<S>(c: &mut Client<S>) -> (Vec<Value>, Value)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut data = Vec::new();
+    loop {
+        let f = c.frame().await;
+        match f["type"].as_str() {
+            Some("confirm_history") | Some("reject_history") => return (data, f),
+            _ => data.push(f),
+        }
+    }
+}
+
 pub fn subscribe(identifier: &str) -> String {
     serde_json::json!({"command": "subscribe", "identifier": identifier}).to_string()
 }

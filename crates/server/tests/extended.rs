@@ -4,47 +4,14 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use common::*;
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
-
-const EXT: &str = "actioncable-v1-ext-json";
-
-async fn connect_ext(addr: SocketAddr, sid: Option<&str>) -> Client<TcpStream> {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let uri = match sid {
-        Some(sid) => format!("ws://{addr}/cable?sid={sid}"),
-        None => format!("ws://{addr}/cable"),
-    };
-    let c = connect_on(stream, &uri, &[("sec-websocket-protocol", EXT)]).await;
-    assert_eq!(c.protocol.as_deref(), Some(EXT));
-    c
-}
-
-fn history(identifier: &str, history: Value) -> String {
-    json!({"command": "history", "identifier": identifier, "history": history}).to_string()
-}
-
-/// Reads frames until `confirm_history`/`reject_history`, returning the data frames before it
-/// and the closing frame.
-async fn until_history_end<S>(c: &mut Client<S>) -> (Vec<Value>, Value)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let mut data = Vec::new();
-    loop {
-        let f = c.frame().await;
-        match f["type"].as_str() {
-            Some("confirm_history") | Some("reject_history") => return (data, f),
-            _ => data.push(f),
-        }
-    }
-}
 
 fn offsets(frames: &[Value]) -> Vec<u64> {
-    frames.iter().map(|f| f["offset"].as_u64().unwrap()).collect()
+    frames
+        .iter()
+        .map(|f| f["offset"].as_u64().unwrap())
+        .collect()
 }
 
 #[tokio::test]
@@ -142,7 +109,10 @@ async fn a_dropped_session_is_restored_and_replays_every_missed_message_once_in_
     // The restored subscription is live without a new subscribe.
     c.send(&message(BENCH, json!({"action": "echo", "x": 1})))
         .await;
-    assert_eq!(c.frame().await["message"], json!({"action": "echo", "x": 1}));
+    assert_eq!(
+        c.frame().await["message"],
+        json!({"action": "echo", "x": 1})
+    );
 
     // A session id can be restored once; a second try is a fresh session.
     let mut again = connect_ext(addr, Some(&sid)).await;

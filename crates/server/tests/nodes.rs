@@ -191,3 +191,67 @@ async fn a_nats_restart_leaves_local_traffic_alone_and_the_bus_heals() {
     let _nats = OwnService::nats(port);
     until_received(&b, &mut on_a, "after", Duration::from_secs(30)).await;
 }
+
+/// The issue's two-node scenario on Redis pub/sub + the Redis Streams broker: a broadcast
+/// made through node B reaches a client of node A; node A stops; its client reconnects to
+/// node B with its session id, is restored without subscribing again, and gets every
+/// message broadcast meanwhile, once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_restores_on_another_node_with_every_missed_message() {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
+    let tag = ferrocable_session::new_session_id();
+    let shared = |c: ServeConfig| ServeConfig {
+        broker: url.clone(),
+        broker_prefix: format!("ferrocable-test:{tag}:broker:"),
+        ..c
+    };
+    let prefix = format!("ferrocable-test:{tag}:stream:");
+    let a = start(shared(redis_config(&url, &prefix))).await;
+    let b = start(shared(redis_config(&url, &prefix))).await;
+
+    let mut c = connect_ext(a.local_addr(), None).await;
+    let sid = c.frame().await["sid"].as_str().unwrap().to_owned();
+    c.subscribe(BENCH).await;
+    // Through node B (the bus subscription is asynchronous: retry until it crosses).
+    until_received(&b, &mut c, "via-b", Duration::from_secs(10)).await;
+    // Frames of registered messages carry positions from the shared broker.
+    b.node().broadcast("all", r#"{"n":0}"#).unwrap();
+    let last = loop {
+        let f = c.frame().await;
+        if f["message"]["n"] == 0 {
+            break f;
+        }
+    };
+    assert!(last["offset"].as_u64().is_some(), "{last}");
+
+    // Node A goes away; its client is handed over (close 1001, no disconnect frame).
+    a.shutdown().await;
+    let (code, _) = c.closed().await;
+    assert_eq!(code, Some(1001));
+    for n in 1..=5 {
+        b.node()
+            .broadcast("all", &json!({ "n": n }).to_string())
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut c = connect_ext(b.local_addr(), Some(&sid)).await;
+    let welcome = c.frame().await;
+    assert_eq!(welcome["restored"], true, "{welcome}");
+    assert_eq!(welcome["restored_ids"], json!([BENCH]));
+    c.send(&history(
+        BENCH,
+        json!({"streams": {"all": {"epoch": last["epoch"], "offset": last["offset"]}}}),
+    ))
+    .await;
+    let (replayed, end) = until_history_end(&mut c).await;
+    assert_eq!(end["type"], "confirm_history", "{end}");
+    let ns: Vec<u64> = replayed
+        .iter()
+        .map(|f| f["message"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ns, vec![1, 2, 3, 4, 5]);
+    // And it is live on node B.
+    b.node().broadcast("all", r#"{"n":6}"#).unwrap();
+    assert_eq!(c.frame().await["message"]["n"], 6);
+}
