@@ -19,6 +19,9 @@ use ferrocable_node::pubsub::{NodeId, encode_envelope};
 use redis::Script;
 use redis::aio::ConnectionManager;
 
+/// One stream's read: epoch, newest offset, and raw entries (`id`, flat field/value list).
+type ReadReply = (String, String, Vec<(String, Vec<Vec<u8>>)>);
+
 type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 const APPEND: &str = r#"
@@ -128,7 +131,7 @@ impl RedisBroker {
     /// A stream's epoch, newest offset and unexpired entries.
     async fn read(&self, stream: &str) -> Result<(String, u64, Vec<HistoryEntry>), BrokerError> {
         let mut conn = self.conn.clone();
-        let (epoch, last, raw): (String, String, Vec<(String, Vec<Vec<u8>>)>) = self
+        let (epoch, last, raw): ReadReply = self
             .read
             .key(self.epoch_key())
             .key(self.key("offset", stream))
