@@ -143,9 +143,11 @@ class Server {
    * @param {string[]} [opts.args] extra flags for `ferrocable serve`
    * @param {boolean} [opts.bench] pass --bench-channel (default true)
    * @param {number} [opts.port] fixed port (default: a free one)
+   * @param {object} [opts.env] extra environment variables
    */
-  constructor({ args = [], bench = true, port } = {}) {
+  constructor({ args = [], bench = true, port, env = {} } = {}) {
     this.args = [...(bench ? ['--bench-channel'] : []), ...args];
+    this.env = env;
     this.port = port;
     this.child = null;
     this.stderr = ''; // all runs, in order
@@ -197,6 +199,7 @@ class Server {
         RUST_LOG: process.env.RUST_LOG || 'info',
         // Embedded state (the SQLite session store) goes to a scratch folder, not the repo.
         FERROCABLE_DATA_DIR: process.env.FERROCABLE_DATA_DIR || require('node:path').join(require('node:os').tmpdir(), 'ferrocable-js-data'),
+        ...this.env,
       },
     });
     this.child = child;

@@ -1,0 +1,144 @@
+// Reliable delivery over a flaky network, with the real `@anycable/core` client speaking
+// `actioncable-v1-ext-json`: 1,000 messages are broadcast while the client's TCP connection is
+// destroyed every ~2 s; the client must end with all 1,000, in order, without duplicates
+// (session restore + history replay). The same run with the plain `@rails/actioncable`
+// client reports what it lost, to show what the extended protocol adds.
+
+import { test, afterEach } from 'node:test';
+import assert from 'node:assert/strict';
+import { createRequire } from 'node:module';
+import { createCable } from '@anycable/core';
+
+const require = createRequire(import.meta.url);
+const { Scope, WebSocket, httpGet, waitUntil, sleep } = require('./harness.js');
+const http = require('node:http');
+
+const MESSAGES = 1000;
+const KEY = 'reliable-test-broadcast-key';
+const KILL_EVERY_MS = 2000;
+
+const scopes = new Set();
+afterEach(async () => {
+  for (const s of [...scopes]) {
+    scopes.delete(s);
+    await s.dispose();
+  }
+});
+
+function post(url, body) {
+  return new Promise((resolve, reject) => {
+    const data = JSON.stringify(body);
+    const req = http.request(url, {
+      method: 'POST',
+      agent: false,
+      headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${KEY}`, 'Content-Length': Buffer.byteLength(data), Connection: 'close' },
+    }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode));
+    });
+    req.setTimeout(2000, () => req.destroy(new Error('broadcast timed out')));
+    req.on('error', reject);
+    req.end(data);
+  });
+}
+
+/** Broadcasts seq 1..MESSAGES on stream `all` through the HTTP ingress, ~100 per second. */
+async function broadcastAll(server) {
+  for (let seq = 1; seq <= MESSAGES; seq++) {
+    const status = await post(`${server.httpUrl}/_broadcast`, { stream: 'all', data: JSON.stringify({ seq }) });
+    assert.equal(status, 201, `broadcast ${seq} accepted`);
+    await sleep(10);
+  }
+}
+
+/** Destroys the TCP connection under `socketOf()` every KILL_EVERY_MS until `done()`. */
+async function cutRepeatedly(socketOf, done) {
+  let cuts = 0;
+  while (!done()) {
+    await sleep(KILL_EVERY_MS);
+    const ws = socketOf();
+    if (!done() && ws && ws._socket) {
+      ws._socket.destroy(); // no close frame: the network just goes away
+      cuts++;
+    }
+  }
+  return cuts;
+}
+
+async function startServer(scope) {
+  return scope.startServer({ env: { FERROCABLE_BROADCAST_KEY: KEY } });
+}
+
+test('@anycable/core over a flaky network: 1,000 broadcasts arrive complete, in order, once', { timeout: 90000 }, async (t) => {
+  const scope = new Scope();
+  scopes.add(scope);
+  const server = await startServer(scope);
+
+  const sockets = [];
+  // Records every socket (to cut it) and sends the page's Origin, as a browser would.
+  class TrackedWebSocket extends WebSocket {
+    constructor(url, protocols, options = {}) {
+      super(url, protocols, { ...options, headers: { Origin: server.sameOrigin } });
+      sockets.push(this);
+    }
+  }
+  const cable = createCable(server.cableUrl, {
+    protocol: 'actioncable-v1-ext-json',
+    websocketImplementation: TrackedWebSocket,
+    protocolOptions: { pongs: true },
+    reconnectStrategy: () => 100,
+    performFailures: 'warn',
+  });
+  try {
+    const received = [];
+    const channel = cable.subscribeTo('BenchmarkChannel');
+    channel.on('message', (msg) => { if (msg && msg.seq) received.push(msg.seq); });
+    await channel.ensureSubscribed();
+
+    let sending = true;
+    const cuts = cutRepeatedly(() => sockets[sockets.length - 1], () => !sending);
+    await broadcastAll(server);
+    sending = false;
+    const cutCount = await cuts;
+    await waitUntil(() => received.length >= MESSAGES, 20000, `all ${MESSAGES} messages (have ${received.length})`);
+    await sleep(300); // anything extra (a duplicate) would arrive now
+
+    const restored = await server.metric('ferrocable_sessions_restored_total');
+    t.diagnostic(`@anycable/core: ${received.length} received of ${MESSAGES}, ${cutCount} connection cuts, ${sockets.length} sockets, ${restored} sessions restored`);
+    assert.ok(cutCount >= 3, `the connection was cut (${cutCount} times)`);
+    assert.ok(restored >= cutCount - 1, `sessions were restored (${restored})`);
+    assert.equal(received.length, MESSAGES, 'no duplicates');
+    assert.deepEqual(received, Array.from({ length: MESSAGES }, (_, i) => i + 1), 'all, in order');
+  } finally {
+    cable.disconnect();
+  }
+});
+
+test('@rails/actioncable over the same flaky network: what at-most-once delivery loses', { timeout: 90000 }, async (t) => {
+  const scope = new Scope();
+  scopes.add(scope);
+  const server = await startServer(scope);
+  const consumer = scope.consumer(server.cableUrl);
+  const received = [];
+  let confirmed;
+  const ready = new Promise((resolve) => { confirmed = resolve; });
+  consumer.subscriptions.create({ channel: 'BenchmarkChannel' }, {
+    connected: () => confirmed(),
+    received: (msg) => { if (msg && msg.seq) received.push(msg.seq); },
+  });
+  await ready;
+
+  let sending = true;
+  const cuts = cutRepeatedly(() => consumer.connection.webSocket, () => !sending);
+  await broadcastAll(server);
+  sending = false;
+  const cutCount = await cuts;
+  await sleep(1000);
+
+  const unique = new Set(received).size;
+  const inOrder = received.every((v, i) => i === 0 || v > received[i - 1]);
+  t.diagnostic(`@rails/actioncable: ${unique} of ${MESSAGES} received (${MESSAGES - unique} lost), ${received.length - unique} duplicates, in order: ${inOrder}, ${cutCount} connection cuts`);
+  assert.ok(cutCount >= 3, `the connection was cut (${cutCount} times)`);
+  // Nothing is replayed to a plain client: it only ever sees each message at most once.
+  assert.equal(received.length, unique, 'at most once');
+});
