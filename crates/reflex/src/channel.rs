@@ -7,6 +7,7 @@ use ferrocable_node::{Channel, ChannelContext, PerformError};
 use serde_json::Value;
 
 use crate::dispatch::{PageRenderer, dispatch};
+use crate::ledger::{Begin, ReflexLedger};
 use crate::ops::Envelope;
 use crate::registry::Registry;
 use crate::signed::StreamSigner;
@@ -22,6 +23,7 @@ pub struct ReflexChannel {
     registry: Arc<Registry>,
     host: Arc<dyn PageRenderer>,
     max_form_bytes: usize,
+    ledger: ReflexLedger,
 }
 
 impl ReflexChannel {
@@ -31,7 +33,15 @@ impl ReflexChannel {
             registry: Arc::new(registry),
             host,
             max_form_bytes: 32 * 1024,
+            ledger: ReflexLedger::default(),
         }
+    }
+
+    /// How long (and how many) reflex ids are remembered for de-duplication (default 120 s,
+    /// 100,000 ids).
+    pub fn idempotency_window(mut self, window: std::time::Duration, max_ids: usize) -> Self {
+        self.ledger = ReflexLedger::new(window, max_ids);
+        self
     }
 
     /// Largest `formData` accepted (default 32 KiB); larger reflexes get `morph-error`.
@@ -41,13 +51,25 @@ impl ReflexChannel {
     }
 }
 
-fn deliver(ctx: &mut ChannelContext, envelope: &Envelope) -> Result<(), PerformError> {
+fn deliver(ctx: &mut ChannelContext, envelope: &Envelope) -> Result<Value, PerformError> {
     let value = envelope.to_value();
+    deliver_value(ctx, &value)?;
+    Ok(value)
+}
+
+fn deliver_value(ctx: &mut ChannelContext, value: &Value) -> Result<(), PerformError> {
     let result = match ctx.identity().get("session_id").map(reply_stream) {
-        Some(stream) => ctx.broadcast(stream, &value),
-        None => ctx.transmit(&value),
+        Some(stream) => ctx.broadcast(stream, value),
+        None => ctx.transmit(value),
     };
     result.map_err(|e| PerformError::Failed(e.to_string()))
+}
+
+/// The idempotency key of a reflex: its session and its id (none without either).
+fn ledger_key(ctx: &ChannelContext, data: &Value) -> Option<String> {
+    let session = ctx.identity().get("session_id")?;
+    let id = data.get("id").and_then(Value::as_str)?;
+    Some(format!("{session}:{id}"))
 }
 
 impl Channel for ReflexChannel {
@@ -66,6 +88,23 @@ impl Channel for ReflexChannel {
         if action != "receive" {
             return Err(PerformError::UnknownAction(action.to_owned()));
         }
+        let key = ledger_key(ctx, &data);
+        if let Some(key) = &key {
+            match self.ledger.begin(key) {
+                Begin::Run => {}
+                Begin::Running => {
+                    tracing::debug!(%key, "duplicate reflex while it runs: dropped");
+                    return Ok(());
+                }
+                Begin::Done(replies) => {
+                    tracing::debug!(%key, "duplicate reflex: replies re-sent, not run again");
+                    for reply in &replies {
+                        deliver_value(ctx, reply)?;
+                    }
+                    return Ok(());
+                }
+            }
+        }
         let identity = ctx.shared_identity().clone();
         let out = dispatch(
             &self.registry,
@@ -75,18 +114,30 @@ impl Channel for ReflexChannel {
             self.max_form_bytes,
         )
         .await;
+        let mut replies = Vec::new();
         if let Some(now) = &out.immediate {
-            deliver(ctx, now)?;
+            replies.push(deliver(ctx, now)?);
         }
         for (stream, envelope) in &out.broadcasts {
             ctx.broadcast(stream.clone(), &envelope.to_value())
                 .map_err(|e| PerformError::Failed(e.to_string()))?;
         }
         match &out.reply {
-            Some(reply) => deliver(ctx, reply),
-            None => Err(PerformError::InvalidData(
-                out.error.unwrap_or_else(|| "invalid reflex".into()),
-            )),
+            Some(reply) => {
+                replies.push(deliver(ctx, reply)?);
+                if let Some(key) = &key {
+                    self.ledger.finish(key, replies);
+                }
+                Ok(())
+            }
+            None => {
+                if let Some(key) = &key {
+                    self.ledger.forget(key);
+                }
+                Err(PerformError::InvalidData(
+                    out.error.unwrap_or_else(|| "invalid reflex".into()),
+                ))
+            }
         }
     }
 }

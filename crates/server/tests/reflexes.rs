@@ -79,6 +79,38 @@ async fn reflex_replies_stay_within_the_session() {
     silent_for(&mut b, Duration::from_millis(300)).await;
 }
 
+/// A reflex that arrives twice (a retry after a reconnect, a duplicated frame) runs once;
+/// the duplicate gets the first run's reply again.
+#[tokio::test]
+async fn a_repeated_reflex_id_runs_once_and_gets_the_same_reply() {
+    let server = start(config()).await;
+    let mut a = session_client(server.local_addr()).await;
+    let count = |f: &Value| {
+        f["message"]["operations"][0]["html"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    a.send(&reflex("Counter#increment", "dup-1")).await;
+    let first = a.frame().await;
+    a.send(&reflex("Counter#increment", "dup-1")).await;
+    let again = a.frame().await;
+    assert_eq!(again, first, "the same reply, re-sent");
+    a.send(&reflex("Counter#increment", "dup-2")).await;
+    let next = a.frame().await;
+    assert_ne!(count(&next), count(&first), "a new id runs: {next}");
+    // The counter moved by two (dup-1 once, dup-2 once), not three.
+    let text = |f: &Value| {
+        count(f)
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect::<String>()
+            .parse::<i64>()
+            .unwrap()
+    };
+    assert_eq!(text(&next) - text(&first), 1, "{first} / {next}");
+}
+
 #[tokio::test]
 async fn bad_reflexes_get_a_morph_error_and_payloads_without_an_id_an_error_frame() {
     let server = start(config()).await;
