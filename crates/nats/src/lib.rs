@@ -5,6 +5,10 @@
 //! The async-nats client reconnects by itself and re-establishes its subscriptions; the node
 //! keeps serving local traffic meanwhile, and the connection state shows in the metrics.
 
+mod broker;
+
+pub use broker::JetStreamBroker;
+
 use std::collections::HashMap;
 use std::time::Duration;
 

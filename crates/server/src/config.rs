@@ -67,8 +67,8 @@ pub struct ServeConfig {
     pub pubsub: String,
     /// Channel prefix on the bus.
     pub pubsub_prefix: String,
-    /// Stream history and session cache (extended protocol): `memory` (this process only) or
-    /// `redis://…` (Redis Streams, shared by every node on that Redis).
+    /// Stream history and session cache (extended protocol): `memory` (this process only),
+    /// `redis://…` (Redis Streams) or `nats://…` (JetStream), shared by every node using it.
     pub broker: String,
     /// Key prefix of the broker's data.
     pub broker_prefix: String,

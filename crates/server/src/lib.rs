@@ -297,9 +297,32 @@ pub async fn start(
             }
             builder = builder.broker(broker);
         }
+        url if url.starts_with("nats://") => {
+            // `ferrocable:broker:` → stream FERROCABLE_BROKER on subjects `ferrocable.broker.…`.
+            let subjects = config.broker_prefix.trim_end_matches(':').replace(':', ".");
+            let name: String = subjects
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_uppercase()
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            let broker = ferrocable_nats::JetStreamBroker::connect(
+                url,
+                &name,
+                &subjects,
+                config.history_limits(),
+            )
+            .await
+            .map_err(StartError::Broker)?;
+            builder = builder.broker(broker);
+        }
         other => {
             return Err(StartError::Broker(format!(
-                "{other:?}: use memory or redis://…"
+                "{other:?}: use memory, redis://… or nats://…"
             )));
         }
     }

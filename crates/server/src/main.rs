@@ -97,7 +97,7 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pubsub: Option<String>,
-    /// Stream history and session cache: memory (single node) or redis://… (Redis Streams, shared) [env: FERROCABLE_BROKER] [default: memory].
+    /// Stream history and session cache: memory (single node), redis://… (Redis Streams) or nats://… (JetStream), shared [env: FERROCABLE_BROKER] [default: memory].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     broker: Option<String>,

@@ -192,23 +192,10 @@ async fn a_nats_restart_leaves_local_traffic_alone_and_the_bus_heals() {
     until_received(&b, &mut on_a, "after", Duration::from_secs(30)).await;
 }
 
-/// The issue's two-node scenario on Redis pub/sub + the Redis Streams broker: a broadcast
-/// made through node B reaches a client of node A; node A stops; its client reconnects to
-/// node B with its session id, is restored without subscribing again, and gets every
-/// message broadcast meanwhile, once and in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_restores_on_another_node_with_every_missed_message() {
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
-    let tag = ferrocable_session::new_session_id();
-    let shared = |c: ServeConfig| ServeConfig {
-        broker: url.clone(),
-        broker_prefix: format!("ferrocable-test:{tag}:broker:"),
-        ..c
-    };
-    let prefix = format!("ferrocable-test:{tag}:stream:");
-    let a = start(shared(redis_config(&url, &prefix))).await;
-    let b = start(shared(redis_config(&url, &prefix))).await;
-
+/// Two nodes sharing a bus and a broker: a broadcast made through node B reaches a client of
+/// node A; node A stops; its client reconnects to node B with its session id, is restored
+/// without subscribing again, and gets every message broadcast meanwhile, once and in order.
+async fn a_session_moves_between(a: RunningServer, b: RunningServer) {
     let mut c = connect_ext(a.local_addr(), None).await;
     let sid = c.frame().await["sid"].as_str().unwrap().to_owned();
     c.subscribe(BENCH).await;
@@ -254,4 +241,42 @@ async fn a_session_restores_on_another_node_with_every_missed_message() {
     // And it is live on node B.
     b.node().broadcast("all", r#"{"n":6}"#).unwrap();
     assert_eq!(c.frame().await["message"]["n"], 6);
+}
+
+/// Redis pub/sub + the Redis Streams broker (one script appends and publishes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_restores_on_another_node_via_redis() {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
+    let tag = ferrocable_session::new_session_id();
+    let shared = || ServeConfig {
+        broker: url.clone(),
+        broker_prefix: format!("ferrocable-test:{tag}:broker:"),
+        ..redis_config(&url, &format!("ferrocable-test:{tag}:stream:"))
+    };
+    a_session_moves_between(start(shared()).await, start(shared()).await).await;
+}
+
+/// NATS pub/sub + the JetStream broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_restores_on_another_node_via_nats() {
+    let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let tag: String = ferrocable_session::new_session_id()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(12)
+        .collect();
+    let shared = || ServeConfig {
+        pubsub: url.clone(),
+        pubsub_prefix: format!("fctest{tag}:stream:"),
+        broker: url.clone(),
+        broker_prefix: format!("fctest{tag}:broker:"),
+        ..config()
+    };
+    a_session_moves_between(start(shared()).await, start(shared()).await).await;
+    // Leave no test streams behind.
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let name = format!("FCTEST{}_BROKER", tag.to_ascii_uppercase());
+    let _ = js.delete_stream(&name).await;
+    let _ = js.delete_stream(format!("{name}_SESSIONS")).await;
 }

@@ -1,0 +1,107 @@
+//! The JetStream broker against a real NATS server with JetStream (127.0.0.1:4222 or
+//! `NATS_URL`): the shared broker conformance suite, offsets that two nodes cannot both
+//! take, and a new epoch when the history is lost.
+
+use bytes::Bytes;
+use ferrocable_nats::JetStreamBroker;
+use ferrocable_node::broker::{Broker, BrokerError, HistoryError, random_token};
+use ferrocable_node::conformance::{broker_suite, suite_limits};
+
+fn url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+async fn broker(name: &str) -> JetStreamBroker {
+    JetStreamBroker::connect(&url(), name, &format!("fctest.{name}"), suite_limits())
+        .await
+        .expect("NATS with JetStream must be running on 127.0.0.1:4222 (scripts/test.sh starts it)")
+}
+
+async fn drop_stream(name: &str) {
+    let client = async_nats::connect(url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let _ = js.delete_stream(name).await;
+    let _ = js.delete_stream(format!("{name}_SESSIONS")).await;
+}
+
+#[tokio::test]
+async fn the_jetstream_broker_conforms() {
+    let name = format!("FCTEST_{}", random_token(4));
+    broker_suite(&broker(&name).await).await;
+    drop_stream(&name).await;
+}
+
+#[tokio::test]
+async fn two_nodes_appending_to_one_stream_never_share_an_offset() {
+    let name = format!("FCTEST_{}", random_token(4));
+    let a = broker(&name).await;
+    let b = broker(&name).await;
+    assert_eq!(a.epoch(), b.epoch(), "one history, one epoch");
+    let mut tasks = Vec::new();
+    for (i, node) in [a.clone(), b.clone()].into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut offsets = Vec::new();
+            for n in 0..10 {
+                let p = node
+                    .append(
+                        "race",
+                        Bytes::from(format!("{{\"node\":{i},\"n\":{n}}}")),
+                        1,
+                    )
+                    .await
+                    .expect("append");
+                offsets.push(p.position.offset);
+            }
+            offsets
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        let offsets = t.await.unwrap();
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "a node's offsets rise: {offsets:?}"
+        );
+        all.extend(offsets);
+    }
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=20).collect::<Vec<_>>(),
+        "every offset taken exactly once"
+    );
+    drop_stream(&name).await;
+}
+
+#[tokio::test]
+async fn a_lost_history_is_a_new_epoch_and_old_positions_are_rejected() {
+    let name = format!("FCTEST_{}", random_token(4));
+    let before = broker(&name).await;
+    let p = before
+        .append("s", Bytes::from_static(b"1"), 1)
+        .await
+        .unwrap()
+        .position;
+    drop_stream(&name).await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let after = broker(&name).await;
+    assert_ne!(after.epoch(), p.epoch);
+    assert_eq!(
+        after.history_from("s", &p).await,
+        Err(BrokerError::History(HistoryError::EpochMismatch))
+    );
+    drop_stream(&name).await;
+}
+
+#[tokio::test]
+async fn hostile_session_ids_are_refused_not_looked_up() {
+    let name = format!("FCTEST_{}", random_token(4));
+    let b = broker(&name).await;
+    assert_eq!(b.restore_session("a.b>*").await, Ok(None));
+    assert!(
+        b.commit_session("a b", Bytes::from_static(b"x"))
+            .await
+            .is_err()
+    );
+    drop_stream(&name).await;
+}
