@@ -37,6 +37,9 @@ type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 
 const OFFSET_HEADER: &str = "Fc-Offset";
 const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
 
+/// A subject's FIFO append lock over its last (stream sequence, offset), when known.
+type Tail = Arc<tokio::sync::Mutex<Option<(u64, u64)>>>;
+
 /// The JetStream broker.
 #[derive(Clone)]
 pub struct JetStreamBroker {
@@ -53,7 +56,7 @@ struct Inner {
     limits: HistoryLimits,
     /// Per subject: a FIFO lock (appends of a stream one at a time, in call order) guarding
     /// the subject's last (stream sequence, offset), when known.
-    tails: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<(u64, u64)>>>>>,
+    tails: parking_lot::Mutex<HashMap<String, Tail>>,
 }
 
 impl std::fmt::Debug for JetStreamBroker {
@@ -150,7 +153,7 @@ impl Inner {
         format!("{}.{}", self.subject_prefix, URL_SAFE_NO_PAD.encode(stream))
     }
 
-    fn tail(&self, subject: &str) -> Arc<tokio::sync::Mutex<Option<(u64, u64)>>> {
+    fn tail(&self, subject: &str) -> Tail {
         self.tails
             .lock()
             .entry(subject.to_owned())
