@@ -189,11 +189,115 @@ pub fn suite_limits() -> crate::broker::HistoryLimits {
     }
 }
 
+/// What a node received from the bus in [`pubsub_suite`].
+type Received = tokio::sync::mpsc::UnboundedReceiver<(String, String, Option<StreamPosition>)>;
+
+fn start_node(bus: &dyn crate::pubsub::PubSub, node_id: crate::pubsub::NodeId) -> Received {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    bus.start(crate::pubsub::PubSubHooks {
+        node_id,
+        deliver: std::sync::Arc::new(
+            move |stream: &str, message: &str, position: Option<&StreamPosition>| {
+                let _ = tx.send((stream.to_owned(), message.to_owned(), position.cloned()));
+            },
+        ),
+        errors: Default::default(),
+        connected: Default::default(),
+    });
+    rx
+}
+
+fn publish(
+    bus: &dyn crate::pubsub::PubSub,
+    origin: crate::pubsub::NodeId,
+    stream: &str,
+    n: u64,
+    position: Option<&StreamPosition>,
+) {
+    bus.publish(
+        stream,
+        crate::pubsub::encode_envelope(origin, stream, &format!("{{\"n\":{n}}}"), position),
+    );
+}
+
+/// Publishes until `rx` gets a message of `stream` (a bus subscription is asynchronous), then
+/// returns it. Panics after 10 s.
+async fn first_delivery(
+    bus: &dyn crate::pubsub::PubSub,
+    origin: crate::pubsub::NodeId,
+    stream: &str,
+    rx: &mut Received,
+) -> (String, String, Option<StreamPosition>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        publish(bus, origin, stream, 0, None);
+        if let Ok(Some(got)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+            return got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a subscribed node never received {stream}"
+        );
+    }
+}
+
+/// Runs every pubsub rule on two handles of one bus (two nodes). Both must be fresh (not
+/// started); the suite starts them with node ids 1 and 2.
+pub async fn pubsub_suite(a: &dyn crate::pubsub::PubSub, b: &dyn crate::pubsub::PubSub) {
+    let mut at_a = start_node(a, 1);
+    let mut at_b = start_node(b, 2);
+    let stream = fresh_stream("bus");
+    let other = fresh_stream("other");
+    a.subscribe(&stream);
+    b.subscribe(&stream);
+
+    // A message from node 1 reaches node 2, with its position; node 1 ignores its own echo.
+    first_delivery(a, 1, &stream, &mut at_b).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    while at_b.try_recv().is_ok() {}
+    while at_a.try_recv().is_ok() {}
+    let at = StreamPosition {
+        epoch: "e1".into(),
+        offset: 7,
+    };
+    publish(a, 1, &stream, 1, Some(&at));
+    let got = tokio::time::timeout(Duration::from_secs(5), at_b.recv())
+        .await
+        .expect("delivered within 5 s")
+        .expect("bus open");
+    assert_eq!(
+        got,
+        (stream.clone(), "{\"n\":1}".to_owned(), Some(at)),
+        "message, stream and position cross the bus"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(at_a.try_recv().is_err(), "the origin ignores its own echo");
+    assert!(at_b.try_recv().is_err(), "delivered once");
+
+    // Only subscribed streams are delivered.
+    publish(a, 1, &other, 2, None);
+    // And an unsubscribed stream stops.
+    b.unsubscribe(&stream);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish(a, 1, &stream, 3, None);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        at_b.try_recv().is_err(),
+        "no delivery of unsubscribed streams"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     #[tokio::test]
     async fn the_memory_broker_conforms() {
         let broker = crate::broker::MemoryBroker::new(super::suite_limits());
         super::broker_suite(&broker).await;
+    }
+
+    #[tokio::test]
+    async fn the_memory_bus_conforms() {
+        let bus = crate::pubsub::MemoryBus::new();
+        super::pubsub_suite(&bus.pubsub(), &bus.pubsub()).await;
     }
 }
