@@ -189,3 +189,91 @@ test('stopping the server disables the page; restarting reconnects and the next 
     await context.close();
   });
 });
+
+/**
+ * A TCP proxy between the browser and the server that the test can cut: `cut()` destroys
+ * every connection (no close handshake: the network just goes away) and refuses new ones
+ * until `resume()`.
+ */
+async function startProxy(targetPort) {
+  const net = require('node:net');
+  const sockets = new Set();
+  let refusing = false;
+  const server = net.createServer((client) => {
+    if (refusing) { client.destroy(); return; }
+    const upstream = net.connect(targetPort, '127.0.0.1');
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('error', () => {});
+      s.on('close', () => { sockets.delete(s); client.destroy(); upstream.destroy(); });
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    port: server.address().port,
+    cut() { refusing = true; for (const s of sockets) s.destroy(); },
+    resume() { refusing = false; },
+    close() { for (const s of sockets) s.destroy(); return new Promise((r) => server.close(r)); },
+  };
+}
+
+for (const client of ['anycable', 'actioncable']) {
+  test(`chat over a cut network with ${client === 'anycable' ? '@anycable/web: the message sent while offline arrives on restore' : '@rails/actioncable: the message sent while offline is lost'}`, { timeout: 90000 }, async () => {
+    await withServer(async (server) => {
+      const proxy = await startProxy(server.port);
+      try {
+        const reader = await browser.newContext();
+        const page = await reader.newPage();
+        page.errors = [];
+        page.on('pageerror', (e) => page.errors.push(String(e)));
+        await page.goto(`http://127.0.0.1:${proxy.port}/chat?cable=${client}`);
+        await connected(page);
+        assert.equal(await page.evaluate(() => window.ferrocable.client), client === 'anycable' ? '@anycable/web' : '@rails/actioncable');
+        const writer = await newPage(server);
+        await writer.page.goto(`${server.url}/chat`);
+        await connected(writer.page);
+        await sleep(500);
+        const say = async (words) => {
+          await writer.page.fill('#chat-name', 'Bob');
+          await writer.page.fill('#chat-text', words);
+          await writer.page.click('#chat-send');
+          await writer.page.waitForFunction((w) => document.querySelector('#messages').textContent.includes(w), words, { timeout: 10000 });
+        };
+        const seen = (words) => page.evaluate((w) => document.querySelector('#messages').textContent.includes(w), words);
+
+        await say('before the cut');
+        await page.waitForFunction(() => document.querySelector('#messages').textContent.includes('before the cut'), null, { timeout: 10000 });
+
+        proxy.cut();
+        await say('sent while offline');
+        await sleep(1000);
+        assert.equal(await seen('sent while offline'), false, 'not delivered while the network is down');
+        proxy.resume();
+        await connected(page, 45000);
+        await say('after the restore');
+        await page.waitForFunction(() => document.querySelector('#messages').textContent.includes('after the restore'), null, { timeout: 30000 });
+        const text = await page.evaluate(() => document.querySelector('#messages').textContent);
+        if (client === 'anycable') {
+          assert.ok(text.includes('sent while offline'), `replayed on restore: ${text}`);
+          assert.ok(text.indexOf('sent while offline') < text.indexOf('after the restore'), 'in order');
+          assert.equal(text.split('sent while offline').length, 2, 'once');
+          // StimulusReflex itself runs over the @anycable/web consumer: a reflex from this page.
+          await page.fill('#chat-name', 'Ann');
+          await page.fill('#chat-text', 'reflex over anycable');
+          await page.click('#chat-send');
+          await writer.page.waitForFunction(() => document.querySelector('#messages').textContent.includes('reflex over anycable'), null, { timeout: 10000 });
+          await page.screenshot({ path: path.join(ARTIFACTS, 'chat-restored.png') });
+        } else {
+          assert.equal(text.includes('sent while offline'), false, 'a plain Action Cable client misses it (at-most-once)');
+        }
+        assert.deepEqual(page.errors, []);
+        await reader.close();
+        await writer.context.close();
+      } finally {
+        await proxy.close();
+      }
+    });
+  });
+}

@@ -1,9 +1,9 @@
 //! Core NATS pub/sub against a real NATS server (127.0.0.1:4222 or `NATS_URL`): the shared
 //! pubsub conformance suite, two nodes on one server.
 
+use ferrocable_nats::NatsPubSub;
 use ferrocable_node::broker::random_token;
 use ferrocable_node::conformance::pubsub_suite;
-use ferrocable_nats::NatsPubSub;
 
 #[tokio::test]
 async fn nats_pubsub_conforms() {

@@ -5,8 +5,24 @@ import { createConsumer } from "@rails/actioncable"
 import CableReady from "cable_ready"
 import StimulusReflex from "stimulus_reflex"
 
+// The cable client: `@rails/actioncable` by default; `?cable=anycable` (remembered for the tab)
+// switches to `@anycable/web`'s Action Cable-compatible consumer on AnyCable's extended
+// protocol, whose session restore and history replay deliver what was sent while offline.
+const params = new URLSearchParams(location.search)
+if (params.has("cable")) sessionStorage.setItem("ferrocable.cable", params.get("cable"))
+const anycable = sessionStorage.getItem("ferrocable.cable") === "anycable"
+
 const application = Application.start()
-const consumer = createConsumer()
+const cableUrl = new URL(document.querySelector('meta[name="action-cable-url"]').content, location.href)
+cableUrl.protocol = cableUrl.protocol.replace(/^http/, "ws")
+const consumer = anycable
+  ? (await import("@anycable/web")).createConsumer(cableUrl.href, {
+      protocol: "actioncable-v1-ext-json",
+      protocolOptions: { pongs: true },
+      performFailures: "warn",
+      logLevel: "error",
+    })
+  : createConsumer()
 application.consumer = consumer
 CableReady.initialize({ consumer })
 StimulusReflex.initialize(application, { isolate: true, deprecate: false })
@@ -17,4 +33,4 @@ document.addEventListener("stimulus-reflex:after", (event) => {
   if (form && form.id !== "chat-form") form.reset()
   if (form && form.id === "chat-form") { const t = form.querySelector("#chat-text"); if (t) t.value = "" }
 })
-window.ferrocable = { application, consumer }
+window.ferrocable = { application, consumer, client: anycable ? "@anycable/web" : "@rails/actioncable" }

@@ -58,7 +58,7 @@ pub fn router(state: AppState, config: &ServeConfig) -> Router {
         .route("/_broadcast", post(broadcast_ingress))
         .route("/assets/app.css", get(crate::demo::app_css))
         .route("/assets/app.js", get(crate::demo::app_js))
-        .route("/vendor/{file}", get(crate::demo::vendor))
+        .route("/vendor/{*file}", get(crate::demo::vendor))
         .merge(pages)
         .with_state(state)
 }

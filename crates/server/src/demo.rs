@@ -61,7 +61,9 @@ pub struct Demo {
     chat_seq: std::sync::atomic::AtomicU64,
     urls: ferrocable_reflex::UrlOptions,
     signer: StreamSigner,
-    vendor: HashMap<&'static str, Bytes>,
+    vendor: HashMap<String, Bytes>,
+    /// Files expected in `vendor` (the flat list plus every module of the package folders).
+    vendor_expected: usize,
 }
 
 impl std::fmt::Debug for Demo {
@@ -88,6 +90,29 @@ const VENDOR: &[(&str, &str)] = &[
     ),
 ];
 
+/// Packages served whole under `/vendor/pkg/<package>/…` (ES modules with relative imports):
+/// `@anycable/web`, its core and its one dependency.
+const VENDOR_PACKAGES: &[&str] = &["@anycable/web", "@anycable/core", "nanoevents"];
+
+/// Every `.js` file under `dir`, as paths relative to `root`.
+fn js_files(root: &Path, dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if path.file_name().is_some_and(|n| n != "node_modules") {
+                js_files(root, &path, out);
+            }
+        } else if path.extension().is_some_and(|e| e == "js")
+            && let Ok(rel) = path.strip_prefix(root)
+        {
+            out.push(rel.to_path_buf());
+        }
+    }
+}
+
 /// Where `npm ci --prefix demo` puts the browser packages, as seen from this crate.
 pub const DEFAULT_ASSETS_DIR: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/../../demo/node_modules");
@@ -105,9 +130,24 @@ impl Demo {
         for (name, rel) in VENDOR {
             match std::fs::read(node_modules.join(rel)) {
                 Ok(b) => {
-                    vendor.insert(*name, Bytes::from(b));
+                    vendor.insert((*name).to_owned(), Bytes::from(b));
                 }
-                Err(_) => missing.push(*rel),
+                Err(_) => missing.push((*rel).to_owned()),
+            }
+        }
+        let mut vendor_expected = VENDOR.len();
+        for package in VENDOR_PACKAGES {
+            let mut files = Vec::new();
+            js_files(node_modules, &node_modules.join(package), &mut files);
+            if files.is_empty() {
+                missing.push((*package).to_owned());
+                vendor_expected += 1;
+            }
+            for rel in files {
+                vendor_expected += 1;
+                if let (Ok(b), Some(key)) = (std::fs::read(node_modules.join(&rel)), rel.to_str()) {
+                    vendor.insert(format!("pkg/{key}"), Bytes::from(b));
+                }
             }
         }
         if !missing.is_empty() {
@@ -119,6 +159,7 @@ impl Demo {
             urls,
             signer: StreamSigner::new(secret_key_base),
             vendor,
+            vendor_expected,
         }
     }
 
@@ -129,7 +170,7 @@ impl Demo {
 
     /// Whether every browser package was found.
     pub fn assets_complete(&self) -> bool {
-        self.vendor.len() == VENDOR.len()
+        self.vendor.len() == self.vendor_expected
     }
 }
 
@@ -271,7 +312,8 @@ pub(crate) async fn app_js() -> Response {
     )
 }
 
-/// `GET /vendor/{file}`: the pinned npm packages.
+/// `GET /vendor/{*file}`: the pinned npm packages (a fixed set of files, looked up by name:
+/// nothing else on disk is reachable).
 pub(crate) async fn vendor(
     State(state): State<AppState>,
     UrlPath(file): UrlPath<String>,
