@@ -280,3 +280,75 @@ async fn a_session_restores_on_another_node_via_nats() {
     let _ = js.delete_stream(&name).await;
     let _ = js.delete_stream(format!("{name}_SESSIONS")).await;
 }
+
+/// A Redis restart in the middle of a broadcast run, with Redis as bus **and** broker:
+/// broadcasts keep reaching local subscribers (unstored: no offset) while Redis is gone, the
+/// metrics count the failed appends, and after Redis returns broadcasts are stored and cross
+/// nodes again, under a new epoch (this Redis kept nothing on disk), without restarting
+/// ferrocable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_mid_run_keeps_broadcasts_flowing_and_storing_resumes() {
+    let port = spare_port();
+    let mut redis = OwnService::redis(port);
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let shared = || ServeConfig {
+        broker: url.clone(),
+        broker_prefix: "b:".into(),
+        ..redis_config(&url, "s:")
+    };
+    let a = start(shared()).await;
+    let b = start(shared()).await;
+    let mut on_a = connect_ext(a.local_addr(), None).await;
+    on_a.frame().await;
+    on_a.subscribe(BENCH).await;
+    until_received(&b, &mut on_a, "before", Duration::from_secs(10)).await;
+    a.node().broadcast("all", r#"{"n":1}"#).unwrap();
+    let stored = loop {
+        let f = on_a.frame().await;
+        if f["message"]["n"] == 1 {
+            break f;
+        }
+    };
+    let epoch_before = stored["epoch"].as_str().unwrap().to_owned();
+
+    redis.stop();
+    for n in 2..=4 {
+        a.node()
+            .broadcast("all", &json!({ "n": n }).to_string())
+            .unwrap();
+        let f = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let f = on_a.frame().await;
+                if f["message"]["n"] == n {
+                    return f;
+                }
+            }
+        })
+        .await
+        .expect("local delivery continues while Redis is down");
+        assert!(f.get("offset").is_none(), "unstored during the outage: {f}");
+    }
+    let m = metrics(a.local_addr()).await;
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("ferrocable_broker_errors_total{reason=\"append\"}")),
+        "the failed appends are counted"
+    );
+
+    let _redis = OwnService::redis(port);
+    // Bus and broker come back by themselves.
+    until_received(&b, &mut on_a, "after", Duration::from_secs(20)).await;
+    let f = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            a.node().broadcast("all", r#"{"n":5}"#).unwrap();
+            let f = on_a.frame().await;
+            if f["message"]["n"] == 5 && f.get("offset").is_some() {
+                return f;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("stored again after Redis returned");
+    assert_ne!(f["epoch"], epoch_before, "Redis lost its data: a new epoch");
+}
