@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 mod broadcast;
 mod churn;
 mod client;
+mod fleet;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -81,6 +82,47 @@ enum Scenario {
         #[arg(long, default_value = "")]
         label: String,
     },
+    /// Many processes, many nodes: connect, hold (idle) and broadcast rounds across every
+    /// target, with worker processes holding the connections (past the per-process fd cap).
+    Fleet {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Broadcast rounds after the idle phase.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds to hold the connections idle before the rounds.
+        #[arg(long, default_value_t = 5)]
+        hold_secs: u64,
+    },
+    /// Connect and subscribe N connections (across targets and worker processes): rate and
+    /// failures.
+    Connect {
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
+    /// Hold N subscribed connections for T seconds: server RSS/PSS per connection, pings
+    /// received, drops.
+    Idle {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Seconds to hold.
+        #[arg(long, default_value_t = 30)]
+        hold_secs: u64,
+    },
+    /// (Internal) one worker process of `fleet`, `connect` and `idle`.
+    #[command(hide = true)]
+    Worker {
+        #[arg(long, value_delimiter = ',', required = true)]
+        addrs: Vec<SocketAddr>,
+        #[arg(long)]
+        n: usize,
+        #[arg(long, default_value_t = 0)]
+        first: usize,
+        #[arg(long, default_value_t = 500)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 30_000)]
+        round_timeout_ms: u64,
+    },
     /// Reflex round trips against the demo app.
     Reflex {
         /// Server address (loopback only).
@@ -106,6 +148,52 @@ enum Scenario {
         #[arg(long, default_value = "")]
         label: String,
     },
+}
+
+/// Options shared by the multi-process scenarios.
+#[derive(clap::Args)]
+struct FleetArgs {
+    /// Server addresses, comma-separated (loopback only); connections go round-robin.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:3000")]
+    addrs: Vec<std::net::SocketAddr>,
+    /// Connections in all.
+    #[arg(long, default_value_t = 10_000)]
+    n: usize,
+    /// Connections per worker process (each under the 20,000 fd cap).
+    #[arg(long, default_value_t = 18_000)]
+    per_worker: usize,
+    /// Connections being set up at once, per worker.
+    #[arg(long, default_value_t = 500)]
+    concurrency: usize,
+    /// Bytes of payload per broadcast.
+    #[arg(long, default_value_t = 64)]
+    payload_size: usize,
+    /// Longest wait for one round, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    round_timeout_ms: u64,
+    /// Server processes whose RSS/PSS is summed (comma-separated pids).
+    #[arg(long, value_delimiter = ',')]
+    server_pids: Vec<u32>,
+    /// Label copied into the result.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+impl FleetArgs {
+    fn options(self, rounds: usize, hold_secs: u64) -> fleet::FleetOptions {
+        fleet::FleetOptions {
+            addrs: self.addrs,
+            n: self.n,
+            per_worker: self.per_worker,
+            concurrency: self.concurrency,
+            hold: Duration::from_secs(hold_secs),
+            rounds,
+            payload_size: self.payload_size,
+            round_timeout: Duration::from_millis(self.round_timeout_ms),
+            server_pids: self.server_pids,
+            label: self.label,
+        }
+    }
 }
 
 const SR: &str = r#"{"channel":"StimulusReflex::Channel"}"#;
@@ -290,6 +378,26 @@ fn main() -> anyhow::Result<()> {
             round_interval: Duration::from_millis(round_interval_ms),
             server_pid,
             label,
+        })),
+        Scenario::Fleet {
+            fleet,
+            rounds,
+            hold_secs,
+        } => rt.block_on(fleet::run(fleet.options(rounds, hold_secs))),
+        Scenario::Connect { fleet } => rt.block_on(fleet::run(fleet.options(0, 0))),
+        Scenario::Idle { fleet, hold_secs } => rt.block_on(fleet::run(fleet.options(0, hold_secs))),
+        Scenario::Worker {
+            addrs,
+            n,
+            first,
+            concurrency,
+            round_timeout_ms,
+        } => rt.block_on(fleet::worker(fleet::WorkerOptions {
+            addrs,
+            n,
+            first,
+            concurrency,
+            round_timeout: Duration::from_millis(round_timeout_ms),
         })),
         Scenario::Reflex {
             addr,
