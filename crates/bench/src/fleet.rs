@@ -91,11 +91,7 @@ fn percentiles(mut v: Vec<f64>) -> Value {
 /// A textual progress bar on stderr.
 fn progress(what: &str, done: usize, total: usize, started: Instant) {
     let width = 40;
-    let filled = if total == 0 {
-        width
-    } else {
-        done * width / total
-    };
+    let filled = (done * width).checked_div(total).unwrap_or(width).min(width);
     eprint!(
         "\r{what} [{}{}] {done}/{total} {:.1}s   ",
         "#".repeat(filled),
