@@ -90,7 +90,9 @@ pub(crate) async fn run(o: Options) -> anyhow::Result<()> {
         };
         tokio::spawn(async move {
             let permit = limit.acquire_owned().await;
-            let connected = async {
+            // Bounded: a connection that is neither accepted, upgraded nor confirmed within
+            // a minute counts as failed (a server whose backlog overflows drops SYNs).
+            let connected = tokio::time::timeout(Duration::from_secs(60), async {
                 let socket = TcpSocket::new_v4()?;
                 if let Some(ip) = source {
                     socket.bind(SocketAddr::new(ip, 0))?;
@@ -99,8 +101,13 @@ pub(crate) async fn run(o: Options) -> anyhow::Result<()> {
                 let mut ws = crate::client::open(stream, addr, None).await?;
                 crate::client::subscribe(&mut ws, BENCH).await?;
                 anyhow::Ok(ws)
-            }
-            .await;
+            })
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "connect, upgrade and subscribe took over 60 s"
+                ))
+            });
             drop(permit);
             let mut ws = match connected {
                 Ok(ws) => ws,

@@ -91,7 +91,10 @@ fn percentiles(mut v: Vec<f64>) -> Value {
 /// A textual progress bar on stderr.
 fn progress(what: &str, done: usize, total: usize, started: Instant) {
     let width = 40;
-    let filled = (done * width).checked_div(total).unwrap_or(width).min(width);
+    let filled = (done * width)
+        .checked_div(total)
+        .unwrap_or(width)
+        .min(width);
     eprint!(
         "\r{what} [{}{}] {done}/{total} {:.1}s   ",
         "#".repeat(filled),
@@ -314,14 +317,19 @@ pub(crate) async fn worker(o: WorkerOptions) -> anyhow::Result<()> {
         let (events_tx, limit, ready_tx) = (events_tx.clone(), limit.clone(), ready_tx.clone());
         tokio::spawn(async move {
             let permit = limit.acquire_owned().await;
-            let connected = async {
+            let connected = tokio::time::timeout(Duration::from_secs(60), async {
                 let socket = TcpSocket::new_v4()?;
                 let stream = socket.connect(addr).await?;
                 let mut ws = crate::client::open(stream, addr, None).await?;
                 crate::client::subscribe(&mut ws, BENCH).await?;
                 anyhow::Ok(ws)
-            }
-            .await;
+            })
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "connect, upgrade and subscribe took over 60 s"
+                ))
+            });
             drop(permit);
             let mut ws = match connected {
                 Ok(ws) => ws,
