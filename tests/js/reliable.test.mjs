@@ -10,8 +10,10 @@ import { createRequire } from 'node:module';
 import { createCable } from '@anycable/core';
 
 const require = createRequire(import.meta.url);
-const { Scope, WebSocket, httpGet, waitUntil, sleep } = require('./harness.js');
+const { Scope, WebSocket, waitUntil, sleep } = require('./harness.js');
 const http = require('node:http');
+const net = require('node:net');
+const { randomUUID } = require('node:crypto');
 
 const MESSAGES = 1000;
 const KEY = 'reliable-test-broadcast-key';
@@ -65,8 +67,30 @@ async function cutRepeatedly(socketOf, done) {
   return cuts;
 }
 
-async function startServer(scope) {
-  return scope.startServer({ env: { FERROCABLE_BROADCAST_KEY: KEY } });
+async function startServer(scope, env = {}) {
+  return scope.startServer({ env: { FERROCABLE_BROADCAST_KEY: KEY, ...env } });
+}
+
+/** A TCP proxy whose target can be switched (a load balancer moving clients to another node). */
+async function startProxy(port) {
+  let target = port;
+  const sockets = new Set();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(target, '127.0.0.1');
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('error', () => {});
+      s.on('close', () => { sockets.delete(s); client.destroy(); upstream.destroy(); });
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    port: server.address().port,
+    retarget(p) { target = p; },
+    close() { for (const s of sockets) s.destroy(); return new Promise((r) => server.close(r)); },
+  };
 }
 
 test('@anycable/core over a flaky network: 1,000 broadcasts arrive complete, in order, once', { timeout: 90000 }, async (t) => {
@@ -141,4 +165,66 @@ test('@rails/actioncable over the same flaky network: what at-most-once delivery
   assert.ok(cutCount >= 3, `the connection was cut (${cutCount} times)`);
   // Nothing is replayed to a plain client: it only ever sees each message at most once.
   assert.equal(received.length, unique, 'at most once');
+});
+
+test('two ferrocable processes on Redis pub/sub + Redis Streams: a client of a stopped node restores on the other with every message', { timeout: 60000 }, async (t) => {
+  const scope = new Scope();
+  scopes.add(scope);
+  const tag = randomUUID();
+  const redis = process.env.REDIS_URL || 'redis://127.0.0.1:6379/0';
+  const shared = {
+    FERROCABLE_PUBSUB: redis,
+    FERROCABLE_PUBSUB_PREFIX: `fc-js:${tag}:stream:`,
+    FERROCABLE_BROKER: redis,
+    FERROCABLE_BROKER_PREFIX: `fc-js:${tag}:broker:`,
+  };
+  const a = await startServer(scope, shared);
+  const b = await startServer(scope, shared);
+  const proxy = await startProxy(a.port);
+  const origin = `http://127.0.0.1:${proxy.port}`;
+  class OriginWebSocket extends WebSocket {
+    constructor(url, protocols, options = {}) {
+      super(url, protocols, { ...options, headers: { Origin: origin } });
+    }
+  }
+  const cable = createCable(`ws://127.0.0.1:${proxy.port}/cable`, {
+    protocol: 'actioncable-v1-ext-json',
+    websocketImplementation: OriginWebSocket,
+    reconnectStrategy: () => 100,
+    performFailures: 'warn',
+  });
+  try {
+    const received = [];
+    const channel = cable.subscribeTo('BenchmarkChannel');
+    channel.on('message', (msg) => { if (msg && msg.seq) received.push(msg.seq); });
+    await channel.ensureSubscribed();
+
+    // Through node B to a client of node A (Redis pub/sub; the bus subscription is
+    // asynchronous, so the first message is retried until it crosses).
+    await waitUntil(async () => {
+      await post(`${b.httpUrl}/_broadcast`, { stream: 'all', data: JSON.stringify({ seq: 1 }) });
+      await sleep(100);
+      return received.includes(1);
+    }, 10000, 'a broadcast through node B to reach the client of node A');
+    received.length = 0;
+    received.push(1);
+
+    // Node A stops; the balancer sends the reconnect to node B; messages keep coming.
+    proxy.retarget(b.port);
+    const stopped = a.stop();
+    for (let seq = 2; seq <= 50; seq++) {
+      assert.equal(await post(`${b.httpUrl}/_broadcast`, { stream: 'all', data: JSON.stringify({ seq }) }), 201);
+      await sleep(10);
+    }
+    assert.equal(await stopped, 0, 'node A exits cleanly');
+    await waitUntil(() => received.length >= 50, 20000, `all 50 messages (have ${received.length})`);
+    await sleep(300);
+    const restored = await b.metric('ferrocable_sessions_restored_total');
+    t.diagnostic(`restored on node B: ${restored}; received ${received.length}`);
+    assert.ok(restored >= 1, 'the session was restored on node B, not started fresh');
+    assert.deepEqual(received, Array.from({ length: 50 }, (_, i) => i + 1), 'every message, in order, once');
+  } finally {
+    cable.disconnect();
+    await proxy.close();
+  }
 });
