@@ -7,13 +7,13 @@
 #   NODES=2 N=20000 ROUNDS=3 bench/fleet.sh         # smaller
 #
 # Env: NODES [11], N [200000], PER_WORKER [18200], ROUNDS [5], HOLD [10] (idle seconds),
-#      BASE [3301], REDIS_URL [redis://127.0.0.1:6379/0], OUT [target/bench/fleet.jsonl].
+#      BASE [4301], REDIS_URL [redis://127.0.0.1:6379/0], OUT [target/bench/fleet.jsonl].
 # Loopback only; the tool bounds every phase and timeout(1) bounds the whole run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 NODES="${NODES:-11}"; N="${N:-200000}"; PER_WORKER="${PER_WORKER:-18200}"
-ROUNDS="${ROUNDS:-5}"; HOLD="${HOLD:-10}"; BASE="${BASE:-3301}"
+ROUNDS="${ROUNDS:-5}"; HOLD="${HOLD:-10}"; BASE="${BASE:-4301}"
 REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
 OUT="${OUT:-$ROOT/target/bench/fleet.jsonl}"
 mkdir -p "$(dirname "$OUT")" "$ROOT/target/bench/fleet"
@@ -33,7 +33,9 @@ for i in $(seq 0 $((NODES - 1))); do
   pids+=("$!"); addrs+=("127.0.0.1:$port")
 done
 for a in "${addrs[@]}"; do
-  for _ in $(seq 100); do curl -sf "http://$a/health" >/dev/null && break; sleep 0.1; done
+  ok=""
+  for _ in $(seq 100); do curl -sf "http://$a/health" >/dev/null && { ok=1; break; }; sleep 0.1; done
+  [ -n "$ok" ] || { echo "node $a did not answer /health (port taken?); see target/bench/fleet/" >&2; exit 1; }
 done
 IFS=,; addr_list="${addrs[*]}"; pid_list="${pids[*]}"; unset IFS
 timeout 1800 "$ROOT/target/release/ferrocable-bench" fleet --addrs "$addr_list" --n "$N" \
