@@ -7,13 +7,13 @@
 #   NODES=2 N=20000 ROUNDS=3 bench/fleet.sh         # smaller
 #
 # Env: NODES [11], N [200000], PER_WORKER [18200], ROUNDS [5], HOLD [10] (idle seconds),
-#      BASE [4301], REDIS_URL [redis://127.0.0.1:6379/0], OUT [target/bench/fleet.jsonl].
+#      BASE [4301], SOURCE_IPS [0] (spread clients over 127.0.0.1..K), REDIS_URL [redis://127.0.0.1:6379/0], OUT [target/bench/fleet.jsonl].
 # Loopback only; the tool bounds every phase and timeout(1) bounds the whole run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 NODES="${NODES:-11}"; N="${N:-200000}"; PER_WORKER="${PER_WORKER:-18200}"
-ROUNDS="${ROUNDS:-5}"; HOLD="${HOLD:-10}"; BASE="${BASE:-4301}"
+ROUNDS="${ROUNDS:-5}"; HOLD="${HOLD:-10}"; BASE="${BASE:-4301}"; SOURCE_IPS="${SOURCE_IPS:-0}"
 REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
 OUT="${OUT:-$ROOT/target/bench/fleet.jsonl}"
 mkdir -p "$(dirname "$OUT")" "$ROOT/target/bench/fleet"
@@ -40,4 +40,5 @@ done
 IFS=,; addr_list="${addrs[*]}"; pid_list="${pids[*]}"; unset IFS
 timeout 1800 "$ROOT/target/release/ferrocable-bench" fleet --addrs "$addr_list" --n "$N" \
   --per-worker "$PER_WORKER" --rounds "$ROUNDS" --hold-secs "$HOLD" --concurrency 200 \
+  --source-ips "$SOURCE_IPS" \
   --server-pids "$pid_list" --label "fleet $(git rev-parse --short HEAD) nodes=$NODES n=$N" | tee -a "$OUT"

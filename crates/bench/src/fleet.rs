@@ -47,6 +47,7 @@ pub(crate) struct FleetOptions {
     pub(crate) payload_size: usize,
     pub(crate) round_timeout: Duration,
     pub(crate) server_pids: Vec<u32>,
+    pub(crate) source_ips: u8,
     pub(crate) label: String,
 }
 
@@ -55,6 +56,7 @@ pub(crate) struct WorkerOptions {
     pub(crate) addrs: Vec<SocketAddr>,
     pub(crate) n: usize,
     pub(crate) first: usize,
+    pub(crate) source_ips: u8,
     pub(crate) concurrency: usize,
     pub(crate) round_timeout: Duration,
 }
@@ -279,7 +281,7 @@ pub(crate) async fn run(o: FleetOptions) -> anyhow::Result<()> {
     };
     let result = json!({
         "tool": "ferrocable-bench", "scenario": "fleet", "label": o.label, "n": o.n,
-        "targets": addrs, "workers": workers_needed, "rounds": o.rounds, "payload_size": o.payload_size,
+        "targets": addrs, "workers": workers_needed, "source_ips": o.source_ips, "rounds": o.rounds, "payload_size": o.payload_size,
         "connect": {"ready": ready_total, "failed": o.n - ready_total, "errors": errors,
                     "total_ms": connect_ms.round(), "rate_per_s": (ready_total as f64 / (connect_ms / 1000.0)).round()},
         "idle": {"hold_s": o.hold.as_secs(), "server_rss_kib_before": mem_before.0, "server_rss_kib": mem_idle.0,
@@ -314,11 +316,27 @@ pub(crate) async fn worker(o: WorkerOptions) -> anyhow::Result<()> {
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Result<(), String>>();
     for i in 0..o.n {
         let addr = o.addrs[(o.first + i) % o.addrs.len()];
+        // Client sockets spread over 127.0.0.1..=127.0.0.K: each source address has its own
+        // ephemeral ports, so the kernel's free-port search stays short at 200,000 sockets.
+        let source = (o.source_ips > 0).then(|| {
+            SocketAddr::new(
+                std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+                    127,
+                    0,
+                    0,
+                    1 + ((o.first + i) % o.source_ips as usize) as u8,
+                )),
+                0,
+            )
+        });
         let (events_tx, limit, ready_tx) = (events_tx.clone(), limit.clone(), ready_tx.clone());
         tokio::spawn(async move {
             let permit = limit.acquire_owned().await;
             let connected = tokio::time::timeout(Duration::from_secs(60), async {
                 let socket = TcpSocket::new_v4()?;
+                if let Some(source) = source {
+                    socket.bind(source)?;
+                }
                 let stream = socket.connect(addr).await?;
                 let mut ws = crate::client::open(stream, addr, None).await?;
                 crate::client::subscribe(&mut ws, BENCH).await?;

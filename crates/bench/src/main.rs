@@ -122,6 +122,8 @@ enum Scenario {
         concurrency: usize,
         #[arg(long, default_value_t = 30_000)]
         round_timeout_ms: u64,
+        #[arg(long, default_value_t = 0)]
+        source_ips: u8,
     },
     /// Reflex round trips against the demo app.
     Reflex {
@@ -174,6 +176,9 @@ struct FleetArgs {
     /// Server processes whose RSS/PSS is summed (comma-separated pids).
     #[arg(long, value_delimiter = ',')]
     server_pids: Vec<u32>,
+    /// Spread client sockets over 127.0.0.1..=127.0.0.K (0: the kernel picks the source).
+    #[arg(long, default_value_t = 0)]
+    source_ips: u8,
     /// Label copied into the result.
     #[arg(long, default_value = "")]
     label: String,
@@ -191,6 +196,7 @@ impl FleetArgs {
             payload_size: self.payload_size,
             round_timeout: Duration::from_millis(self.round_timeout_ms),
             server_pids: self.server_pids,
+            source_ips: self.source_ips,
             label: self.label,
         }
     }
@@ -392,10 +398,12 @@ fn main() -> anyhow::Result<()> {
             first,
             concurrency,
             round_timeout_ms,
+            source_ips,
         } => rt.block_on(fleet::worker(fleet::WorkerOptions {
             addrs,
             n,
             first,
+            source_ips,
             concurrency,
             round_timeout: Duration::from_millis(round_timeout_ms),
         })),

@@ -13,11 +13,17 @@
 //! - Sessions: a second stream (`<NAME>_SESSIONS`, one message per session subject, expiring
 //!   after the sessions TTL); a restore reads the session and purges its subject.
 //!
-//! Delivery to other nodes goes through the node's pubsub afterwards (JetStream does not
-//! deliver a message to core subscribers only if it was stored, so the bus is kept separate).
+//! Delivery to other nodes: with [`JetStreamBroker::delivering_to_nodes`] (the server turns it
+//! on when the bus is the same NATS), every node reads the history stream through an ordered
+//! JetStream consumer, so a message reaches other nodes **if and only if** it was stored,
+//! with its offset: append and publish are one JetStream operation. (Core NATS subscribers
+//! would also see a publish that failed its offset check, so they are not used for this.)
+//! Every node reads every stored message, subscribed or not; the hub drops those without
+//! local subscribers. Without it, delivery goes through the node's pubsub after the append.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -29,12 +35,14 @@ use ferrocable_node::broker::{
     Appended, Broker, BrokerError, History, HistoryEntry, HistoryLimits, StreamPosition, now_ms,
     select_after,
 };
-use ferrocable_node::pubsub::NodeId;
+use ferrocable_node::pubsub::{NodeId, PubSubHooks};
 use futures_util::StreamExt;
+use tracing::warn;
 
 type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 const OFFSET_HEADER: &str = "Fc-Offset";
+const ORIGIN_HEADER: &str = "Fc-Origin";
 const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
 
 /// A subject's FIFO append lock over its last (stream sequence, offset), when known.
@@ -53,6 +61,8 @@ struct Inner {
     epoch: String,
     subject_prefix: String,
     session_prefix: String,
+    /// Nodes read stored messages from the history stream (append = publish).
+    deliver: AtomicBool,
     limits: HistoryLimits,
     /// Per subject: a FIFO lock (appends of a stream one at a time, in call order) guarding
     /// the subject's last (stream sequence, offset), when known.
@@ -135,11 +145,19 @@ impl JetStreamBroker {
                 sessions,
                 epoch: format!("{:x}", created.unix_timestamp_nanos()),
                 session_prefix: format!("{}.s", prefix.trim_end_matches('.')),
+                deliver: AtomicBool::new(false),
                 subject_prefix,
                 limits,
                 tails: parking_lot::Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// Carries stored messages to the other nodes itself (see the module docs). Must be set
+    /// before the node starts.
+    pub fn delivering_to_nodes(self) -> Self {
+        self.inner.deliver.store(true, Ordering::Relaxed);
+        self
     }
 
     /// The epoch (the history stream's creation time).
@@ -177,7 +195,12 @@ impl Inner {
         }
     }
 
-    async fn append(&self, stream: &str, message: Bytes) -> Result<Appended, BrokerError> {
+    async fn append(
+        &self,
+        stream: &str,
+        message: Bytes,
+        origin: NodeId,
+    ) -> Result<Appended, BrokerError> {
         let subject = self.subject(stream);
         let tail = self.tail(&subject);
         // FIFO: appends of this stream from this node complete in call order.
@@ -194,6 +217,7 @@ impl Inner {
                 last_seq.to_string().as_str(),
             );
             headers.insert(OFFSET_HEADER, offset.to_string().as_str());
+            headers.insert(ORIGIN_HEADER, origin.to_string().as_str());
             let ack = match self
                 .js
                 .publish_with_headers(subject.clone(), headers, message.clone())
@@ -210,7 +234,7 @@ impl Inner {
                             epoch: self.epoch.clone(),
                             offset,
                         },
-                        published: false,
+                        published: self.deliver.load(Ordering::Relaxed),
                     });
                 }
                 // Another node appended first: re-read the tail and try again.
@@ -224,6 +248,63 @@ impl Inner {
         Err(BrokerError::Unavailable(format!(
             "append to {stream:?} kept losing the race"
         )))
+    }
+
+    /// Delivers every message stored from now on by another node to this node (an ordered
+    /// consumer: it resumes after reconnects without gaps or repeats).
+    async fn read_stored(&self, hooks: &PubSubHooks) -> Result<(), BrokerError> {
+        let consumer = self
+            .stream
+            .create_consumer(jetstream::consumer::push::OrderedConfig {
+                deliver_subject: self.js.client().new_inbox(),
+                filter_subject: format!("{}.>", self.subject_prefix),
+                deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                ..Default::default()
+            })
+            .await
+            .map_err(unavailable)?;
+        let mut messages = consumer.messages().await.map_err(unavailable)?;
+        hooks.connected.set(1);
+        while let Some(m) = messages.next().await {
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => {
+                    hooks.errors.inc();
+                    warn!(error = %e, "jetstream broker: delivery consumer error");
+                    continue;
+                }
+            };
+            let Some(headers) = m.headers.as_ref() else {
+                hooks.errors.inc();
+                continue;
+            };
+            let origin = headers
+                .get(ORIGIN_HEADER)
+                .and_then(|v| v.as_str().parse::<NodeId>().ok());
+            if origin == Some(hooks.node_id) {
+                continue; // the origin delivered it locally
+            }
+            let stream = m
+                .subject
+                .as_str()
+                .strip_prefix(&self.subject_prefix)
+                .and_then(|s| s.strip_prefix('.'))
+                .and_then(|b| URL_SAFE_NO_PAD.decode(b).ok())
+                .and_then(|b| String::from_utf8(b).ok());
+            let (Some(stream), Ok(offset), Ok(text)) =
+                (stream, offset_of(headers), std::str::from_utf8(&m.payload))
+            else {
+                hooks.errors.inc();
+                continue;
+            };
+            let position = StreamPosition {
+                epoch: self.epoch.clone(),
+                offset,
+            };
+            (hooks.deliver)(&stream, text, Some(&position));
+        }
+        hooks.connected.set(0);
+        Ok(())
     }
 
     /// The subject's unexpired messages in offset order, and its newest offset.
@@ -296,11 +377,27 @@ impl Broker for JetStreamBroker {
         &self,
         stream: &str,
         message: Bytes,
-        _origin: NodeId,
+        origin: NodeId,
     ) -> BoxFuture<'static, Result<Appended, BrokerError>> {
         let inner = self.inner.clone();
         let stream = stream.to_owned();
-        Box::pin(async move { inner.append(&stream, message).await })
+        Box::pin(async move { inner.append(&stream, message, origin).await })
+    }
+
+    fn start(&self, hooks: PubSubHooks) {
+        if !self.inner.deliver.load(Ordering::Relaxed) {
+            return;
+        }
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = inner.read_stored(&hooks).await {
+                    warn!(error = %e, "jetstream broker: delivery consumer failed; retrying");
+                    hooks.errors.inc();
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
     }
 
     fn history_from<'a>(

@@ -105,3 +105,54 @@ async fn hostile_session_ids_are_refused_not_looked_up() {
     );
     drop_stream(&name).await;
 }
+
+/// With delivery on, a stored message reaches the other nodes through JetStream itself, with
+/// its position; the origin does not get its own message back.
+#[tokio::test]
+async fn stored_messages_reach_other_nodes_through_jetstream_with_their_offsets() {
+    use ferrocable_node::broker::StreamPosition;
+    use ferrocable_node::pubsub::PubSubHooks;
+    let name = format!("FCTEST_{}", random_token(4));
+    let start = |node_id| {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let hooks = PubSubHooks {
+            node_id,
+            deliver: std::sync::Arc::new(move |s: &str, m: &str, p: Option<&StreamPosition>| {
+                let _ = tx.send((s.to_owned(), m.to_owned(), p.cloned()));
+            }),
+            errors: Default::default(),
+            connected: Default::default(),
+        };
+        (hooks, rx)
+    };
+    let a = broker(&name).await.delivering_to_nodes();
+    let b = broker(&name).await.delivering_to_nodes();
+    let (hooks_a, mut at_a) = start(1);
+    let (hooks_b, mut at_b) = start(2);
+    a.start(hooks_a);
+    b.start(hooks_b);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await; // consumers created
+    let appended = a
+        .append("chat room", Bytes::from_static(br#"{"t":1}"#), 1)
+        .await
+        .unwrap();
+    assert!(appended.published, "the append is the publish");
+    let got = tokio::time::timeout(std::time::Duration::from_secs(5), at_b.recv())
+        .await
+        .expect("delivered to node 2 within 5 s")
+        .unwrap();
+    assert_eq!(
+        got,
+        (
+            "chat room".to_owned(),
+            r#"{"t":1}"#.to_owned(),
+            Some(appended.position)
+        )
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        at_a.try_recv().is_err(),
+        "the origin does not get its own message"
+    );
+    drop_stream(&name).await;
+}

@@ -101,6 +101,11 @@ impl Default for HistoryLimits {
 /// poll it once inline (an in-memory broker is done at once) and hand it to its ordered
 /// broadcaster task if it is not.
 pub trait Broker: Send + Sync + 'static {
+    /// Starts the broker's own delivery to this node, for brokers that carry stored
+    /// messages between nodes themselves (and answer [`Appended::published`]); called once
+    /// by the node with the same hooks a pubsub gets. Default: nothing to start.
+    fn start(&self, _hooks: crate::pubsub::PubSubHooks) {}
+
     /// Stores `message` (JSON) for `stream` and gives it the next offset. `origin` is the
     /// node's bus id, for brokers that publish the message in the same atomic step.
     fn append(

@@ -400,20 +400,22 @@ impl NodeBuilder {
             ),
             next_id: AtomicU64::new(1),
         });
+        let weak = Arc::downgrade(&inner);
+        let hooks = crate::pubsub::PubSubHooks {
+            node_id: inner.node_id,
+            deliver: Arc::new(
+                move |stream: &str, message: &str, position: Option<&StreamPosition>| {
+                    if let Some(node) = weak.upgrade() {
+                        node.deliver_remote(stream, message, position);
+                    }
+                },
+            ),
+            errors: inner.metrics.pubsub_errors.clone(),
+            connected: inner.metrics.pubsub_connected.clone(),
+        };
+        inner.broker.start(hooks.clone());
         if let Some(p) = &inner.pubsub {
-            let weak = Arc::downgrade(&inner);
-            p.start(crate::pubsub::PubSubHooks {
-                node_id: inner.node_id,
-                deliver: Arc::new(
-                    move |stream: &str, message: &str, position: Option<&StreamPosition>| {
-                        if let Some(node) = weak.upgrade() {
-                            node.deliver_remote(stream, message, position);
-                        }
-                    },
-                ),
-                errors: inner.metrics.pubsub_errors.clone(),
-                connected: inner.metrics.pubsub_connected.clone(),
-            });
+            p.start(hooks);
         }
         tokio::spawn(broadcaster(Arc::downgrade(&inner), append_queue));
         tokio::spawn(heartbeat(

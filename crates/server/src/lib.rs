@@ -310,7 +310,7 @@ pub async fn start(
                     }
                 })
                 .collect();
-            let broker = ferrocable_nats::JetStreamBroker::connect(
+            let mut broker = ferrocable_nats::JetStreamBroker::connect(
                 url,
                 &name,
                 &subjects,
@@ -318,6 +318,11 @@ pub async fn start(
             )
             .await
             .map_err(StartError::Broker)?;
+            // Same NATS for bus and history: nodes read stored messages from JetStream, so
+            // storing and publishing are one operation.
+            if config.pubsub.trim() == url {
+                broker = broker.delivering_to_nodes();
+            }
             builder = builder.broker(broker);
         }
         other => {
