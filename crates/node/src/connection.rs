@@ -167,6 +167,9 @@ struct Connection {
     subscriptions: HashMap<Identifier, Subscription>,
     /// The session id (extended protocol only).
     sid: Option<Box<str>>,
+    /// When the session state was last saved (extended protocol only): it is saved again
+    /// every half sessions TTL, so a live session outlives a node crash by a full TTL.
+    committed_at: Option<Instant>,
     /// Replay ordering (only once the connection replayed or restored something).
     replay: Option<Box<Replay>>,
 }
@@ -246,6 +249,7 @@ pub(crate) async fn run<S>(
         identity,
         subscriptions: HashMap::new(),
         sid: extended.then(|| random_token(8).into_boxed_str()),
+        committed_at: None,
         replay: None,
     };
     node.connections.insert(id, conn.outbox.clone());
@@ -479,8 +483,9 @@ impl Connection {
     }
 
     /// Saves the session's state in the broker for the sessions TTL.
-    async fn commit(&self) {
+    async fn commit(&mut self) {
         let Some(sid) = &self.sid else { return };
+        self.committed_at = Some(Instant::now());
         let state = SessionState {
             identity: (*self.identity).clone(),
             subscriptions: self
@@ -547,7 +552,14 @@ impl Connection {
                             None => write_frames(ws, drained.frames.into_iter().map(OutFrame::into_bytes), timeout).await,
                         };
                         match written {
-                            Ok(Ok(())) => {}
+                            Ok(Ok(())) => {
+                                // Riding on writes (pings at least): no timer per connection.
+                                if self.committed_at.is_some_and(|at| {
+                                    at.elapsed() >= self.node.config.history.sessions_ttl / 2
+                                }) {
+                                    Box::pin(self.commit()).await;
+                                }
+                            }
                             Ok(Err(e)) => {
                                 debug!(conn = self.id, error = %e, "write failed");
                                 return Exit::PeerGone;

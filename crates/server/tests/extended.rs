@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use ferrocable_server::ServeConfig;
 use serde_json::{Value, json};
 
 fn offsets(frames: &[Value]) -> Vec<u64> {
@@ -233,4 +234,85 @@ async fn shutdown_hands_extended_sessions_over_without_a_disconnect_frame() {
         "{frames:?}"
     );
     stop.await.unwrap();
+}
+
+/// A memory broker that counts session commits.
+struct CountingBroker {
+    inner: ferrocable_node::broker::MemoryBroker,
+    commits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+impl ferrocable_node::broker::Broker for CountingBroker {
+    fn append(
+        &self,
+        stream: &str,
+        message: bytes::Bytes,
+        origin: ferrocable_node::pubsub::NodeId,
+    ) -> BoxFuture<
+        'static,
+        Result<ferrocable_node::broker::Appended, ferrocable_node::broker::BrokerError>,
+    > {
+        self.inner.append(stream, message, origin)
+    }
+    fn history_from<'a>(
+        &'a self,
+        stream: &'a str,
+        position: &'a ferrocable_node::broker::StreamPosition,
+    ) -> BoxFuture<'a, Result<ferrocable_node::broker::History, ferrocable_node::broker::BrokerError>>
+    {
+        self.inner.history_from(stream, position)
+    }
+    fn history_since<'a>(
+        &'a self,
+        stream: &'a str,
+        since_secs: u64,
+    ) -> BoxFuture<'a, Result<ferrocable_node::broker::History, ferrocable_node::broker::BrokerError>>
+    {
+        self.inner.history_since(stream, since_secs)
+    }
+    fn commit_session<'a>(
+        &'a self,
+        sid: &'a str,
+        state: bytes::Bytes,
+    ) -> BoxFuture<'a, Result<(), ferrocable_node::broker::BrokerError>> {
+        self.commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.commit_session(sid, state)
+    }
+    fn restore_session<'a>(
+        &'a self,
+        sid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<bytes::Bytes>, ferrocable_node::broker::BrokerError>> {
+        self.inner.restore_session(sid)
+    }
+}
+
+#[tokio::test]
+async fn a_live_idle_session_is_saved_again_every_half_ttl() {
+    use std::sync::atomic::Ordering;
+    let commits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let cfg = ServeConfig {
+        ping_interval_ms: 200,
+        sessions_ttl_secs: 1,
+        ..config()
+    };
+    let broker = CountingBroker {
+        inner: ferrocable_node::broker::MemoryBroker::new(cfg.history_limits()),
+        commits: commits.clone(),
+    };
+    let server = start_with(cfg, ferrocable_node::Node::builder().broker(broker)).await;
+    let mut c = connect_ext(server.local_addr(), None).await;
+    c.frame().await;
+    c.subscribe(BENCH).await;
+    let after_subscribe = commits.load(Ordering::Relaxed);
+    assert!(after_subscribe >= 2, "welcome and subscribe commit");
+    // Idle for 2.5 s (pings every 200 ms, TTL 1 s): saved again about every 0.5 s.
+    let idle = tokio::time::Instant::now() + std::time::Duration::from_millis(2500);
+    while tokio::time::Instant::now() < idle {
+        let _ = tokio::time::timeout_at(idle, c.any_frame()).await;
+    }
+    let touched = commits.load(Ordering::Relaxed) - after_subscribe;
+    assert!((3..=8).contains(&touched), "{touched} refreshes in 2.5 s");
 }
