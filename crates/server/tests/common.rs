@@ -353,6 +353,29 @@ impl OwnService {
         Self::start(bin, &["-a", "127.0.0.1", "-p", &port.to_string()], port)
     }
 
+    /// A NATS server with JetStream storing in `dir` (kept across restarts).
+    pub fn nats_jetstream(port: u16, dir: &std::path::Path) -> Self {
+        let bin = if std::path::Path::new("/usr/sbin/nats-server").exists() {
+            "/usr/sbin/nats-server"
+        } else {
+            "nats-server"
+        };
+        let dir = dir.to_string_lossy().into_owned();
+        Self::start(
+            bin,
+            &[
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-js",
+                "-sd",
+                &dir,
+            ],
+            port,
+        )
+    }
+
     /// Kills the process (the test's outage).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -352,3 +352,86 @@ async fn a_redis_restart_mid_run_keeps_broadcasts_flowing_and_storing_resumes() 
     .expect("stored again after Redis returned");
     assert_ne!(f["epoch"], epoch_before, "Redis lost its data: a new epoch");
 }
+
+/// A NATS restart in the middle of a run, with NATS as bus **and** JetStream broker: local
+/// delivery continues (unstored) while NATS is gone, the failures are counted, and after NATS
+/// returns with its JetStream store, stored delivery across nodes resumes in the **same**
+/// epoch (the history survived), without restarting ferrocable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_mid_run_keeps_broadcasts_flowing_and_history_survives() {
+    let port = spare_port();
+    let store = std::env::temp_dir().join(format!("ferrocable-js-{port}"));
+    let _ = std::fs::remove_dir_all(&store);
+    let mut nats = OwnService::nats_jetstream(port, &store);
+    let url = format!("nats://127.0.0.1:{port}");
+    let shared = || ServeConfig {
+        pubsub: url.clone(),
+        pubsub_prefix: "fcrestart:stream:".into(),
+        broker: url.clone(),
+        broker_prefix: "fcrestart:broker:".into(),
+        ..config()
+    };
+    let a = start(shared()).await;
+    let b = start(shared()).await;
+    let mut on_a = connect_ext(a.local_addr(), None).await;
+    on_a.frame().await;
+    on_a.subscribe(BENCH).await;
+    until_received(&b, &mut on_a, "before", Duration::from_secs(10)).await;
+    a.node().broadcast("all", r#"{"n":1}"#).unwrap();
+    let stored = loop {
+        let f = on_a.frame().await;
+        if f["message"]["n"] == 1 {
+            break f;
+        }
+    };
+    let epoch = stored["epoch"].as_str().unwrap().to_owned();
+
+    nats.stop();
+    a.node().broadcast("all", r#"{"n":2}"#).unwrap();
+    let f = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let f = on_a.frame().await;
+            if f["message"]["n"] == 2 {
+                return f;
+            }
+        }
+    })
+    .await
+    .expect("local delivery continues while NATS is down");
+    assert!(f.get("offset").is_none(), "unstored during the outage: {f}");
+    let m = metrics(a.local_addr()).await;
+    assert!(
+        metric(&m, "ferrocable_pubsub_errors_total").unwrap_or(0.0) >= 1.0
+            || m.lines()
+                .any(|l| l.starts_with("ferrocable_broker_errors_total")),
+        "the outage is counted"
+    );
+
+    let _nats = OwnService::nats_jetstream(port, &store);
+    let f = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            b.node().broadcast("all", r#"{"n":3}"#).unwrap();
+            if let Ok(f) = tokio::time::timeout(Duration::from_millis(500), async {
+                loop {
+                    let f = on_a.frame().await;
+                    if f["message"]["n"] == 3 {
+                        return f;
+                    }
+                }
+            })
+            .await
+                && f.get("offset").is_some()
+            {
+                return f;
+            }
+        }
+    })
+    .await
+    .expect("stored delivery across nodes resumes after NATS returns");
+    assert_eq!(
+        f["epoch"],
+        epoch.as_str(),
+        "the JetStream store survived: same epoch"
+    );
+    let _ = std::fs::remove_dir_all(&store);
+}
