@@ -170,6 +170,8 @@ struct Connection {
     /// When the session state was last saved (extended protocol only): it is saved again
     /// every half sessions TTL, so a live session outlives a node crash by a full TTL.
     committed_at: Option<Instant>,
+    /// When the client last sent anything (extended protocol with a pong timeout only).
+    heard_at: Option<Instant>,
     /// Replay ordering (only once the connection replayed or restored something).
     replay: Option<Box<Replay>>,
 }
@@ -250,6 +252,7 @@ pub(crate) async fn run<S>(
         subscriptions: HashMap::new(),
         sid: extended.then(|| random_token(8).into_boxed_str()),
         committed_at: None,
+        heard_at: (extended && node.config.pong_timeout.is_some()).then(Instant::now),
         replay: None,
     };
     node.connections.insert(id, conn.outbox.clone());
@@ -553,7 +556,14 @@ impl Connection {
                         };
                         match written {
                             Ok(Ok(())) => {
-                                // Riding on writes (pings at least): no timer per connection.
+                                // Both checks ride on writes (pings at least): no timer per
+                                // connection.
+                                if let (Some(heard), Some(limit)) = (self.heard_at, self.node.config.pong_timeout)
+                                    && heard.elapsed() > limit
+                                {
+                                    warn!(conn = self.id, "no frame from the client within the pong timeout");
+                                    return Exit::Disconnect(DisconnectReason::NoPong, CloseCode::NORMAL_CLOSURE, Vec::new());
+                                }
                                 if self.committed_at.is_some_and(|at| {
                                     at.elapsed() >= self.node.config.history.sessions_ttl / 2
                                 }) {
@@ -574,6 +584,9 @@ impl Connection {
                 message = ws.next() => match message {
                     None => return Exit::PeerGone,
                     Some(Ok(message)) => {
+                        if self.heard_at.is_some() {
+                            self.heard_at = Some(Instant::now());
+                        }
                         if message.is_text() {
                             // Boxed: command handling is the largest state; keeping it out of line keeps
                             // every idle connection's task small.

@@ -47,6 +47,9 @@ pub struct NodeConfig {
     /// Broadcasts waiting for a remote broker to store them; beyond this a broadcast is
     /// delivered unstored (no offset) and counted as a broker error.
     pub max_pending_appends: usize,
+    /// Extended-protocol connections that send no frame at all (a `pong` counts) for this
+    /// long are disconnected with `no_pong` (AnyCable's `--pong_timeout`; `None`: off).
+    pub pong_timeout: Option<Duration>,
 }
 
 impl Default for NodeConfig {
@@ -60,6 +63,7 @@ impl Default for NodeConfig {
             hub_shards: 64,
             history: HistoryLimits::default(),
             max_pending_appends: 65_536,
+            pong_timeout: None,
         }
     }
 }

@@ -78,6 +78,9 @@ pub struct ServeConfig {
     pub history_ttl_secs: u64,
     /// Seconds a dropped extended-protocol session can be restored.
     pub sessions_ttl_secs: u64,
+    /// Disconnect extended-protocol clients silent (no frame, not even `pong`) for this many
+    /// seconds with `no_pong` (0: off, the default).
+    pub pong_timeout_secs: u64,
     /// The demo's browser packages (`npm ci --prefix demo` puts them in `demo/node_modules`).
     pub demo_assets_dir: String,
     /// Where embedded state lives (the SQLite session file, a generated secret).
@@ -140,6 +143,7 @@ impl Default for ServeConfig {
             history_limit: 100,
             history_ttl_secs: 300,
             sessions_ttl_secs: 300,
+            pong_timeout_secs: 0,
             default_url_host: "localhost".into(),
             default_url_port: None,
             session_store: "sqlite".into(),
@@ -184,6 +188,7 @@ const ENV_KEYS: &[&str] = &[
     "history_limit",
     "history_ttl_secs",
     "sessions_ttl_secs",
+    "pong_timeout_secs",
     "broadcast_key",
     "broadcast_redis_url",
     "broadcast_redis_channel",
@@ -274,6 +279,8 @@ impl ServeConfig {
             write_timeout: Duration::from_millis(self.write_timeout_ms.max(1)),
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
             history: self.history_limits(),
+            pong_timeout: (self.pong_timeout_secs > 0)
+                .then(|| Duration::from_secs(self.pong_timeout_secs)),
             ..NodeConfig::default()
         }
     }

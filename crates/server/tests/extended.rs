@@ -316,3 +316,54 @@ async fn a_live_idle_session_is_saved_again_every_half_ttl() {
     let touched = commits.load(Ordering::Relaxed) - after_subscribe;
     assert!((3..=8).contains(&touched), "{touched} refreshes in 2.5 s");
 }
+
+#[tokio::test]
+async fn with_a_pong_timeout_silent_extended_clients_are_disconnected_with_no_pong() {
+    let cfg = ServeConfig {
+        ping_interval_ms: 200,
+        pong_timeout_secs: 1,
+        ..config()
+    };
+    let server = start(cfg).await;
+    let mut silent = connect_ext(server.local_addr(), None).await;
+    let mut ponging = connect_ext(server.local_addr(), None).await;
+    let mut plain = connect(server.local_addr()).await;
+    let (code, frames) = tokio::time::timeout(std::time::Duration::from_secs(4), async {
+        // The ponging client answers every ping meanwhile.
+        let pong = async {
+            loop {
+                let f = ponging.any_frame().await;
+                if f["type"] == "ping" {
+                    ponging.send(r#"{"command":"pong"}"#).await;
+                }
+            }
+        };
+        tokio::select! {
+            closed = silent.closed() => closed,
+            _ = pong => unreachable!(),
+        }
+    })
+    .await
+    .expect("the silent client is disconnected within 4 s");
+    assert!(
+        frames.iter().any(|f| f["type"] == "disconnect"
+            && f["reason"] == "no_pong"
+            && f["reconnect"] == true),
+        "{frames:?}"
+    );
+    assert_eq!(code, Some(1000));
+    // The ponging extended client and the plain client are still served.
+    ponging.send(r#"{"command":"ping"}"#).await;
+    loop {
+        if ponging.any_frame().await["type"] == "pong" {
+            break;
+        }
+    }
+    plain.send(&subscribe(BENCH)).await;
+    loop {
+        let f = plain.frame().await;
+        if f["type"] == "confirm_subscription" {
+            break;
+        }
+    }
+}
