@@ -33,7 +33,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use ferrocable_node::broker::{
     Appended, Broker, BrokerError, History, HistoryEntry, HistoryLimits, StreamPosition, now_ms,
-    select_after,
+    select_after, select_since,
 };
 use ferrocable_node::pubsub::{NodeId, PubSubHooks};
 use futures_util::StreamExt;
@@ -331,7 +331,6 @@ impl Inner {
             .messages()
             .await
             .map_err(unavailable)?;
-        let ttl = self.limits.ttl.as_millis() as u64;
         let now = now_ms();
         let mut entries = Vec::new();
         while let Some(m) = messages.next().await {
@@ -345,7 +344,7 @@ impl Inner {
                 .as_ref()
                 .ok_or_else(|| BrokerError::Corrupt("history message without headers".into()))?;
             let offset = offset_of(headers)?;
-            if at_ms + ttl > now {
+            if self.limits.keeps(at_ms, now) {
                 entries.push(HistoryEntry {
                     offset,
                     at_ms,
@@ -425,13 +424,9 @@ impl Broker for JetStreamBroker {
     ) -> BoxFuture<'a, Result<History, BrokerError>> {
         Box::pin(async move {
             let (_, entries) = self.inner.read(stream).await?;
-            let since_ms = since_secs.saturating_mul(1000);
             Ok(History {
                 epoch: self.inner.epoch.clone(),
-                entries: entries
-                    .into_iter()
-                    .filter(|e| e.at_ms >= since_ms)
-                    .collect(),
+                entries: select_since(entries, since_secs.saturating_mul(1000)),
             })
         })
     }

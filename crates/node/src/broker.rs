@@ -86,6 +86,14 @@ pub struct HistoryLimits {
     pub sessions_ttl: Duration,
 }
 
+impl HistoryLimits {
+    /// Whether a message stored at `at_ms` is still served at `now_ms` (the age rule every
+    /// broker applies).
+    pub fn keeps(&self, at_ms: u64, now_ms: u64) -> bool {
+        at_ms.saturating_add(self.ttl.as_millis() as u64) > now_ms
+    }
+}
+
 impl Default for HistoryLimits {
     fn default() -> Self {
         HistoryLimits {
@@ -167,6 +175,18 @@ pub fn random_token(bytes: usize) -> String {
     out
 }
 
+/// The time rule every broker applies to a `since` request: the entries stored at or after
+/// `since_ms` (milliseconds since the Unix epoch).
+pub fn select_since(
+    entries: impl IntoIterator<Item = HistoryEntry>,
+    since_ms: u64,
+) -> Vec<HistoryEntry> {
+    entries
+        .into_iter()
+        .filter(|e| e.at_ms >= since_ms)
+        .collect()
+}
+
 /// The one rule every broker applies to a position request: `entries` are a stream's
 /// unexpired messages in offset order, `last_offset` its newest offset in epoch `epoch`.
 /// Returns every entry after the position, or a rejection when the epoch differs, the
@@ -227,12 +247,11 @@ impl MemoryBroker {
     }
 
     fn evict(&self, ring: &mut Ring, now_ms: u64) {
-        let ttl = self.limits.ttl.as_millis() as u64;
         while ring.entries.len() > self.limits.max_messages
             || ring
                 .entries
                 .front()
-                .is_some_and(|e| e.at_ms + ttl <= now_ms)
+                .is_some_and(|e| !self.limits.keeps(e.at_ms, now_ms))
         {
             ring.entries.pop_front();
         }
@@ -283,11 +302,7 @@ impl MemoryBroker {
             return Vec::new();
         };
         self.evict(ring, now_ms);
-        ring.entries
-            .iter()
-            .filter(|e| e.at_ms >= since_ms)
-            .cloned()
-            .collect()
+        select_since(ring.entries.iter().cloned(), since_ms)
     }
 }
 

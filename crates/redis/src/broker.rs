@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferrocable_node::broker::{
     Appended, Broker, BrokerError, History, HistoryEntry, HistoryLimits, StreamPosition, now_ms,
-    random_token, select_after,
+    random_token, select_after, select_since,
 };
 use ferrocable_node::pubsub::{NodeId, encode_envelope};
 use redis::Script;
@@ -142,12 +142,11 @@ impl RedisBroker {
         let last: u64 = last
             .parse()
             .map_err(|_| BrokerError::Corrupt(format!("offset {last:?}")))?;
-        let ttl = self.limits.ttl.as_millis() as u64;
         let now = now_ms();
         let mut entries = Vec::with_capacity(raw.len());
         for (_, fields) in raw {
             let entry = parse_entry(fields)?;
-            if entry.at_ms + ttl > now {
+            if self.limits.keeps(entry.at_ms, now) {
                 entries.push(entry);
             }
         }
@@ -253,13 +252,9 @@ impl Broker for RedisBroker {
     ) -> BoxFuture<'a, Result<History, BrokerError>> {
         Box::pin(async move {
             let (epoch, _, entries) = self.read(stream).await?;
-            let since_ms = since_secs.saturating_mul(1000);
             Ok(History {
                 epoch,
-                entries: entries
-                    .into_iter()
-                    .filter(|e| e.at_ms >= since_ms)
-                    .collect(),
+                entries: select_since(entries, since_secs.saturating_mul(1000)),
             })
         })
     }
