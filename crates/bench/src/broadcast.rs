@@ -5,7 +5,7 @@
 //! they overlap.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -13,11 +13,10 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::net::TcpSocket;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_websockets::Message;
 
-const BENCH: &str = r#"{"channel":"BenchmarkChannel"}"#;
+use crate::client::BENCH;
 
 /// Options of the broadcast scenario.
 pub(crate) struct Options {
@@ -78,36 +77,10 @@ pub(crate) async fn run(o: Options) -> anyhow::Result<()> {
             ready_tx.clone(),
         );
         let addr = o.addr;
-        let source = if o.source_ips > 0 {
-            Some(IpAddr::V4(Ipv4Addr::new(
-                127,
-                0,
-                0,
-                1 + (i % o.source_ips as usize) as u8,
-            )))
-        } else {
-            None
-        };
+        let source = crate::client::source_address(o.source_ips, i);
         tokio::spawn(async move {
             let permit = limit.acquire_owned().await;
-            // Bounded: a connection that is neither accepted, upgraded nor confirmed within
-            // a minute counts as failed (a server whose backlog overflows drops SYNs).
-            let connected = tokio::time::timeout(Duration::from_secs(60), async {
-                let socket = TcpSocket::new_v4()?;
-                if let Some(ip) = source {
-                    socket.bind(SocketAddr::new(ip, 0))?;
-                }
-                let stream = socket.connect(addr).await?;
-                let mut ws = crate::client::open(stream, addr, None).await?;
-                crate::client::subscribe(&mut ws, BENCH).await?;
-                anyhow::Ok(ws)
-            })
-            .await
-            .unwrap_or_else(|_| {
-                Err(anyhow::anyhow!(
-                    "connect, upgrade and subscribe took over 60 s"
-                ))
-            });
+            let connected = crate::client::connect_subscribed(addr, source, BENCH).await;
             drop(permit);
             let mut ws = match connected {
                 Ok(ws) => ws,

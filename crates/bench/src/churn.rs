@@ -12,12 +12,8 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_websockets::WebSocketStream;
 
-const BENCH: &str = r#"{"channel":"BenchmarkChannel"}"#;
-
 async fn connect(addr: SocketAddr) -> anyhow::Result<WebSocketStream<TcpStream>> {
-    let mut ws = crate::client::open(TcpStream::connect(addr).await?, addr, None).await?;
-    crate::client::subscribe(&mut ws, BENCH).await?;
-    Ok(ws)
+    crate::client::connect_subscribed(addr, None, crate::client::BENCH).await
 }
 
 async fn wave(

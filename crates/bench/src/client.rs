@@ -10,6 +10,9 @@ use serde_json::json;
 use tokio::net::TcpStream;
 use tokio_websockets::{ClientBuilder, Message, WebSocketStream};
 
+/// The identifier of `BenchmarkChannel`, the channel every fan-out scenario subscribes to.
+pub(crate) const BENCH: &str = r#"{"channel":"BenchmarkChannel"}"#;
+
 /// Upgrades `stream` to a cable connection on `addr` (with a session `cookie` if given).
 pub(crate) async fn open(
     stream: TcpStream,
@@ -51,4 +54,45 @@ pub(crate) async fn subscribe(
             return Ok(());
         }
     }
+}
+
+/// A cable connection subscribed to `identifier`, from `source` (a loopback address to bind,
+/// or the kernel's choice): TCP connect, upgrade and confirmation, bounded at 60 s in all so
+/// a server that drops SYNs or never answers counts as a failure, not a hang.
+pub(crate) async fn connect_subscribed(
+    addr: SocketAddr,
+    source: Option<SocketAddr>,
+    identifier: &str,
+) -> anyhow::Result<WebSocketStream<TcpStream>> {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        if let Some(source) = source {
+            socket.bind(source)?;
+        }
+        let mut ws = open(socket.connect(addr).await?, addr, None).await?;
+        subscribe(&mut ws, identifier).await?;
+        anyhow::Ok(ws)
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(anyhow::anyhow!(
+            "connect, upgrade and subscribe took over 60 s"
+        ))
+    })
+}
+
+/// The `k`-th of `count` loopback source addresses (127.0.0.1..=127.0.0.count), or `None`
+/// when `count` is 0 (the kernel picks).
+pub(crate) fn source_address(count: u8, k: usize) -> Option<SocketAddr> {
+    (count > 0).then(|| {
+        SocketAddr::new(
+            std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+                127,
+                0,
+                0,
+                1 + (k % count as usize) as u8,
+            )),
+            0,
+        )
+    })
 }

@@ -24,11 +24,10 @@ use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpSocket;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_websockets::Message;
 
-const BENCH: &str = r#"{"channel":"BenchmarkChannel"}"#;
+use crate::client::BENCH;
 
 fn now_us() -> u64 {
     SystemTime::now()
@@ -317,37 +316,12 @@ pub(crate) async fn worker(o: WorkerOptions) -> anyhow::Result<()> {
     for i in 0..o.n {
         let addr = o.addrs[(o.first + i) % o.addrs.len()];
         // Client sockets spread over 127.0.0.1..=127.0.0.K: each source address has its own
-        // ephemeral ports, so the kernel's free-port search stays short at 200,000 sockets.
-        let source = (o.source_ips > 0).then(|| {
-            SocketAddr::new(
-                std::net::IpAddr::V4(std::net::Ipv4Addr::new(
-                    127,
-                    0,
-                    0,
-                    1 + ((o.first + i) % o.source_ips as usize) as u8,
-                )),
-                0,
-            )
-        });
+        // ephemeral ports.
+        let source = crate::client::source_address(o.source_ips, o.first + i);
         let (events_tx, limit, ready_tx) = (events_tx.clone(), limit.clone(), ready_tx.clone());
         tokio::spawn(async move {
             let permit = limit.acquire_owned().await;
-            let connected = tokio::time::timeout(Duration::from_secs(60), async {
-                let socket = TcpSocket::new_v4()?;
-                if let Some(source) = source {
-                    socket.bind(source)?;
-                }
-                let stream = socket.connect(addr).await?;
-                let mut ws = crate::client::open(stream, addr, None).await?;
-                crate::client::subscribe(&mut ws, BENCH).await?;
-                anyhow::Ok(ws)
-            })
-            .await
-            .unwrap_or_else(|_| {
-                Err(anyhow::anyhow!(
-                    "connect, upgrade and subscribe took over 60 s"
-                ))
-            });
+            let connected = crate::client::connect_subscribed(addr, source, BENCH).await;
             drop(permit);
             let mut ws = match connected {
                 Ok(ws) => ws,
