@@ -6,6 +6,8 @@ const fs = require('node:fs');
 const path = require('node:path');
 const { chromium } = require('playwright-core');
 const { Server, sleep } = require('./server');
+// The cuttable TCP proxy the protocol tests use too (Node built-ins only).
+const { startProxy } = require('../js/proxy');
 
 const ARTIFACTS = path.join(__dirname, 'artifacts');
 fs.mkdirSync(ARTIFACTS, { recursive: true });
@@ -190,34 +192,6 @@ test('stopping the server disables the page; restarting reconnects and the next 
   });
 });
 
-/**
- * A TCP proxy between the browser and the server that the test can cut: `cut()` destroys
- * every connection (no close handshake: the network just goes away) and refuses new ones
- * until `resume()`.
- */
-async function startProxy(targetPort) {
-  const net = require('node:net');
-  const sockets = new Set();
-  let refusing = false;
-  const server = net.createServer((client) => {
-    if (refusing) { client.destroy(); return; }
-    const upstream = net.connect(targetPort, '127.0.0.1');
-    for (const s of [client, upstream]) {
-      sockets.add(s);
-      s.on('error', () => {});
-      s.on('close', () => { sockets.delete(s); client.destroy(); upstream.destroy(); });
-    }
-    client.pipe(upstream);
-    upstream.pipe(client);
-  });
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return {
-    port: server.address().port,
-    cut() { refusing = true; for (const s of sockets) s.destroy(); },
-    resume() { refusing = false; },
-    close() { for (const s of sockets) s.destroy(); return new Promise((r) => server.close(r)); },
-  };
-}
 
 for (const client of ['anycable', 'actioncable']) {
   test(`chat over a cut network with ${client === 'anycable' ? '@anycable/web: the message sent while offline arrives on restore' : '@rails/actioncable: the message sent while offline is lost'}`, { timeout: 90000 }, async () => {

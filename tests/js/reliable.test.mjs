@@ -12,7 +12,7 @@ import { createCable } from '@anycable/core';
 const require = createRequire(import.meta.url);
 const { Scope, WebSocket, waitUntil, sleep } = require('./harness.js');
 const http = require('node:http');
-const net = require('node:net');
+const { startProxy } = require('./proxy.js');
 const { randomUUID } = require('node:crypto');
 
 const MESSAGES = 1000;
@@ -71,27 +71,6 @@ async function startServer(scope, env = {}) {
   return scope.startServer({ env: { FERROCABLE_BROADCAST_KEY: KEY, ...env } });
 }
 
-/** A TCP proxy whose target can be switched (a load balancer moving clients to another node). */
-async function startProxy(port) {
-  let target = port;
-  const sockets = new Set();
-  const server = net.createServer((client) => {
-    const upstream = net.connect(target, '127.0.0.1');
-    for (const s of [client, upstream]) {
-      sockets.add(s);
-      s.on('error', () => {});
-      s.on('close', () => { sockets.delete(s); client.destroy(); upstream.destroy(); });
-    }
-    client.pipe(upstream);
-    upstream.pipe(client);
-  });
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return {
-    port: server.address().port,
-    retarget(p) { target = p; },
-    close() { for (const s of sockets) s.destroy(); return new Promise((r) => server.close(r)); },
-  };
-}
 
 test('@anycable/core over a flaky network: 1,000 broadcasts arrive complete, in order, once', { timeout: 90000 }, async (t) => {
   const scope = new Scope();
