@@ -151,6 +151,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
     }
 
+    /// The next data frame whose `message.n` is `n` (other frames skipped), or `None` when
+    /// none arrives within `limit`.
+    pub async fn message_n(&mut self, n: u64, limit: Duration) -> Option<Value> {
+        tokio::time::timeout(limit, async {
+            loop {
+                let f = self.frame().await;
+                if f["message"]["n"] == n {
+                    return f;
+                }
+            }
+        })
+        .await
+        .ok()
+    }
+
     pub async fn welcomed(&mut self) {
         let f = self.frame().await;
         assert_eq!(f, serde_json::json!({"type": "welcome"}));

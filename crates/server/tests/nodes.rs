@@ -203,12 +203,10 @@ async fn a_session_moves_between(a: RunningServer, b: RunningServer) {
     until_received(&b, &mut c, "via-b", Duration::from_secs(10)).await;
     // Frames of registered messages carry positions from the shared broker.
     b.node().broadcast("all", r#"{"n":0}"#).unwrap();
-    let last = loop {
-        let f = c.frame().await;
-        if f["message"]["n"] == 0 {
-            break f;
-        }
-    };
+    let last = c
+        .message_n(0, Duration::from_secs(10))
+        .await
+        .expect("the stored message arrives");
     assert!(last["offset"].as_u64().is_some(), "{last}");
 
     // Node A goes away; its client is handed over (close 1001, no disconnect frame).
@@ -303,12 +301,10 @@ async fn a_redis_restart_mid_run_keeps_broadcasts_flowing_and_storing_resumes() 
     on_a.subscribe(BENCH).await;
     until_received(&b, &mut on_a, "before", Duration::from_secs(10)).await;
     a.node().broadcast("all", r#"{"n":1}"#).unwrap();
-    let stored = loop {
-        let f = on_a.frame().await;
-        if f["message"]["n"] == 1 {
-            break f;
-        }
-    };
+    let stored = on_a
+        .message_n(1, Duration::from_secs(10))
+        .await
+        .expect("the stored message arrives");
     let epoch_before = stored["epoch"].as_str().unwrap().to_owned();
 
     redis.stop();
@@ -316,16 +312,10 @@ async fn a_redis_restart_mid_run_keeps_broadcasts_flowing_and_storing_resumes() 
         a.node()
             .broadcast("all", &json!({ "n": n }).to_string())
             .unwrap();
-        let f = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                let f = on_a.frame().await;
-                if f["message"]["n"] == n {
-                    return f;
-                }
-            }
-        })
-        .await
-        .expect("local delivery continues while Redis is down");
+        let f = on_a
+            .message_n(n, Duration::from_secs(10))
+            .await
+            .expect("local delivery continues while Redis is down");
         assert!(f.get("offset").is_none(), "unstored during the outage: {f}");
     }
     let m = metrics(a.local_addr()).await;
@@ -378,26 +368,18 @@ async fn a_nats_restart_mid_run_keeps_broadcasts_flowing_and_history_survives() 
     on_a.subscribe(BENCH).await;
     until_received(&b, &mut on_a, "before", Duration::from_secs(10)).await;
     a.node().broadcast("all", r#"{"n":1}"#).unwrap();
-    let stored = loop {
-        let f = on_a.frame().await;
-        if f["message"]["n"] == 1 {
-            break f;
-        }
-    };
+    let stored = on_a
+        .message_n(1, Duration::from_secs(10))
+        .await
+        .expect("the stored message arrives");
     let epoch = stored["epoch"].as_str().unwrap().to_owned();
 
     nats.stop();
     a.node().broadcast("all", r#"{"n":2}"#).unwrap();
-    let f = tokio::time::timeout(Duration::from_secs(15), async {
-        loop {
-            let f = on_a.frame().await;
-            if f["message"]["n"] == 2 {
-                return f;
-            }
-        }
-    })
-    .await
-    .expect("local delivery continues while NATS is down");
+    let f = on_a
+        .message_n(2, Duration::from_secs(15))
+        .await
+        .expect("local delivery continues while NATS is down");
     assert!(f.get("offset").is_none(), "unstored during the outage: {f}");
     let m = metrics(a.local_addr()).await;
     assert!(
@@ -411,15 +393,7 @@ async fn a_nats_restart_mid_run_keeps_broadcasts_flowing_and_history_survives() 
     let f = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             b.node().broadcast("all", r#"{"n":3}"#).unwrap();
-            if let Ok(f) = tokio::time::timeout(Duration::from_millis(500), async {
-                loop {
-                    let f = on_a.frame().await;
-                    if f["message"]["n"] == 3 {
-                        return f;
-                    }
-                }
-            })
-            .await
+            if let Some(f) = on_a.message_n(3, Duration::from_millis(500)).await
                 && f.get("offset").is_some()
             {
                 return f;
