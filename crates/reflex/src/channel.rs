@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use ferrocable_node::{Channel, ChannelContext, PerformError};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::dispatch::{PageRenderer, dispatch};
 use crate::ledger::{Begin, ReflexLedger};
@@ -37,10 +38,15 @@ impl ReflexChannel {
         }
     }
 
-    /// How long (and how many) reflex ids are remembered for de-duplication (default 120 s,
-    /// 100,000 ids).
-    pub fn idempotency_window(mut self, window: std::time::Duration, max_ids: usize) -> Self {
-        self.ledger = ReflexLedger::new(window, max_ids);
+    /// How long, how many and how many bytes of reflex ids and replies are remembered for
+    /// de-duplication (default 120 s, 100,000 ids, 64 MiB).
+    pub fn idempotency_window(
+        mut self,
+        window: std::time::Duration,
+        max_ids: usize,
+        max_bytes: usize,
+    ) -> Self {
+        self.ledger = ReflexLedger::new(window, max_ids).max_bytes(max_bytes);
         self
     }
 
@@ -51,13 +57,15 @@ impl ReflexChannel {
     }
 }
 
-fn deliver(ctx: &mut ChannelContext, envelope: &Envelope) -> Result<Value, PerformError> {
-    let value = envelope.to_value();
-    deliver_value(ctx, &value)?;
-    Ok(value)
+/// Encodes a reply once and sends it; the encoded reply is what the idempotency ledger keeps.
+fn deliver(ctx: &mut ChannelContext, envelope: &Envelope) -> Result<Box<RawValue>, PerformError> {
+    let raw = serde_json::value::to_raw_value(&envelope.to_value())
+        .map_err(|e| PerformError::Failed(e.to_string()))?;
+    deliver_value(ctx, &raw)?;
+    Ok(raw)
 }
 
-fn deliver_value(ctx: &mut ChannelContext, value: &Value) -> Result<(), PerformError> {
+fn deliver_value(ctx: &mut ChannelContext, value: &RawValue) -> Result<(), PerformError> {
     let result = match ctx.identity().get("session_id").map(reply_stream) {
         Some(stream) => ctx.broadcast(stream, value),
         None => ctx.transmit(value),
@@ -65,10 +73,18 @@ fn deliver_value(ctx: &mut ChannelContext, value: &Value) -> Result<(), PerformE
     result.map_err(|e| PerformError::Failed(e.to_string()))
 }
 
-/// The idempotency key of a reflex: its session and its id (none without either).
+/// Reflex ids longer than this are not remembered (clients send UUIDs; a longer id is no
+/// reason to keep kilobytes per reflex).
+const MAX_LEDGER_ID: usize = 128;
+
+/// The idempotency key of a reflex: its session and its id (none without either, or for an
+/// oversized id).
 fn ledger_key(ctx: &ChannelContext, data: &Value) -> Option<String> {
     let session = ctx.identity().get("session_id")?;
-    let id = data.get("id").and_then(Value::as_str)?;
+    let id = data
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|id| id.len() <= MAX_LEDGER_ID)?;
     Some(format!("{session}:{id}"))
 }
 

@@ -111,6 +111,30 @@ async fn a_repeated_reflex_id_runs_once_and_gets_the_same_reply() {
     assert_eq!(text(&next) - text(&first), 1, "{first} / {next}");
 }
 
+/// Ids longer than 128 bytes are not remembered (a client cannot make the server keep
+/// kilobytes per reflex): such a reflex runs every time it arrives.
+#[tokio::test]
+async fn oversized_reflex_ids_are_not_remembered() {
+    let server = start(config()).await;
+    let mut a = session_client(server.local_addr()).await;
+    let id = "x".repeat(200);
+    let digits = |f: &Value| {
+        f["message"]["operations"][0]["html"]
+            .as_str()
+            .unwrap_or_default()
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect::<String>()
+            .parse::<i64>()
+            .unwrap()
+    };
+    a.send(&reflex("Counter#increment", &id)).await;
+    let first = digits(&a.frame().await);
+    a.send(&reflex("Counter#increment", &id)).await;
+    let second = digits(&a.frame().await);
+    assert_eq!(second - first, 1, "ran again");
+}
+
 #[tokio::test]
 async fn bad_reflexes_get_a_morph_error_and_payloads_without_an_id_an_error_frame() {
     let server = start(config()).await;
