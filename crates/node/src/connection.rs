@@ -53,6 +53,9 @@ struct SavedSubscription {
 /// sent at most once, in offset order.
 #[derive(Default)]
 struct Replay {
+    /// Most live frames held back at once (the outbox's frame limit): a client that never
+    /// asks for its history cannot make the server hold an unbounded backlog.
+    max_held: usize,
     /// Subscriptions whose replay is pending, and since when.
     gates: HashMap<Identifier, Instant>,
     /// Live frames held back by a gate.
@@ -86,7 +89,11 @@ impl Replay {
                     ref key, offset, ..
                 } => {
                     if self.gates.contains_key(&key.identifier) {
+                        let identifier = key.identifier.clone();
                         self.held.push_back(frame);
+                        if self.held.len() >= self.max_held {
+                            self.release(&identifier, out);
+                        }
                     } else if self.admit(key, offset) {
                         out.push(frame.into_bytes());
                     }
@@ -435,7 +442,13 @@ impl Connection {
     }
 
     fn replay(&mut self) -> &mut Replay {
-        self.replay.get_or_insert_with(Box::default)
+        let max_held = self.node.config.outbox.max_frames.max(1);
+        self.replay.get_or_insert_with(|| {
+            Box::new(Replay {
+                max_held,
+                ..Replay::default()
+            })
+        })
     }
 
     /// Brings back a saved session: subscriptions and streams without running channel
@@ -920,6 +933,74 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn live(key: &Arc<StreamKey>, offset: u64) -> OutFrame {
+        OutFrame::Live {
+            bytes: Bytes::from(offset.to_string()),
+            key: key.clone(),
+            offset,
+        }
+    }
+
+    #[test]
+    fn replay_orders_held_frames_after_the_replay_and_drops_repeats() {
+        let id = Identifier::new(r#"{"channel":"A"}"#);
+        let key = Arc::new(StreamKey {
+            stream: Arc::from("s"),
+            identifier: id.clone(),
+        });
+        let mut r = Replay {
+            max_held: 100,
+            ..Replay::default()
+        };
+        r.gates.insert(id.clone(), Instant::now());
+        let mut out = Vec::new();
+        let replayed = |offset: u64| OutFrame::Replay {
+            bytes: Bytes::from(offset.to_string()),
+            key: key.clone(),
+            offset,
+        };
+        let frames = VecDeque::from([
+            live(&key, 5),
+            live(&key, 6),
+            replayed(4),
+            replayed(5),
+            OutFrame::EndReplay {
+                bytes: Bytes::from_static(b"end"),
+                identifier: id.clone(),
+            },
+            live(&key, 7),
+        ]);
+        r.sequence(frames, &mut out);
+        assert_eq!(
+            out,
+            ["4", "5", "end", "6", "7"].map(|s: &'static str| Bytes::from_static(s.as_bytes()))
+        );
+    }
+
+    #[test]
+    fn a_gate_never_answered_holds_at_most_max_held_frames() {
+        let id = Identifier::new(r#"{"channel":"A"}"#);
+        let key = Arc::new(StreamKey {
+            stream: Arc::from("s"),
+            identifier: id.clone(),
+        });
+        let mut r = Replay {
+            max_held: 3,
+            ..Replay::default()
+        };
+        r.gates.insert(id, Instant::now());
+        let mut out = Vec::new();
+        r.sequence((1..=2).map(|o| live(&key, o)).collect(), &mut out);
+        assert!(out.is_empty(), "held while the replay is pending");
+        r.sequence((3..=4).map(|o| live(&key, o)).collect(), &mut out);
+        // At the bound the gate opens: the three held frames go, then live frames flow.
+        assert!(r.gates.is_empty() && r.held.is_empty());
+        assert_eq!(
+            out,
+            ["1", "2", "3", "4"].map(|s: &'static str| Bytes::from_static(s.as_bytes()))
+        );
+    }
 
     #[tokio::test]
     async fn an_idle_connection_task_is_small() {
