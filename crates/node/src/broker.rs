@@ -226,7 +226,10 @@ struct Ring {
 pub struct MemoryBroker {
     epoch: String,
     limits: HistoryLimits,
-    streams: Mutex<HashMap<String, Ring>>,
+    /// Rings by stream, sharded like the hub so appends to different streams do not queue
+    /// on one lock (an append runs on every broadcast).
+    streams: Box<[Mutex<HashMap<String, Ring>>]>,
+    hasher: std::collections::hash_map::RandomState,
     sessions: Mutex<HashMap<String, (Bytes, Instant)>>,
 }
 
@@ -236,7 +239,8 @@ impl MemoryBroker {
         MemoryBroker {
             epoch: random_token(4),
             limits,
-            streams: Mutex::new(HashMap::new()),
+            streams: (0..64).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
             sessions: Mutex::new(HashMap::new()),
         }
     }
@@ -244,6 +248,12 @@ impl MemoryBroker {
     /// The current epoch.
     pub fn epoch(&self) -> &str {
         &self.epoch
+    }
+
+    fn shard(&self, stream: &str) -> &Mutex<HashMap<String, Ring>> {
+        use std::hash::BuildHasher;
+        let h = self.hasher.hash_one(stream);
+        &self.streams[(h % self.streams.len() as u64) as usize]
     }
 
     fn evict(&self, ring: &mut Ring, now_ms: u64) {
@@ -259,7 +269,7 @@ impl MemoryBroker {
 
     /// Stores `message` for `stream` at time `now_ms`; returns its position.
     pub fn append_at(&self, stream: &str, message: Bytes, now_ms: u64) -> StreamPosition {
-        let mut streams = self.streams.lock();
+        let mut streams = self.shard(stream).lock();
         let ring = match streams.get_mut(stream) {
             Some(r) => r,
             None => streams.entry(stream.to_owned()).or_default(),
@@ -285,7 +295,7 @@ impl MemoryBroker {
         position: &StreamPosition,
         now_ms: u64,
     ) -> Result<Vec<HistoryEntry>, HistoryError> {
-        let mut streams = self.streams.lock();
+        let mut streams = self.shard(stream).lock();
         match streams.get_mut(stream) {
             None => select_after(&self.epoch, 0, [], position),
             Some(ring) => {
@@ -297,7 +307,7 @@ impl MemoryBroker {
 
     /// Every stored message at or after `since_ms`.
     pub fn since_time(&self, stream: &str, since_ms: u64, now_ms: u64) -> Vec<HistoryEntry> {
-        let mut streams = self.streams.lock();
+        let mut streams = self.shard(stream).lock();
         let Some(ring) = streams.get_mut(stream) else {
             return Vec::new();
         };
