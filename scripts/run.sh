@@ -7,7 +7,7 @@ if ! command -v npm >/dev/null 2>&1; then
   echo "run.sh: npm is needed for the demo's browser packages (Debian package npm)" >&2
   exit 2
 fi
-if [ ! -f demo/node_modules/.package-lock.json ] || [ demo/package-lock.json -nt demo/node_modules/.package-lock.json ]; then
-  npm ci --prefix demo --no-audit --no-fund
+if [ ! -f apps/demo/node_modules/.package-lock.json ] || [ apps/demo/package-lock.json -nt apps/demo/node_modules/.package-lock.json ]; then
+  npm ci --prefix apps/demo --no-audit --no-fund
 fi
 exec cargo run --release --locked --bin ferrocable -- serve "$@"

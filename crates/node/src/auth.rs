@@ -50,11 +50,19 @@ impl ConnectRequest {
     }
 }
 
-/// Who a connection belongs to: the `identified_by` attributes, e.g. `current_user`.
+/// Who a connection belongs to: the `identified_by` attributes, e.g. `current_user`, and
+/// the id of the session it shares with the pages (the signed session cookie).
+///
+/// The session is a field of its own, not an attribute: reflexes find the session through
+/// [`Identity::session_id`], so no choice of attribute names can hide or forge it. A server
+/// that owns the session cookie sets it after the app's authenticator ran.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Identity {
     /// Attribute name → value (sorted, so the connection identifier is stable).
     pub identifiers: BTreeMap<String, String>,
+    /// The page session this connection shares (from the session cookie), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 impl Identity {
@@ -67,6 +75,18 @@ impl Identity {
     pub fn with(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.identifiers.insert(name.into(), value.into());
         self
+    }
+
+    /// Attaches the page session `id` (see [`Identity::session_id`]).
+    pub fn with_session(mut self, id: impl Into<String>) -> Self {
+        self.session = Some(id.into());
+        self
+    }
+
+    /// The id of the page session this connection shares, if it has one: where reflexes
+    /// read and commit the session.
+    pub fn session_id(&self) -> Option<&str> {
+        self.session.as_deref()
     }
 
     /// The value of attribute `name`.

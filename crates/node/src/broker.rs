@@ -159,7 +159,28 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A random epoch or id: `bytes` random bytes as lowercase hex.
+/// A session id for the extended protocol (`sid`): 128 bits from the system CSPRNG, as
+/// lowercase hex. A `sid` is a bearer credential (it restores the session, identity included,
+/// without authenticating again), so it must be unguessable like a session cookie id.
+pub fn new_sid() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        // The system RNG does not fail on Linux; should it, a time-seeded id is unique but
+        // guessable, so say so rather than panic.
+        tracing::error!("system random number generator failed: sid falls back to a weak id");
+        return random_token(16);
+    }
+    let mut out = String::with_capacity(32);
+    for b in bytes {
+        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    out
+}
+
+/// A random epoch or a test name: `bytes` bytes from a randomly seeded hasher, as lowercase
+/// hex. Unique, not secret: credentials come from [`new_sid`].
 pub fn random_token(bytes: usize) -> String {
     use std::hash::BuildHasher;
     let mut out = String::with_capacity(bytes * 2);
@@ -388,6 +409,26 @@ impl Broker for MemoryBroker {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sids_are_128_bit_hex_and_unique() {
+        let sids: std::collections::HashSet<String> =
+            (0..10_000).map(|_| super::new_sid()).collect();
+        assert_eq!(sids.len(), 10_000, "a sid repeated");
+        for sid in &sids {
+            assert_eq!(sid.len(), 32, "{sid} is not 16 bytes of hex");
+            assert!(
+                sid.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            );
+        }
+        // 128 random bits: every one of the 32 hex positions takes many values.
+        for pos in 0..32 {
+            let seen: std::collections::HashSet<u8> =
+                sids.iter().map(|s| s.as_bytes()[pos]).collect();
+            assert_eq!(seen.len(), 16, "hex position {pos} is not random");
+        }
+    }
+
     use super::*;
 
     fn msg(s: &str) -> Bytes {

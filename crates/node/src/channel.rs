@@ -43,6 +43,7 @@ pub struct ChannelContext {
     identity: Arc<Identity>,
     streams: Vec<String>,
     effects: Effects,
+    node: Option<crate::Node>,
 }
 
 impl ChannelContext {
@@ -59,7 +60,21 @@ impl ChannelContext {
             identity,
             streams,
             effects: Effects::default(),
+            node: None,
         }
+    }
+
+    /// The same context, for a subscription running on `node` (the connection sets it; a
+    /// test may leave it out).
+    pub fn on_node(mut self, node: crate::Node) -> Self {
+        self.node = Some(node);
+        self
+    }
+
+    /// The node the subscription runs on: its metrics, its hub, broadcasts from async work
+    /// the channel starts. `None` in a context built without one (tests).
+    pub fn node(&self) -> Option<&crate::Node> {
+        self.node.as_ref()
     }
 
     /// The subscription's identifier, as the client sent it.

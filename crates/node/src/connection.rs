@@ -24,7 +24,7 @@ use tokio_websockets::{CloseCode, Message, Payload, WebSocketStream};
 use tracing::{debug, info, warn};
 
 use crate::auth::{ConnectRequest, Identity};
-use crate::broker::random_token;
+use crate::broker::new_sid;
 use crate::channel::{ChannelContext, DynChannel, Effects, PerformError};
 use crate::hub::ConnId;
 use crate::node::Inner;
@@ -217,7 +217,12 @@ pub(crate) async fn run<S>(
     let identity = match restored {
         Some(ref state) => Ok(state.identity.clone()),
         None => tokio::select! {
-            r = node.auth.authenticate(&request) => r,
+            r = node.auth.authenticate(&request) => r.map(|mut identity| {
+                if let Some(session_of) = &node.session_of {
+                    identity.session = session_of(&request);
+                }
+                identity
+            }),
             _ = node.shutdown.cancelled() => return,
         },
     };
@@ -257,7 +262,7 @@ pub(crate) async fn run<S>(
         id,
         identity,
         subscriptions: HashMap::new(),
-        sid: extended.then(|| random_token(8).into_boxed_str()),
+        sid: extended.then(|| new_sid().into_boxed_str()),
         committed_at: None,
         heard_at: (extended && node.config.pong_timeout.is_some()).then(Instant::now),
         replay: None,
@@ -681,7 +686,8 @@ impl Connection {
             params.clone(),
             self.identity.clone(),
             Vec::new(),
-        );
+        )
+        .on_node(crate::Node::from_inner(self.node.clone()));
         channel.subscribed(&mut ctx).await;
         let effects = ctx.into_effects();
         if effects.rejected {
@@ -837,7 +843,8 @@ impl Connection {
             sub.params.clone(),
             self.identity.clone(),
             sub.streams.clone(),
-        );
+        )
+        .on_node(crate::Node::from_inner(self.node.clone()));
         sub.channel.unsubscribed(&mut ctx).await;
         let effects = ctx.into_effects();
         for stream in sub.streams.drain(..) {
@@ -881,7 +888,8 @@ impl Connection {
             sub.params.clone(),
             self.identity.clone(),
             sub.streams.clone(),
-        );
+        )
+        .on_node(crate::Node::from_inner(self.node.clone()));
         let result = channel.perform(&mut ctx, &action, data).await;
         let effects = ctx.into_effects();
         let streams_changed = !effects.stream_from.is_empty()

@@ -24,7 +24,7 @@ pub use auth::{AllowAll, Authenticator, ConnectRequest, Identity, Unauthorized};
 pub use channel::{Channel, ChannelContext, Effects, PerformError};
 pub use hub::{BroadcastReport, ConnId, Hub};
 pub use metrics::Metrics;
-pub use node::{BroadcastError, Node, NodeBuilder, NodeConfig, ShutdownReport};
+pub use node::{BroadcastError, Node, NodeBuilder, NodeConfig, SessionOf, ShutdownReport};
 pub use outbox::{Outbox, OutboxLimits, PushError};
 pub use pubsub::{PubSub, PubSubHooks};
 

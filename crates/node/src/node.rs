@@ -73,6 +73,8 @@ pub(crate) struct Inner {
     pub(crate) hub: Hub,
     pub(crate) channels: HashMap<String, Arc<dyn DynChannel>>,
     pub(crate) auth: Box<dyn DynAuthenticator>,
+    /// Where a new connection's page session comes from (see [`NodeBuilder::session_of`]).
+    pub(crate) session_of: Option<SessionOf>,
     pub(crate) metrics: Metrics,
     pub(crate) shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -299,7 +301,12 @@ pub struct NodeBuilder {
     channels: HashMap<String, Arc<dyn DynChannel>>,
     auth: Box<dyn DynAuthenticator>,
     auth_set: bool,
+    session_of: Option<SessionOf>,
 }
+
+/// Finds the page session of a connection from its upgrade request (see
+/// [`NodeBuilder::session_of`]).
+pub type SessionOf = Arc<dyn Fn(&ConnectRequest) -> Option<String> + Send + Sync>;
 
 impl std::fmt::Debug for NodeBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -318,6 +325,7 @@ impl Default for NodeBuilder {
             channels: HashMap::new(),
             auth: Box::new(AllowAll),
             auth_set: false,
+            session_of: None,
         }
     }
 }
@@ -366,6 +374,18 @@ impl NodeBuilder {
         }
     }
 
+    /// Sets where a connection's page session comes from (a server that owns the session
+    /// cookie installs this). It runs after the authenticator on every new connection and
+    /// sets [`Identity::session`], whatever the authenticator put there: an app's
+    /// authenticator decides who the user is, never which session reflexes write.
+    pub fn session_of(
+        mut self,
+        find: impl Fn(&ConnectRequest) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.session_of = Some(Arc::new(find));
+        self
+    }
+
     /// Registers `channel` under `name` unless a channel of that name exists.
     pub fn default_channel(self, name: impl Into<String>, channel: impl Channel) -> Self {
         let name = name.into();
@@ -392,6 +412,7 @@ impl NodeBuilder {
             config: self.config,
             channels: self.channels,
             auth: self.auth,
+            session_of: self.session_of,
             metrics: Metrics::default(),
             shutdown: shutdown.clone(),
             tracker: TaskTracker::new(),
@@ -498,6 +519,10 @@ pub struct ShutdownReport {
 }
 
 impl Node {
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> Node {
+        Node { inner }
+    }
+
     /// Starts building a node.
     pub fn builder() -> NodeBuilder {
         NodeBuilder::default()

@@ -66,7 +66,7 @@ fn deliver(ctx: &mut ChannelContext, envelope: &Envelope) -> Result<Box<RawValue
 }
 
 fn deliver_value(ctx: &mut ChannelContext, value: &RawValue) -> Result<(), PerformError> {
-    let result = match ctx.identity().get("session_id").map(reply_stream) {
+    let result = match ctx.identity().session_id().map(reply_stream) {
         Some(stream) => ctx.broadcast(stream, value),
         None => ctx.transmit(value),
     };
@@ -80,7 +80,7 @@ const MAX_LEDGER_ID: usize = 128;
 /// The idempotency key of a reflex: its session and its id (none without either, or for an
 /// oversized id).
 fn ledger_key(ctx: &ChannelContext, data: &Value) -> Option<String> {
-    let session = ctx.identity().get("session_id")?;
+    let session = ctx.identity().session_id()?;
     let id = data
         .get("id")
         .and_then(Value::as_str)
@@ -90,7 +90,7 @@ fn ledger_key(ctx: &ChannelContext, data: &Value) -> Option<String> {
 
 impl Channel for ReflexChannel {
     async fn subscribed(&self, ctx: &mut ChannelContext) {
-        if let Some(stream) = ctx.identity().get("session_id").map(reply_stream) {
+        if let Some(stream) = ctx.identity().session_id().map(reply_stream) {
             ctx.stream_from(stream);
         }
     }
@@ -126,6 +126,7 @@ impl Channel for ReflexChannel {
             &self.registry,
             self.host.as_ref(),
             identity,
+            ctx.node(),
             data,
             self.max_form_bytes,
         )

@@ -28,12 +28,23 @@ pub trait ReflexHost: Send + Sync + 'static {
         session_id: Option<&str>,
         changes: Vec<SessionChange>,
     ) -> impl Future<Output = Result<(), String>> + Send;
-    /// Renders `url` (path and query) the way a browser with this session would get it.
+    /// Renders the page a morph asks for the way a browser with this session would get it.
     fn render_page(
         &self,
-        session_id: Option<&str>,
-        url: &str,
+        page: PageRequest<'_>,
     ) -> impl Future<Output = Result<String, String>> + Send;
+}
+
+/// The page a page morph re-renders: the browser's URL, its session and the node the reflex
+/// runs on (what the app's page handlers may need, e.g. to sign a stream name).
+#[derive(Debug, Clone, Copy)]
+pub struct PageRequest<'a> {
+    /// The reflex's session, if the connection has one.
+    pub session_id: Option<&'a str>,
+    /// The page's URL as the browser sent it (absolute).
+    pub url: &'a str,
+    /// The node running the reflex (`None` when dispatched outside a connection, in tests).
+    pub node: Option<&'a ferrocable_node::Node>,
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -52,11 +63,7 @@ pub trait PageRenderer: Send + Sync {
         changes: Vec<SessionChange>,
     ) -> BoxFuture<'a, Result<(), String>>;
     /// See [`ReflexHost::render_page`].
-    fn render_page<'a>(
-        &'a self,
-        session_id: Option<&'a str>,
-        url: &'a str,
-    ) -> BoxFuture<'a, Result<String, String>>;
+    fn render_page<'a>(&'a self, page: PageRequest<'a>) -> BoxFuture<'a, Result<String, String>>;
 }
 
 impl<H: ReflexHost> PageRenderer for H {
@@ -73,12 +80,8 @@ impl<H: ReflexHost> PageRenderer for H {
     ) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(ReflexHost::commit_session(self, session_id, changes))
     }
-    fn render_page<'a>(
-        &'a self,
-        session_id: Option<&'a str>,
-        url: &'a str,
-    ) -> BoxFuture<'a, Result<String, String>> {
-        Box::pin(ReflexHost::render_page(self, session_id, url))
+    fn render_page<'a>(&'a self, page: PageRequest<'a>) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(ReflexHost::render_page(self, page))
     }
 }
 
@@ -148,17 +151,18 @@ fn version_mismatch(id: &str, version: &str) -> Envelope {
     ])
 }
 
-/// Runs the reflex in `payload` for a connection with `identity`. Session changes are
-/// committed whatever the outcome (as in Ruby); every path ends with a reply the client
+/// Runs the reflex in `payload` for a connection with `identity` on `node`. Session changes
+/// are committed whatever the outcome (as in Ruby); every path ends with a reply the client
 /// understands.
 pub async fn dispatch(
     registry: &Registry,
     host: &dyn PageRenderer,
     identity: Arc<Identity>,
+    node: Option<&ferrocable_node::Node>,
     payload: Value,
     max_form_bytes: usize,
 ) -> Dispatched {
-    let session_id = identity.get("session_id").map(str::to_owned);
+    let session_id = identity.session_id().map(str::to_owned);
     let sid = session_id.as_deref();
     let empty = Value::Object(Map::new());
     let data = match ReflexData::parse(payload.clone()) {
@@ -336,7 +340,12 @@ pub async fn dispatch(
             }
         }
         Morph::Page => {
-            let page = match host.render_page(sid, &data.url).await {
+            let request = PageRequest {
+                session_id: sid,
+                url: &data.url,
+                node,
+            };
+            let page = match host.render_page(request).await {
                 Ok(html) => html,
                 Err(e) => return end(ERROR, Some(format!("page render failed: {e}"))),
             };

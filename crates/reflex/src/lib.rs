@@ -40,7 +40,7 @@ pub fn broadcast_operations(
 pub use channel::{CableReadyStreamChannel, ReflexChannel, reply_stream};
 pub use context::{Morph, ReflexContext, SessionChange};
 pub use data::{ReflexData, ReflexDataError};
-pub use dispatch::{Dispatched, PageRenderer, ReflexHost, dispatch};
+pub use dispatch::{Dispatched, PageRenderer, PageRequest, ReflexHost, dispatch};
 pub use element::Element;
 pub use ledger::{Begin, ReflexLedger};
 pub use ops::{CABLE_READY_VERSION, Envelope, Operation};

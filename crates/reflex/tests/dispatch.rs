@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use ferrocable_node::Identity;
 use ferrocable_reflex::{
-    Halt, Operation, Reflex, ReflexContext, ReflexError, ReflexHost, Registry, SessionChange,
-    dispatch,
+    Halt, Operation, PageRequest, Reflex, ReflexContext, ReflexError, ReflexHost, Registry,
+    SessionChange, dispatch,
 };
 use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
@@ -36,7 +36,8 @@ impl ReflexHost for App {
         }
         Ok(())
     }
-    async fn render_page(&self, _: Option<&str>, url: &str) -> Result<String, String> {
+    async fn render_page(&self, page: PageRequest<'_>) -> Result<String, String> {
+        let url = page.url;
         let count = self
             .session
             .lock()
@@ -129,7 +130,8 @@ async fn run(app: &App, p: Value) -> ferrocable_reflex::Dispatched {
     dispatch(
         &registry(),
         app,
-        Arc::new(Identity::anonymous().with("session_id", "s1")),
+        Arc::new(Identity::anonymous().with_session("s1")),
+        None,
         p,
         1024,
     )

@@ -1,20 +1,19 @@
-//! HTTP routes: the cable endpoint, health, metrics and the landing page.
+//! HTTP routes: the cable endpoint, health, metrics, broadcast ingress, the browser files and
+//! the app's own pages (behind the session layer, each request carrying a [`Cable`]).
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::{Value, json};
-
-use crate::session::{CurrentSession, SessionFailure, SessionState, session_layer};
 use ferrocable_node::Node;
 use http::{StatusCode, header};
 
+use crate::assets::Assets;
 use crate::config::ServeConfig;
 use crate::origin::OriginPolicy;
+use crate::page::Cable;
 
 /// Shared state of every route.
 #[derive(Clone)]
@@ -25,42 +24,27 @@ pub struct AppState {
     pub origins: Arc<OriginPolicy>,
     /// Where pages tell clients the cable is.
     pub cable_url: Arc<str>,
-    /// The sessions shared by pages and the cable.
-    pub sessions: Arc<ferrocable_session::Sessions>,
-    /// The demo app's state.
-    pub demo: Arc<crate::demo::Demo>,
     /// Bearer key of `POST /_broadcast`.
     pub broadcast_key: Arc<str>,
 }
 
-/// Builds the router.
-pub fn router(state: AppState, config: &ServeConfig) -> Router {
-    let session_state = SessionState {
-        sessions: state.sessions.clone(),
-        node: state.node.clone(),
-    };
-    let pages = Router::new()
-        .route("/", get(crate::demo::counter_page))
-        .route("/todos", get(crate::demo::todos_page))
-        .route("/chat", get(crate::demo::chat_page))
-        .route("/session", get(session_json))
-        .route("/session/increment", post(session_increment))
-        .route("/session/renew", post(session_renew))
-        .route("/session/clear", post(session_clear))
-        .layer(axum::middleware::from_fn_with_state(
-            session_state,
-            session_layer,
-        ));
+/// Builds the router: the server's own routes, the browser files, then the app's `pages`
+/// (already behind the session layer), each page request given `cable`.
+pub(crate) fn router(
+    state: AppState,
+    config: &ServeConfig,
+    assets: &Assets,
+    pages: Router,
+    cable: Cable,
+) -> Router {
     Router::new()
         .route(&config.mount_path, get(crate::upgrade::cable))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/_broadcast", post(broadcast_ingress))
-        .route("/assets/app.css", get(crate::demo::app_css))
-        .route("/assets/app.js", get(crate::demo::app_js))
-        .route("/vendor/{*file}", get(crate::demo::vendor))
-        .merge(pages)
         .with_state(state)
+        .merge(assets.routes())
+        .merge(pages.layer(axum::Extension(cable)))
 }
 
 /// Compares two secrets in constant time (HMACs of both under one key, verified by ring).
@@ -107,35 +91,6 @@ async fn broadcast_ingress(State(state): State<AppState>, req: axum::extract::Re
             (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
         }
     }
-}
-
-/// `GET /session`: the current session as JSON (the demo's window on the session).
-async fn session_json(session: CurrentSession) -> Result<Json<Value>, SessionFailure> {
-    Ok(Json(json!({"session": session.data().await?})))
-}
-
-/// `POST /session/renew`: moves the session to a new id (new cookie), keeping its data.
-async fn session_renew(session: CurrentSession) -> Result<Json<Value>, SessionFailure> {
-    session.renew().await?;
-    Ok(Json(json!({"session": session.data().await?})))
-}
-
-/// `POST /session/clear`: empties the session.
-async fn session_clear(session: CurrentSession) -> Result<Json<Value>, SessionFailure> {
-    session.clear().await?;
-    Ok(Json(json!({"session": session.data().await?})))
-}
-
-/// `POST /session/increment`: adds one to the session's `count`.
-async fn session_increment(session: CurrentSession) -> Result<Json<Value>, SessionFailure> {
-    let data = session
-        .update(|d| {
-            let n = d.get("count").and_then(Value::as_i64).unwrap_or(0);
-            d.insert("count".into(), json!(n + 1));
-            d.clone()
-        })
-        .await?;
-    Ok(Json(json!({"session": data})))
 }
 
 async fn health(State(state): State<AppState>) -> Response {

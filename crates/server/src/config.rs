@@ -81,8 +81,13 @@ pub struct ServeConfig {
     /// Disconnect extended-protocol clients silent (no frame, not even `pong`) for this many
     /// seconds with `no_pong` (0: off, the default).
     pub pong_timeout_secs: u64,
-    /// The demo's browser packages (`npm ci --prefix demo` puts them in `demo/node_modules`).
-    pub demo_assets_dir: String,
+    /// Where the browser packages are (`node_modules` of the app's `package.json`); default:
+    /// the app's own choice, else `node_modules` in the working directory.
+    pub node_modules_dir: Option<PathBuf>,
+    /// The app's own settings: the `[app]` table of the config file and `FERROCABLE_APP_*`
+    /// variables (`FERROCABLE_APP_GREETING` is `app.greeting`); read them with
+    /// [`ServeConfig::app_settings`].
+    pub app: serde_json::Map<String, serde_json::Value>,
     /// Where embedded state lives (the SQLite session file, a generated secret).
     pub data_dir: PathBuf,
     /// Session store: `memory`, `sqlite[:PATH]`, `postgres://…`, `redis://…`, `memcached://…`
@@ -131,7 +136,8 @@ impl Default for ServeConfig {
             shutdown_timeout_ms: node.shutdown_timeout.as_millis() as u64,
             log_format: "text".into(),
             data_dir: PathBuf::from("data"),
-            demo_assets_dir: crate::demo::DEFAULT_ASSETS_DIR.into(),
+            node_modules_dir: None,
+            app: serde_json::Map::new(),
             default_url_scheme: "http".into(),
             broadcast_key: None,
             broadcast_redis_url: None,
@@ -179,7 +185,7 @@ const ENV_KEYS: &[&str] = &[
     "shutdown_timeout_ms",
     "log_format",
     "data_dir",
-    "demo_assets_dir",
+    "node_modules_dir",
     "default_url_scheme",
     "pubsub",
     "pubsub_prefix",
@@ -227,8 +233,10 @@ impl ServeConfig {
                 None
             }
         });
+        let app_keys = Env::prefixed("FERROCABLE_APP_").map(|key| format!("app.{key}").into());
         fig.merge(conventional)
             .merge(Env::prefixed("FERROCABLE_").only(ENV_KEYS))
+            .merge(app_keys)
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(Box::new)
@@ -247,6 +255,12 @@ impl ServeConfig {
             "memcached" => env("MEMCACHED_URL", "memcached://127.0.0.1:11211"),
             other => other.to_owned(),
         }
+    }
+
+    /// The app's own settings (the `[app]` table and `FERROCABLE_APP_*`) as `T`. Values from
+    /// the environment arrive as text or numbers, as the environment gives them.
+    pub fn app_settings<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_value(serde_json::Value::Object(self.app.clone()))
     }
 
     /// URL options for renders outside a request.
@@ -333,6 +347,26 @@ mod tests {
             assert_eq!(c.bind.to_string(), "127.0.0.1:5000");
             assert_eq!(c.mount_path, "/from-env");
             assert!(c.bench_channel);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn app_keys_come_from_the_file_table_and_the_environment() {
+        #[derive(serde::Deserialize)]
+        struct Mine {
+            greeting: String,
+            limit: u32,
+        }
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("f.toml", "[app]\ngreeting = \"hello\"\nlimit = 3\n")?;
+            let c = ServeConfig::load(Some(Path::new("f.toml")), serde_json::json!({})).unwrap();
+            let mine: Mine = c.app_settings().unwrap();
+            assert_eq!((mine.greeting.as_str(), mine.limit), ("hello", 3));
+            jail.set_env("FERROCABLE_APP_LIMIT", "9");
+            let c = ServeConfig::load(Some(Path::new("f.toml")), serde_json::json!({})).unwrap();
+            let mine: Mine = c.app_settings().unwrap();
+            assert_eq!((mine.greeting.as_str(), mine.limit), ("hello", 9));
             Ok(())
         });
     }

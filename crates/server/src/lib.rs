@@ -1,12 +1,18 @@
 //! The ferrocable server: HTTP routes, the WebSocket upgrade, TLS, configuration and the
-//! lifecycle (start, graceful shutdown) around a [`ferrocable_node::Node`].
+//! lifecycle (start, graceful shutdown) around a [`ferrocable_node::Node`], serving whatever
+//! app a [`Composition`] describes: its pages, reflexes, channels and browser files.
+//!
+//! Apps normally reach this through the `ferrocable` crate's `App`; this crate is the
+//! machinery underneath, with no app of its own.
 
 pub mod app;
+pub mod assets;
 pub mod bench_channel;
+pub mod cli;
 pub mod config;
-pub mod demo;
 pub mod listener;
 pub mod origin;
+pub mod page;
 pub mod session;
 pub mod upgrade;
 
@@ -19,7 +25,81 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+pub use assets::Assets;
 pub use config::ServeConfig;
+pub use page::{Cable, PageHost};
+pub use session::{CurrentSession, SessionChannel, SessionFailure};
+
+/// What the server hands to parts of an app that are built once it started: the session store
+/// and the stream signer only exist then (both come from the configuration and the secret).
+#[derive(Clone)]
+pub struct Services {
+    /// The sessions shared by pages and the cable.
+    pub sessions: Arc<ferrocable_session::Sessions>,
+    /// Signs `CableReady::Stream` names (the key derives from the secret key base).
+    pub signer: ferrocable_reflex::StreamSigner,
+    /// The configuration the server runs with.
+    pub config: Arc<ServeConfig>,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services")
+            .field("sessions", &self.sessions.store_kind())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A step of composition that needs [`Services`] (a channel over the session store, say).
+pub type Deferred = Box<dyn FnOnce(&Services, &mut Composition) + Send>;
+
+/// Everything an app brings to a server. The server adds what every app gets: the cable, the
+/// session layer and cookie, `StimulusReflex::Channel` and `CableReady::Stream`, `/health`,
+/// `/metrics`, `/_broadcast` and the browser files.
+pub struct Composition {
+    /// The app's channels and authenticator (and, for tests, a pubsub or broker).
+    pub node: NodeBuilder,
+    /// The app's pages: its own axum routes, state applied.
+    pub pages: axum::Router,
+    /// The app's reflex classes.
+    pub reflexes: ferrocable_reflex::Registry,
+    /// The browser files.
+    pub assets: Assets,
+    /// Steps run once the services exist, in order.
+    pub deferred: Vec<Deferred>,
+}
+
+impl Default for Composition {
+    fn default() -> Self {
+        Composition {
+            node: NodeBuilder::default(),
+            pages: axum::Router::new(),
+            reflexes: ferrocable_reflex::Registry::new(),
+            assets: Assets::new(),
+            deferred: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Composition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Composition")
+            .field("node", &self.node)
+            .field("reflexes", &self.reflexes)
+            .field("assets", &self.assets)
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<NodeBuilder> for Composition {
+    /// An app of channels only.
+    fn from(node: NodeBuilder) -> Self {
+        Composition {
+            node,
+            ..Composition::default()
+        }
+    }
+}
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +233,7 @@ async fn open_sessions_with(
 pub struct RunningServer {
     addr: SocketAddr,
     node: Node,
+    services: Services,
     accept: JoinHandle<()>,
 }
 
@@ -165,6 +246,11 @@ impl RunningServer {
     /// The cable node (for in-process broadcasts).
     pub fn node(&self) -> &Node {
         &self.node
+    }
+
+    /// The services the app's parts were built with.
+    pub fn services(&self) -> &Services {
+        &self.services
     }
 
     /// Stops accepting, sends every client `disconnect` (`server_restart`, reconnect), and
@@ -195,12 +281,13 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, StartError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Starts a server with the channels `builder` registers (plus `BenchmarkChannel` when the
-/// configuration asks for it). Must run inside a tokio runtime.
+/// Starts a server for `app` (a [`Composition`], or a [`NodeBuilder`] of channels only), plus
+/// `BenchmarkChannel` when the configuration asks for it. Must run inside a tokio runtime.
 pub async fn start(
     config: &ServeConfig,
-    builder: NodeBuilder,
+    app: impl Into<Composition>,
 ) -> Result<RunningServer, StartError> {
+    let mut app = app.into();
     let origins = origin::OriginPolicy::new(
         config.disable_forgery_protection,
         config.allow_same_origin,
@@ -226,40 +313,46 @@ pub async fn start(
 
     let secret = secret_key_base(config)?;
     let sessions = open_sessions_with(config, &secret).await?;
-    let node_slot = Arc::new(std::sync::OnceLock::new());
-    let demo = Arc::new(demo::Demo::new(
-        &secret,
-        std::path::Path::new(&config.demo_assets_dir),
-        config.url_options(),
-    ));
-    let router_slot = Arc::new(std::sync::OnceLock::new());
-    let host: Arc<dyn ferrocable_reflex::PageRenderer> = Arc::new(demo::DemoHost {
+    let services = Services {
         sessions: sessions.clone(),
-        router: router_slot.clone(),
+        signer: ferrocable_reflex::StreamSigner::new(&secret),
+        config: Arc::new(config.clone()),
+    };
+    for step in std::mem::take(&mut app.deferred) {
+        step(&services, &mut app);
+    }
+    let site = Arc::new(page::Site {
+        signer: services.signer.clone(),
+        cable_url: config
+            .cable_url
+            .clone()
+            .unwrap_or_else(|| config.mount_path.clone())
+            .into(),
+        import_map: app.assets.import_map(),
     });
-    let reflexes = ferrocable_reflex::Registry::new()
-        .reflex("Counter", demo::CounterReflex)
-        .reflex("Todos", demo::TodosReflex)
-        .reflex("Chat", demo::ChatReflex { demo: demo.clone() });
-    let mut builder = builder
-        .config(config.node_config())
-        .default_authenticator(session::SessionAuthenticator {
+    let pages = app.pages.layer(axum::middleware::from_fn_with_state(
+        session::SessionState {
             sessions: sessions.clone(),
-        })
+        },
+        session::session_layer,
+    ));
+    let host: Arc<dyn ferrocable_reflex::PageRenderer> = Arc::new(PageHost {
+        sessions: sessions.clone(),
+        pages: pages.clone(),
+        site: site.clone(),
+    });
+    let cookie_sessions = sessions.clone();
+    let mut builder = app
+        .node
+        .config(config.node_config())
+        .session_of(move |request| session::cable_session(&cookie_sessions, request))
         .default_channel(
             ferrocable_reflex::CHANNEL,
-            ferrocable_reflex::ReflexChannel::new(reflexes, host),
+            ferrocable_reflex::ReflexChannel::new(app.reflexes, host),
         )
         .default_channel(
             "CableReady::Stream",
-            ferrocable_reflex::CableReadyStreamChannel::new(demo.signer().clone()),
-        )
-        .default_channel(
-            "SessionChannel",
-            session::SessionChannel {
-                sessions: sessions.clone(),
-                node: node_slot.clone(),
-            },
+            ferrocable_reflex::CableReadyStreamChannel::new(services.signer.clone()),
         );
     if config.bench_channel {
         builder = builder.channel("BenchmarkChannel", bench_channel::BenchmarkChannel);
@@ -332,17 +425,10 @@ pub async fn start(
         }
     }
     let node = builder.build();
-    let _ = node_slot.set(node.clone());
     let state = app::AppState {
         node: node.clone(),
         origins: Arc::new(origins),
-        cable_url: config
-            .cable_url
-            .clone()
-            .unwrap_or_else(|| config.mount_path.clone())
-            .into(),
-        sessions,
-        demo,
+        cable_url: site.cable_url.clone(),
         broadcast_key: config
             .broadcast_key
             .clone()
@@ -362,13 +448,18 @@ pub async fn start(
         )
         .map_err(StartError::PubSub)?;
     }
-    let router = app::router(state, config);
-    let _ = router_slot.set(router.clone());
+    let cable = Cable::new(node.clone(), site);
+    let router = app::router(state, config, &app.assets, pages, cable);
     let accept = tokio::spawn(listener::accept_loop(
         listener,
         router,
         tls,
         node.shutdown_token(),
     ));
-    Ok(RunningServer { addr, node, accept })
+    Ok(RunningServer {
+        addr,
+        node,
+        services,
+        accept,
+    })
 }

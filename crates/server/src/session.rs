@@ -3,9 +3,11 @@
 //!
 //! - [`session_layer`] gives every page request a [`CurrentSession`] (from the signed cookie,
 //!   or a fresh id when the cookie is missing, tampered or unknown) and sets the cookie.
-//! - [`SessionAuthenticator`] reads the same cookie from the cable's upgrade request and puts
-//!   the session id in the connection's identity (`session_id`).
-//! - [`SessionChannel`] reads and changes the session from the cable.
+//! - [`cable_session`] reads the same cookie from the cable's upgrade request; the server
+//!   installs it as the node's session source, so every connection's [`Identity::session`]
+//!   is the page session whatever the app's authenticator does.
+//! - [`SessionChannel`] (only when an app registers it) reads the session from the cable and
+//!   changes allow-listed keys.
 //! - A store outage answers 503 with a clear body (pages) or an `error` frame (cable), is
 //!   counted in `ferrocable_store_errors_total{store="session"}`, and the server keeps running.
 
@@ -14,35 +16,33 @@ use std::sync::Arc;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use ferrocable_node::{
-    Authenticator, Channel, ChannelContext, ConnectRequest, Identity, Metrics, Node, PerformError,
-    Unauthorized,
-};
+use ferrocable_node::{Channel, ChannelContext, ConnectRequest, Metrics, Node, PerformError};
 use ferrocable_session::{SessionData, Sessions, StoreError, new_session_id};
 use http::request::Parts;
 use http::{HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
-use tracing::{debug, warn};
+use tracing::warn;
 
-/// The identity attribute that carries the session id on the cable.
-pub const SESSION_ID: &str = "session_id";
+#[cfg(doc)]
+use ferrocable_node::Identity;
 
 /// What the session layer needs.
 #[derive(Clone)]
 pub struct SessionState {
     /// The sessions.
     pub sessions: Arc<Sessions>,
-    /// The node (for metrics).
-    pub node: Node,
 }
 
-/// The session of the current page request.
+/// The session of the current page request: an axum extractor for page handlers. Reads and
+/// writes go to the same store the cable's reflexes use, so a page and a reflex see one
+/// session.
 #[derive(Clone)]
 pub struct CurrentSession {
     /// Shared with the layer, which writes the cookie for whatever id the handler leaves.
     id: Arc<parking_lot::Mutex<String>>,
     sessions: Arc<Sessions>,
-    node: Node,
+    /// For the store-error metric (absent only outside a running server).
+    node: Option<Node>,
 }
 
 /// A session operation failed; renders as 503 (store down) or 413 (too large).
@@ -64,12 +64,18 @@ impl IntoResponse for SessionFailure {
     }
 }
 
-fn observe<T>(metrics: &Metrics, op: &str, r: Result<T, StoreError>) -> Result<T, StoreError> {
+fn observe<T>(
+    metrics: Option<&Metrics>,
+    op: &str,
+    r: Result<T, StoreError>,
+) -> Result<T, StoreError> {
     if let Err(e) = &r {
         if !matches!(e, StoreError::TooLarge { .. }) {
             warn!(op, error = %e, "session store call failed");
         }
-        metrics.store_error("session", op);
+        if let Some(metrics) = metrics {
+            metrics.store_error("session", op);
+        }
     }
     r
 }
@@ -89,7 +95,12 @@ impl CurrentSession {
                 Ok(SessionData::new())
             }
             Err(e) => Err(SessionFailure(
-                observe(self.node.metrics(), "load", Err::<(), _>(e)).unwrap_err(),
+                observe(
+                    self.node.as_ref().map(Node::metrics),
+                    "load",
+                    Err::<(), _>(e),
+                )
+                .unwrap_err(),
             )),
         }
     }
@@ -100,7 +111,7 @@ impl CurrentSession {
         change: impl FnMut(&mut SessionData) -> R,
     ) -> Result<R, SessionFailure> {
         observe(
-            self.node.metrics(),
+            self.node.as_ref().map(Node::metrics),
             "save",
             self.sessions.update(&self.id(), change).await,
         )
@@ -111,7 +122,7 @@ impl CurrentSession {
     /// response carries the new cookie and the old id stops working.
     pub async fn renew(&self) -> Result<(), SessionFailure> {
         let new_id = observe(
-            self.node.metrics(),
+            self.node.as_ref().map(Node::metrics),
             "renew",
             self.sessions.renew(&self.id()).await,
         )
@@ -123,7 +134,7 @@ impl CurrentSession {
     /// Empties the session, keeping its id.
     pub async fn clear(&self) -> Result<(), SessionFailure> {
         observe(
-            self.node.metrics(),
+            self.node.as_ref().map(Node::metrics),
             "save",
             self.sessions.clear(&self.id()).await,
         )
@@ -191,10 +202,14 @@ pub async fn session_layer(
         None => new_session_id(),
     };
     let id = Arc::new(parking_lot::Mutex::new(id));
+    let node = req
+        .extensions()
+        .get::<crate::page::Cable>()
+        .map(|c| c.node().clone());
     req.extensions_mut().insert(CurrentSession {
         id: id.clone(),
         sessions: state.sessions.clone(),
-        node: state.node.clone(),
+        node,
     });
     let mut response = next.run(req).await;
     let id = id.lock().clone();
@@ -204,60 +219,48 @@ pub async fn session_layer(
     response
 }
 
-/// Cable authentication from the session cookie. A connection without a valid cookie is
-/// accepted without a session (pages set the cookie before the cable connects).
-#[derive(Clone)]
-pub struct SessionAuthenticator {
-    /// The sessions.
-    pub sessions: Arc<Sessions>,
-}
-
-impl Authenticator for SessionAuthenticator {
-    async fn authenticate(&self, request: &ConnectRequest) -> Result<Identity, Unauthorized> {
-        let name = &self.sessions.options().cookie_name;
-        let identity = Identity::anonymous();
-        match request
-            .cookie(name)
-            .map(|v| self.sessions.signer().verify(v))
-        {
-            Some(Some(id)) => Ok(identity.with(SESSION_ID, id)),
-            Some(None) => {
-                warn!("tampered session cookie on the cable; connecting without a session");
-                Ok(identity)
-            }
-            None => {
-                debug!("cable connection without a session cookie");
-                Ok(identity)
-            }
+/// The page session of a cable connection: the id in its signed session cookie, if the
+/// cookie is there and untampered (pages set the cookie before the cable connects). The
+/// server gives this to [`ferrocable_node::NodeBuilder::session_of`].
+pub fn cable_session(sessions: &Sessions, request: &ConnectRequest) -> Option<String> {
+    let value = request.cookie(&sessions.options().cookie_name)?;
+    match sessions.signer().verify(value) {
+        Some(id) => Some(id.to_owned()),
+        None => {
+            warn!("tampered session cookie on the cable; connecting without a session");
+            None
         }
     }
 }
 
-/// `SessionChannel`: the session from the cable. Subscribing transmits the session; actions
-/// `get` (transmit it), `increment` (add 1 to `data.key`, default `count`, and transmit the
-/// session) and `set` (`data.key` = `data.value`).
+/// `SessionChannel`: the session from the cable, for apps that want it (no server registers
+/// it by default). Subscribing transmits the session; actions `get` (transmit it),
+/// `increment` (add 1 to `data.key`, default `count`) and `set` (`data.key` = `data.value`),
+/// both of which answer with the session. Only the keys given to [`SessionChannel::new`] can
+/// be changed: a cable client must never write keys the server trusts (`user_id`, roles).
 pub struct SessionChannel {
-    /// The sessions.
-    pub sessions: Arc<Sessions>,
-    /// The node (for metrics), set once the node is built.
-    pub node: Arc<std::sync::OnceLock<Node>>,
+    sessions: Arc<Sessions>,
+    writable: Vec<String>,
 }
 
 impl SessionChannel {
-    fn failed(&self, op: &str, e: StoreError) -> PerformError {
-        match self.node.get() {
-            Some(node) => {
-                let _ = observe(node.metrics(), op, Err::<(), _>(e.clone()));
-            }
-            None => warn!(op, error = %e, "session store call failed"),
+    /// A channel over `sessions` that may change only the `writable` keys.
+    pub fn new(sessions: Arc<Sessions>, writable: &[&str]) -> Self {
+        SessionChannel {
+            sessions,
+            writable: writable.iter().map(|k| (*k).to_owned()).collect(),
         }
+    }
+
+    fn failed(&self, ctx: &ChannelContext, op: &str, e: StoreError) -> PerformError {
+        let _ = observe(ctx.node().map(Node::metrics), op, Err::<(), _>(e.clone()));
         PerformError::Failed(e.to_string())
     }
 }
 
 impl Channel for SessionChannel {
     async fn subscribed(&self, ctx: &mut ChannelContext) {
-        let Some(id) = ctx.identity().get(SESSION_ID).map(str::to_owned) else {
+        let Some(id) = ctx.identity().session_id().map(str::to_owned) else {
             ctx.reject();
             return;
         };
@@ -266,7 +269,7 @@ impl Channel for SessionChannel {
                 let _ = ctx.transmit(&json!({"session": data.unwrap_or_default()}));
             }
             Err(e) => {
-                let _ = self.failed("load", e.clone());
+                let _ = self.failed(ctx, "load", e.clone());
                 let _ = ctx.transmit(&json!({"error": e.to_string()}));
             }
         }
@@ -280,7 +283,7 @@ impl Channel for SessionChannel {
     ) -> Result<(), PerformError> {
         let id = ctx
             .identity()
-            .get(SESSION_ID)
+            .session_id()
             .map(str::to_owned)
             .ok_or_else(|| PerformError::Failed("no session".into()))?;
         let key = data
@@ -288,13 +291,18 @@ impl Channel for SessionChannel {
             .and_then(Value::as_str)
             .unwrap_or("count")
             .to_owned();
+        if action != "get" && !self.writable.contains(&key) {
+            return Err(PerformError::InvalidData(format!(
+                "session key {key:?} cannot be changed from the cable"
+            )));
+        }
         let session = match action {
             "get" => self
                 .sessions
                 .load(&id)
                 .await
                 .map(Option::unwrap_or_default)
-                .map_err(|e| self.failed("load", e))?,
+                .map_err(|e| self.failed(ctx, "load", e))?,
             "increment" => self
                 .sessions
                 .update(&id, |d| {
@@ -303,7 +311,7 @@ impl Channel for SessionChannel {
                     d.clone()
                 })
                 .await
-                .map_err(|e| self.failed("save", e))?,
+                .map_err(|e| self.failed(ctx, "save", e))?,
             "set" => {
                 let value = data.get("value").cloned().unwrap_or(Value::Null);
                 self.sessions
@@ -312,7 +320,7 @@ impl Channel for SessionChannel {
                         d.clone()
                     })
                     .await
-                    .map_err(|e| self.failed("save", e))?
+                    .map_err(|e| self.failed(ctx, "save", e))?
             }
             other => return Err(PerformError::UnknownAction(other.to_owned())),
         };

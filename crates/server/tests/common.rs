@@ -33,8 +33,11 @@ pub async fn start(config: ServeConfig) -> RunningServer {
     start_with(config, NodeBuilder::default()).await
 }
 
-pub async fn start_with(config: ServeConfig, builder: NodeBuilder) -> RunningServer {
-    ferrocable_server::start(&config, builder)
+pub async fn start_with(
+    config: ServeConfig,
+    app: impl Into<ferrocable_server::Composition>,
+) -> RunningServer {
+    ferrocable_server::start(&config, app)
         .await
         .expect("server starts")
 }

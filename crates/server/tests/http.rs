@@ -99,24 +99,43 @@ async fn health_and_metrics() {
     }
 }
 
+/// An app of one page that puts the cable's head tags in its `<head>`.
+fn one_page() -> ferrocable_server::Composition {
+    use axum::response::Html;
+    async fn page(cable: ferrocable_server::Cable) -> Html<String> {
+        Html(format!("<html><head>{}</head></html>", cable.head()))
+    }
+    ferrocable_server::Composition {
+        pages: axum::Router::new().route("/", axum::routing::get(page)),
+        ..Default::default()
+    }
+}
+
 #[tokio::test]
 async fn pages_carry_the_public_cable_url() {
     let cfg = ServeConfig {
         cable_url: Some("wss://cable.example.com/cable".into()),
         ..config()
     };
-    let server = start(cfg).await;
+    let server = start_with(cfg, one_page()).await;
     let (_, body) = http_get(server.local_addr(), "/").await;
     assert!(
         body.contains(r#"<meta name="action-cable-url" content="wss://cable.example.com/cable">"#),
         "{body}"
     );
-    let server = start(config()).await;
+    let server = start_with(config(), one_page()).await;
     let (_, body) = http_get(server.local_addr(), "/").await;
     assert!(
         body.contains(r#"<meta name="action-cable-url" content="/cable">"#),
         "{body}"
     );
+    assert!(
+        body.contains(r#""ferrocable":"/vendor/ferrocable.js""#),
+        "the import map names the start-up module: {body}"
+    );
+    let (status, boot) = http_get(server.local_addr(), "/vendor/ferrocable.js").await;
+    assert_eq!(status, 200);
+    assert!(boot.contains("StimulusReflex.initialize"), "{boot}");
 }
 
 #[tokio::test]

@@ -2,7 +2,17 @@
 //! embedded SQLite default survives a restart; a store outage is a 503, not a crash.
 #![allow(missing_docs)]
 
+#[path = "../../server/tests/common.rs"]
 mod common;
+
+/// The demo app, as `ferrocable serve` runs it, with the test configuration.
+async fn start(config: ferrocable_server::ServeConfig) -> ferrocable_server::RunningServer {
+    ferrocable_demo::app()
+        .config(config)
+        .start()
+        .await
+        .expect("demo starts")
+}
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -196,6 +206,34 @@ async fn one_session_two_doors() {
     anon.send(&subscribe(SESSION)).await;
     assert_eq!(anon.frame().await["type"], "reject_subscription");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn the_cable_cannot_write_session_keys_the_app_did_not_allow() {
+    let server = start(config()).await;
+    let addr = server.local_addr();
+    let cookie = http(addr, "POST", "/session/increment", None)
+        .await
+        .set_cookie
+        .unwrap();
+    let mut c = cable_with(addr, &cookie).await;
+    c.subscribe_with_greeting(SESSION).await;
+    for action in ["set", "increment"] {
+        c.send(&message(
+            SESSION,
+            json!({"action": action, "key": "user_id", "value": 1}),
+        ))
+        .await;
+        let f = c.frame().await;
+        assert_eq!(f["type"], "error", "{action}: {f}");
+        assert!(
+            f["message"].as_str().unwrap().contains("user_id"),
+            "{action}: {f}"
+        );
+    }
+    let page = http(addr, "GET", "/session", Some(&cookie)).await;
+    let v: Value = serde_json::from_str(&page.body).unwrap();
+    assert_eq!(v["session"], json!({"count": 1}), "nothing was written");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,17 @@
 //! signed streams only, broadcasts from outside any request.
 #![allow(missing_docs)]
 
+#[path = "../../server/tests/common.rs"]
 mod common;
+
+/// The demo app, as `ferrocable serve` runs it, with the test configuration.
+async fn start(config: ferrocable_server::ServeConfig) -> ferrocable_server::RunningServer {
+    ferrocable_demo::app()
+        .config(config)
+        .start()
+        .await
+        .expect("demo starts")
+}
 
 use std::time::Duration;
 

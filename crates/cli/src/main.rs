@@ -1,0 +1,56 @@
+//! `ferrocable`: the command-line entry point. `serve` runs the demo app (or, with an RPC
+//! host in later work, only the cable in front of another app); `migrate` prepares the SQL
+//! session stores.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ferrocable::ServeArgs;
+use tracing::info;
+
+// The allocator decides how much of each connection's buffers stays resident: measured, not
+// assumed (docs/benchmarks.md). jemalloc wins the per-connection figure; see Cargo.toml.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "ferrocable",
+    version,
+    about = "An ActionCable-protocol server for reactive apps"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the demo app).
+    Serve(ServeArgs),
+    /// Apply the session store's migrations (SQL stores) and exit; `serve` also applies them.
+    Migrate(ServeArgs),
+}
+
+async fn migrate(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.load().context("invalid configuration")?;
+    ferrocable_server::cli::init_logging(&config.log_format);
+    let sessions = ferrocable_server::open_sessions(&config).await?;
+    info!(store = sessions.store_kind(), "session store ready");
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Serve(args) => Ok(runtime.block_on(ferrocable_demo::app().serve(&args))?),
+        Command::Migrate(args) => runtime.block_on(migrate(args)),
+    }
+}
