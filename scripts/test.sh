@@ -69,9 +69,9 @@ step fmt cargo fmt --all --check
 step clippy cargo clippy --all-targets --locked -- -D warnings
 step cargo-test cargo test --workspace --locked
 step fuzz-build cargo build --manifest-path fuzz/Cargo.toml
-step build-bin cargo build --locked --bin ferrocable --bin ferrocable-bench
+step build-bin cargo build --locked --bin ferrocable --bin ferrocable-bench --examples
 step bench-smoke scripts/bench-smoke.sh
-step npm-install bash -c "cd tests/js && npm ci --no-audit --no-fund && cd ../e2e && npm ci --no-audit --no-fund && cd ../../apps/demo && npm ci --no-audit --no-fund"
+step npm-install bash -c "cd tests/js && npm ci --no-audit --no-fund && cd ../e2e && npm ci --no-audit --no-fund && cd ../../apps/demo && npm ci --no-audit --no-fund && cd ../../crates/ferrocable && npm ci --no-audit --no-fund"
 step js-test bash -c "cd tests/js && FERROCABLE_BIN='$ROOT/target/debug/ferrocable' npm test"
 step browser-test bash -c "cd tests/e2e && FERROCABLE_BIN='$ROOT/target/debug/ferrocable' npm test"
 

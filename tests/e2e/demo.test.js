@@ -4,8 +4,8 @@ const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const path = require('node:path');
-const { chromium } = require('playwright-core');
 const { Server, sleep } = require('./server');
+const { launch, withServer: withServerOpts, connected, openPage } = require('./browser');
 // The cuttable TCP proxy the protocol tests use too (Node built-ins only).
 const { startProxy } = require('../js/proxy');
 
@@ -13,43 +13,17 @@ const ARTIFACTS = path.join(__dirname, 'artifacts');
 fs.mkdirSync(ARTIFACTS, { recursive: true });
 let browser;
 
-before(async () => {
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
-});
+before(async () => { browser = await launch(); });
 after(async () => { if (browser) await browser.close(); });
 
-async function withServer(fn) {
-  const server = new Server();
-  try {
-    await server.start();
-    await fn(server);
-  } catch (e) {
-    e.message += `\n--- server log tail ---\n${server.log.slice(-3000)}`;
-    throw e;
-  } finally {
-    await server.stop().catch(() => {});
-    await server.dispose();
-  }
-}
-
-async function connected(page, timeout = 15000) {
-  await page.waitForSelector('body.stimulus-reflex-connected', { timeout });
-}
+const withServer = (fn) => withServerOpts({}, fn);
 
 async function text(page, selector) {
   return (await page.textContent(selector)).trim();
 }
 
 async function newPage(server) {
-  const context = await browser.newContext();
-  const page = await context.newPage();
-  page.errors = [];
-  page.on('pageerror', (e) => page.errors.push(String(e)));
-  await page.goto(`${server.url}/`);
+  const { context, page } = await openPage(browser, `${server.url}/`);
   await connected(page);
   return { context, page };
 }

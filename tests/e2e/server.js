@@ -1,5 +1,6 @@
-// Starts the real ferrocable binary for browser tests: a free port, a scratch data dir (so
-// the SQLite session store and the generated secret survive a restart within one test).
+// Starts the real ferrocable binary (or an app built on the ferrocable crate: an example, the
+// README quick start) for browser tests: a free port, a scratch data dir (so the SQLite
+// session store and the generated secret survive a restart within one test).
 'use strict';
 const { spawn } = require('node:child_process');
 const net = require('node:net');
@@ -20,25 +21,38 @@ function freePort() {
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 class Server {
-  constructor() {
+  /**
+   * @param {object} [opts]
+   * @param {string} [opts.bin] the program (default: the ferrocable binary, run as `serve`)
+   * @param {boolean} [opts.bindByEnv] give the address as FERROCABLE_BIND instead of --bind
+   * @param {string} [opts.cwd] working directory
+   * @param {object} [opts.env] extra environment variables
+   */
+  constructor(opts = {}) {
     this.dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferrocable-e2e-'));
     this.child = null;
     this.log = '';
+    this.bin = opts.bin || BIN;
+    this.prefix = opts.bin ? [] : ['serve'];
+    this.bindByEnv = !!opts.bindByEnv;
+    this.cwd = opts.cwd;
+    this.env = opts.env || {};
   }
 
   get url() { return `http://127.0.0.1:${this.port}`; }
 
   async start() {
     if (!this.port) this.port = await freePort();
-    const child = spawn(BIN, ['serve', '--bind', `127.0.0.1:${this.port}`, '--data-dir', this.dataDir], {
-      stdio: ['ignore', 'ignore', 'pipe'],
-      env: { ...process.env, NO_COLOR: '1', RUST_LOG: process.env.RUST_LOG || 'info' },
-    });
+    const bind = `127.0.0.1:${this.port}`;
+    const args = [...this.prefix, ...(this.bindByEnv ? [] : ['--bind', bind]), '--data-dir', this.dataDir];
+    const env = { ...process.env, NO_COLOR: '1', RUST_LOG: process.env.RUST_LOG || 'info', ...this.env };
+    if (this.bindByEnv) env.FERROCABLE_BIND = bind;
+    const child = spawn(this.bin, args, { stdio: ['ignore', 'ignore', 'pipe'], env, cwd: this.cwd });
     child.stderr.on('data', (d) => { this.log = (this.log + d.toString()).slice(-20000); });
     this.child = child;
     const deadline = Date.now() + 15000;
     while (Date.now() < deadline) {
-      if (child.exitCode !== null) throw new Error(`ferrocable exited early:\n${this.log}`);
+      if (child.exitCode !== null) throw new Error(`${this.bin} exited early:\n${this.log}`);
       try {
         const r = await fetch(`${this.url}/health`);
         if (r.ok) return this;

@@ -133,6 +133,18 @@ impl App {
         self
     }
 
+    /// Sets an authenticator built once the server's [`Services`] exist (one that reads the
+    /// app's settings or the session store).
+    pub fn authenticator_with<A: Authenticator>(
+        mut self,
+        build: impl FnOnce(&Services) -> A + Send + 'static,
+    ) -> Self {
+        self.parts.deferred.push(Box::new(move |services, parts| {
+            parts.node = std::mem::take(&mut parts.node).authenticator(build(services));
+        }));
+        self
+    }
+
     /// Changes the cable node before it is built: a pubsub or broker of the app's own making,
     /// more channels. The configuration's node settings still apply.
     pub fn node(mut self, change: impl FnOnce(NodeBuilder) -> NodeBuilder) -> Self {

@@ -4,10 +4,13 @@
 //! process keep separate counts. Counters are atomics; the fan-out adds once per broadcast,
 //! not once per delivery.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Label set for counters split by a reason code.
@@ -55,6 +58,11 @@ pub struct Metrics {
     pub pubsub_connected: Gauge,
     /// Messages received from other nodes through the bus.
     pub pubsub_received: Counter,
+    /// How long reflexes take, from payload to reply (observe with [`Metrics::reflex_ran`]).
+    pub reflex_duration: Histogram,
+    /// Reflexes run and their total time in microseconds, readable in process (the histogram
+    /// is write-only outside Prometheus): what a dashboard turns into a mean latency.
+    reflex_totals: std::sync::Arc<(AtomicU64, AtomicU64)>,
 }
 
 /// Label set for store errors.
@@ -87,6 +95,9 @@ impl Default for Metrics {
             ingress_refused: Family::default(),
             pubsub_connected: Gauge::default(),
             pubsub_received: Counter::default(),
+            // 0.5 ms … 4 s: a reflex that re-renders a page is a few milliseconds here.
+            reflex_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            reflex_totals: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -174,11 +185,32 @@ impl Default for Metrics {
             "Broadcast ingress requests refused, by reason",
             m.ingress_refused.clone(),
         );
+        registry.register(
+            "ferrocable_reflex_duration_seconds",
+            "Reflexes run, by how long each took from payload to reply",
+            m.reflex_duration.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
 
 impl Metrics {
+    /// Records one reflex that took `elapsed`, payload to reply.
+    pub fn reflex_ran(&self, elapsed: std::time::Duration) {
+        self.reflex_duration.observe(elapsed.as_secs_f64());
+        self.reflex_totals.0.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.reflex_totals.1.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Reflexes run since start and their total time.
+    pub fn reflex_totals(&self) -> (u64, std::time::Duration) {
+        (
+            self.reflex_totals.0.load(Ordering::Relaxed),
+            std::time::Duration::from_micros(self.reflex_totals.1.load(Ordering::Relaxed)),
+        )
+    }
+
     /// Counts one refused inbound frame.
     pub fn bad_frame(&self, reason: &str) {
         self.bad_frames

@@ -122,6 +122,7 @@ impl Channel for ReflexChannel {
             }
         }
         let identity = ctx.shared_identity().clone();
+        let started = std::time::Instant::now();
         let out = dispatch(
             &self.registry,
             self.host.as_ref(),
@@ -131,6 +132,9 @@ impl Channel for ReflexChannel {
             self.max_form_bytes,
         )
         .await;
+        if let Some(node) = ctx.node() {
+            node.metrics().reflex_ran(started.elapsed());
+        }
         let mut replies = Vec::new();
         if let Some(now) = &out.immediate {
             replies.push(deliver(ctx, now)?);

@@ -1,0 +1,92 @@
+// The examples of the ferrocable crate (`cargo run --example NAME`), each started as built and
+// driven in headless Chromium or with the real @rails/actioncable client.
+'use strict';
+const { test, before, after } = require('node:test');
+const assert = require('node:assert/strict');
+const path = require('node:path');
+const { launch, withServer, connected, openPage } = require('./browser');
+
+const EXAMPLES = process.env.FERROCABLE_EXAMPLES || path.resolve(__dirname, '../../target/debug/examples');
+const example = (name) => ({ bin: path.join(EXAMPLES, name) });
+let browser;
+
+before(async () => { browser = await launch(); });
+after(async () => { if (browser) await browser.close(); });
+
+test('counter example: a click increments through a reflex and a page morph', async () => {
+  await withServer(example('counter'), async (server) => {
+    const { context, page } = await openPage(browser, `${server.url}/`);
+    await connected(page);
+    assert.equal((await page.textContent('#count')).trim(), '0');
+    await page.click('#increment');
+    await page.waitForFunction(() => document.querySelector('#count').textContent.trim() === '1');
+    await page.click('#increment');
+    await page.waitForFunction(() => document.querySelector('#count').textContent.trim() === '2');
+    await page.reload();
+    assert.equal((await page.textContent('#count')).trim(), '2', 'kept in the session');
+    assert.deepEqual(page.errors, []);
+    await context.close();
+  });
+});
+
+test('chat example: a background task and a reflex in one browser reach every browser', async () => {
+  const opts = { ...example('chat'), env: { FERROCABLE_APP_TICK_SECS: '1' } };
+  await withServer(opts, async (server) => {
+    const a = await openPage(browser, `${server.url}/`);
+    const b = await openPage(browser, `${server.url}/`);
+    await connected(a.page);
+    await connected(b.page);
+    // The clock posts from outside any request, through the signed stream.
+    await a.page.waitForFunction(() => /clock: tick \d+/.test(document.querySelector('#messages').textContent), null, { timeout: 10000 });
+    await b.page.fill('#name', 'ada');
+    await b.page.fill('#text', 'hello <b>everyone</b>');
+    await b.page.click('#send');
+    await a.page.waitForFunction(() => document.querySelector('#messages').textContent.includes('ada: hello <b>everyone</b>'));
+    assert.equal(await a.page.locator('#messages b:text("everyone")').count(), 0, 'user text is escaped');
+    assert.deepEqual([...a.page.errors, ...b.page.errors], []);
+    await a.context.close();
+    await b.context.close();
+  });
+});
+
+test('token channel example: users speak in a room as who their token says; a bad token is refused', async () => {
+  await withServer(example('token_channel'), async (server) => {
+    const alice = await openPage(browser, `${server.url}/?token=alice-token&room=lobby`);
+    const bob = await openPage(browser, `${server.url}/?token=bob-token&room=lobby`);
+    const other = await openPage(browser, `${server.url}/?token=bob-token&room=elsewhere`);
+    for (const p of [alice, bob, other]) {
+      await p.page.waitForFunction(() => document.querySelector('#status').textContent === 'connected');
+    }
+    await alice.page.fill('#text', 'hi bob');
+    await alice.page.click('#send');
+    await bob.page.waitForFunction(() => document.querySelector('#messages').textContent === 'alice: hi bob');
+    await bob.page.fill('#text', 'hi alice');
+    await bob.page.click('#send');
+    await alice.page.waitForFunction(() => document.querySelector('#messages').textContent.includes('bob: hi alice'));
+    assert.equal(await other.page.textContent('#messages'), '', 'another room hears nothing');
+
+    const intruder = await openPage(browser, `${server.url}/?token=stolen&room=lobby`);
+    await intruder.page.waitForFunction(() => document.querySelector('#status').textContent === 'refused');
+    assert.equal(await server.metric('ferrocable_disconnects_total{reason="unauthorized"}'), 1);
+    for (const p of [alice, bob, other, intruder]) await p.context.close();
+  });
+});
+
+test('dashboard example: the node\'s own figures and chart update through CableReady', async () => {
+  await withServer(example('dashboard'), async (server) => {
+    const { context, page } = await openPage(browser, `${server.url}/`);
+    await connected(page);
+    // This page's own connection and its two subscriptions (reflexes and the stream).
+    await page.waitForFunction(() => Number(document.querySelector('#connections')?.textContent) >= 1);
+    await page.waitForFunction(() => Number(document.querySelector('#subscriptions')?.textContent) >= 2);
+    assert.equal((await page.textContent('#latency')).trim(), '–', 'no reflex ran yet');
+    const before = await page.getAttribute('#line', 'points');
+    for (let i = 0; i < 3; i++) await page.click('#ping');
+    await page.waitForFunction(() => /^\d+\.\d\d ms$/.test(document.querySelector('#latency').textContent.trim()), null, { timeout: 5000 });
+    await page.waitForFunction((b) => document.querySelector('#line').getAttribute('points') !== b, before);
+    const count = await server.metric('ferrocable_reflex_duration_seconds_count');
+    assert.ok(count >= 3, `reflexes observed: ${count}`);
+    assert.deepEqual(page.errors, []);
+    await context.close();
+  });
+});
