@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod assets;
+mod backends;
 pub mod bench_channel;
 pub mod cli;
 pub mod config;
@@ -14,16 +15,15 @@ pub mod listener;
 pub mod origin;
 pub mod page;
 pub mod session;
+mod tls;
 pub mod upgrade;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use ferrocable_node::{Node, NodeBuilder, ShutdownReport};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 
 pub use assets::Assets;
 pub use config::ServeConfig;
@@ -124,6 +124,14 @@ pub enum StartError {
     /// The pubsub URL is not usable.
     #[error("pubsub {0}")]
     PubSub(String),
+    /// The configuration names a backend this build leaves out (a Cargo feature).
+    #[error("{what} needs the `{feature}` feature of ferrocable, which this build leaves out")]
+    NotBuilt {
+        /// What was asked for (`pubsub redis://…`, `TLS`, …).
+        what: String,
+        /// The feature that builds it.
+        feature: &'static str,
+    },
     /// The session store could not be opened.
     #[error("session store {url}: {source}")]
     Session {
@@ -262,25 +270,6 @@ impl RunningServer {
     }
 }
 
-fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, StartError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| StartError::Tls(format!("certificate {}: {e}", cert.display())))?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| StartError::Tls(format!("key {}: {e}", key.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| StartError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| StartError::Tls(e.to_string()))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
 /// Starts a server for `app` (a [`Composition`], or a [`NodeBuilder`] of channels only), plus
 /// `BenchmarkChannel` when the configuration asks for it. Must run inside a tokio runtime.
 pub async fn start(
@@ -294,7 +283,7 @@ pub async fn start(
         &config.allowed_origins,
     )?;
     let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => Some(Arc::new(tls_acceptor(cert, key)?)),
+        (Some(cert), Some(key)) => Some(Arc::new(tls::acceptor(cert, key)?)),
         (None, None) => None,
         _ => {
             return Err(StartError::Tls(
@@ -357,73 +346,8 @@ pub async fn start(
     if config.bench_channel {
         builder = builder.channel("BenchmarkChannel", bench_channel::BenchmarkChannel);
     }
-    match config.pubsub.trim() {
-        "memory" | "" => {}
-        url if url.starts_with("redis://") || url.starts_with("rediss://") => {
-            let bus = ferrocable_redis::RedisPubSub::new(url, &config.pubsub_prefix)
-                .map_err(StartError::PubSub)?;
-            builder = builder.pubsub(bus);
-        }
-        url if url.starts_with("nats://") => {
-            let prefix = config.pubsub_prefix.trim_end_matches(':').replace(':', ".");
-            builder = builder.pubsub(ferrocable_nats::NatsPubSub::new(url, &prefix));
-        }
-        other => {
-            return Err(StartError::PubSub(format!(
-                "{other:?}: use memory, redis://… or nats://…"
-            )));
-        }
-    }
-    match config.broker.trim() {
-        "memory" | "" => {}
-        url if url.starts_with("redis://") || url.starts_with("rediss://") => {
-            let mut broker = ferrocable_redis::RedisBroker::connect(
-                url,
-                &config.broker_prefix,
-                config.history_limits(),
-            )
-            .await
-            .map_err(StartError::Broker)?;
-            // Same Redis for bus and history: the append script publishes too (one atomic step).
-            if config.pubsub.trim() == url {
-                broker = broker.publishing_to(&config.pubsub_prefix);
-            }
-            builder = builder.broker(broker);
-        }
-        url if url.starts_with("nats://") => {
-            // `ferrocable:broker:` → stream FERROCABLE_BROKER on subjects `ferrocable.broker.…`.
-            let subjects = config.broker_prefix.trim_end_matches(':').replace(':', ".");
-            let name: String = subjects
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() {
-                        c.to_ascii_uppercase()
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
-            let mut broker = ferrocable_nats::JetStreamBroker::connect(
-                url,
-                &name,
-                &subjects,
-                config.history_limits(),
-            )
-            .await
-            .map_err(StartError::Broker)?;
-            // Same NATS for bus and history: nodes read stored messages from JetStream, so
-            // storing and publishing are one operation.
-            if config.pubsub.trim() == url {
-                broker = broker.delivering_to_nodes();
-            }
-            builder = builder.broker(broker);
-        }
-        other => {
-            return Err(StartError::Broker(format!(
-                "{other:?}: use memory, redis://… or nats://…"
-            )));
-        }
-    }
+    builder = backends::pubsub(config, builder)?;
+    builder = backends::broker(config, builder).await?;
     let node = builder.build();
     let state = app::AppState {
         node: node.clone(),
@@ -436,18 +360,7 @@ pub async fn start(
             .unwrap_or_else(|| derived_key(&secret, b"broadcast-cable"))
             .into(),
     };
-    if let Some(url) = config
-        .broadcast_redis_url
-        .as_deref()
-        .filter(|u| !u.is_empty())
-    {
-        ferrocable_redis::spawn_anycable_ingress(
-            url,
-            &config.broadcast_redis_channel,
-            node.clone(),
-        )
-        .map_err(StartError::PubSub)?;
-    }
+    backends::ingress(config, &node)?;
     let cable = Cable::new(node.clone(), site);
     let router = app::router(state, config, &app.assets, pages, cable);
     let accept = tokio::spawn(listener::accept_loop(

@@ -15,7 +15,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 use tracing::{debug, warn};
@@ -33,7 +32,7 @@ pub struct ConnMeta {
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     router: Router,
-    tls: Option<Arc<TlsAcceptor>>,
+    tls: Option<Arc<crate::tls::Acceptor>>,
     shutdown: CancellationToken,
 ) {
     let mut last_warning = None::<tokio::time::Instant>;
@@ -67,6 +66,7 @@ pub(crate) async fn accept_loop(
                     )
                     .await
                 }
+                #[cfg(feature = "tls")]
                 Some(acceptor) => {
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                         .await
@@ -79,6 +79,8 @@ pub(crate) async fn accept_loop(
                         Err(_) => debug!(%remote, "TLS handshake timed out"),
                     }
                 }
+                #[cfg(not(feature = "tls"))]
+                Some(acceptor) => match *acceptor {},
             }
         });
     }

@@ -10,12 +10,19 @@
 //! - [`open_store`] builds a store from a URL (`memory`, `sqlite[:PATH]`, `postgres://…`,
 //!   `redis://…`, `memcached://…`).
 
+//!
+//! Each networked store is a Cargo feature (`sqlite`, the default; `postgres`, `redis`,
+//! `memcached`), so an app compiles only the clients it uses; `memory` is always there.
+
 mod codec;
 mod cookie_signer;
 mod manager;
+#[cfg(feature = "memcached")]
 pub mod memcached;
 pub mod memory;
+#[cfg(feature = "redis")]
 pub mod redis_store;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub mod sql;
 mod store;
 mod url;

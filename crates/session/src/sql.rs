@@ -2,12 +2,16 @@
 //! PostgreSQL (pooled, shared by nodes). One table, `ferrocable_sessions`; compare-and-set
 //! through `version` in the `WHERE` clause; expired rows swept in the background.
 
+#[cfg(feature = "sqlite")]
 use std::path::Path;
+#[cfg(feature = "sqlite")]
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::Row;
+#[cfg(feature = "postgres")]
 use sqlx::postgres::{PgPool, PgPoolOptions};
+#[cfg(feature = "sqlite")]
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -21,7 +25,9 @@ fn unavailable(e: sqlx::Error) -> StoreError {
 /// Which SQL engine a [`SqlStore`] talks to.
 #[derive(Clone, Debug)]
 enum Pool {
+    #[cfg(feature = "sqlite")]
     Sqlite(SqlitePool),
+    #[cfg(feature = "postgres")]
     Postgres(PgPool),
 }
 
@@ -40,11 +46,13 @@ impl std::fmt::Debug for SqlStore {
     }
 }
 
+#[cfg(feature = "sqlite")]
 const SQLITE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS ferrocable_sessions (
     id TEXT PRIMARY KEY NOT NULL,
     data BLOB NOT NULL,
     version INTEGER NOT NULL,
     expires_at INTEGER NOT NULL)";
+#[cfg(feature = "postgres")]
 const PG_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS ferrocable_sessions (
     id TEXT PRIMARY KEY NOT NULL,
     data BYTEA NOT NULL,
@@ -55,6 +63,7 @@ const INDEX: &str =
 
 impl SqlStore {
     /// Opens (creating if needed) a SQLite database file and applies the migration.
+    #[cfg(feature = "sqlite")]
     pub async fn sqlite(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
@@ -82,6 +91,7 @@ impl SqlStore {
     }
 
     /// Connects to PostgreSQL and applies the migration.
+    #[cfg(feature = "postgres")]
     pub async fn postgres(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
@@ -106,6 +116,7 @@ impl SqlStore {
     /// Creates the table and index if missing (idempotent; also `ferrocable migrate`).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match &self.pool {
+            #[cfg(feature = "sqlite")]
             Pool::Sqlite(p) => {
                 sqlx::query(SQLITE_SCHEMA)
                     .execute(p)
@@ -113,6 +124,7 @@ impl SqlStore {
                     .map_err(unavailable)?;
                 sqlx::query(INDEX).execute(p).await.map_err(unavailable)?;
             }
+            #[cfg(feature = "postgres")]
             Pool::Postgres(p) => {
                 sqlx::query(PG_SCHEMA)
                     .execute(p)
@@ -128,6 +140,7 @@ impl SqlStore {
     pub async fn sweep(&self) -> Result<u64, StoreError> {
         let now = (self.clock)();
         let done = match &self.pool {
+            #[cfg(feature = "sqlite")]
             Pool::Sqlite(p) => {
                 sqlx::query("DELETE FROM ferrocable_sessions WHERE expires_at <= $1")
                     .bind(now)
@@ -135,6 +148,7 @@ impl SqlStore {
                     .await
                     .map(|r| r.rows_affected())
             }
+            #[cfg(feature = "postgres")]
             Pool::Postgres(p) => {
                 sqlx::query("DELETE FROM ferrocable_sessions WHERE expires_at <= $1")
                     .bind(now)
@@ -164,7 +178,9 @@ impl SqlStore {
 macro_rules! on_pool {
     ($self:expr, |$p:ident| $body:expr) => {
         match &$self.pool {
+            #[cfg(feature = "sqlite")]
             Pool::Sqlite($p) => $body,
+            #[cfg(feature = "postgres")]
             Pool::Postgres($p) => $body,
         }
     };
@@ -258,7 +274,9 @@ impl SessionStore for SqlStore {
 
     fn kind(&self) -> &'static str {
         match self.pool {
+            #[cfg(feature = "sqlite")]
             Pool::Sqlite(_) => "sqlite",
+            #[cfg(feature = "postgres")]
             Pool::Postgres(_) => "postgres",
         }
     }
