@@ -1,6 +1,8 @@
 //! `ferrocable`: the command-line entry point. `serve` runs the demo app (or, with an RPC
 //! host in later work, only the cable in front of another app); `migrate` prepares the SQL
-//! session stores.
+//! session stores; `new` makes an app crate from the README's quick start.
+
+mod new;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -34,6 +36,14 @@ enum Command {
     Serve(ServeArgs),
     /// Apply the session store's migrations (SQL stores) and exit; `serve` also applies them.
     Migrate(ServeArgs),
+    /// Make a new app crate NAME (the README's quick start: a counter page and its reflex).
+    New {
+        /// The crate's name and folder.
+        name: String,
+        /// The `ferrocable` crate it depends on [default: the one this binary was built from].
+        #[arg(long)]
+        ferrocable_path: Option<std::path::PathBuf>,
+    },
 }
 
 async fn migrate(args: ServeArgs) -> anyhow::Result<()> {
@@ -52,5 +62,17 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => Ok(runtime.block_on(ferrocable_demo::app().serve(&args))?),
         Command::Migrate(args) => runtime.block_on(migrate(args)),
+        Command::New {
+            name,
+            ferrocable_path,
+        } => {
+            let path = ferrocable_path.unwrap_or_else(new::default_ferrocable_path);
+            let root = new::create(std::path::Path::new("."), &name, &path)?;
+            println!(
+                "made {}: cd {name} && npm install && cargo run, then open http://127.0.0.1:3000/",
+                root.display()
+            );
+            Ok(())
+        }
     }
 }
