@@ -71,6 +71,7 @@ step cargo-test cargo test --workspace --locked
 # An app built with no backend features: it compiles, lints clean, and names the feature a
 # configured backend needs.
 step features bash -c "cargo clippy --locked -p ferrocable -p ferrocable-server -p ferrocable-session --no-default-features --all-targets -- -D warnings && cargo test --locked -p ferrocable --no-default-features --test without_backends"
+step docs env RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --workspace
 step fuzz-build cargo build --manifest-path fuzz/Cargo.toml
 step build-bin cargo build --locked --bin ferrocable --bin ferrocable-bench --examples
 step bench-smoke scripts/bench-smoke.sh

@@ -1,7 +1,7 @@
 //! The cable engine: connections, channels, hub fan-out, outboxes and shutdown.
 //!
 //! Data flows through it in one direction:
-//! socket → [`connection`] (decode, dispatch) → [`channel`] (app code, returns effects as
+//! socket → `connection` (decode, dispatch) → [`channel`] (app code, returns effects as
 //! data) → [`hub`] (stream → subscribers) → [`outbox`] (bounded per connection) → socket.
 //!
 //! [`Node`] ties these together. It knows nothing of HTTP: a server hands it an upgraded

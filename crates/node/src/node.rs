@@ -376,7 +376,7 @@ impl NodeBuilder {
 
     /// Sets where a connection's page session comes from (a server that owns the session
     /// cookie installs this). It runs after the authenticator on every new connection and
-    /// sets [`Identity::session`], whatever the authenticator put there: an app's
+    /// sets [`Identity::session`](crate::Identity::session), whatever the authenticator put there: an app's
     /// authenticator decides who the user is, never which session reflexes write.
     pub fn session_of(
         mut self,

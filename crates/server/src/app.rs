@@ -1,37 +1,21 @@
 //! HTTP routes: the cable endpoint, health, metrics, broadcast ingress, the browser files and
 //! the app's own pages (behind the session layer, each request carrying a [`Cable`]).
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use ferrocable_node::Node;
 use http::{StatusCode, header};
 
 use crate::assets::Assets;
 use crate::config::ServeConfig;
-use crate::origin::OriginPolicy;
 use crate::page::Cable;
-
-/// Shared state of every route.
-#[derive(Clone)]
-pub struct AppState {
-    /// The cable node.
-    pub node: Node,
-    /// Who may open the cable.
-    pub origins: Arc<OriginPolicy>,
-    /// Where pages tell clients the cable is.
-    pub cable_url: Arc<str>,
-    /// Bearer key of `POST /_broadcast`.
-    pub broadcast_key: Arc<str>,
-}
+use crate::state::ServerState;
 
 /// Builds the router: the server's own routes, the browser files, then the app's `pages`
 /// (already behind the session layer), each page request given `cable`.
 pub(crate) fn router(
-    state: AppState,
+    state: ServerState,
     config: &ServeConfig,
     assets: &Assets,
     pages: Router,
@@ -60,7 +44,10 @@ const MAX_INGRESS_BYTES: usize = 1024 * 1024;
 
 /// `POST /_broadcast`: AnyCable's HTTP broadcast ingress (Bearer key; one publication or an
 /// array). 201 when delivered to this node and the bus; 401, 400 or 413 otherwise.
-async fn broadcast_ingress(State(state): State<AppState>, req: axum::extract::Request) -> Response {
+async fn broadcast_ingress(
+    State(state): State<ServerState>,
+    req: axum::extract::Request,
+) -> Response {
     let metrics = state.node.metrics();
     let authorized = req
         .headers()
@@ -93,7 +80,7 @@ async fn broadcast_ingress(State(state): State<AppState>, req: axum::extract::Re
     }
 }
 
-async fn health(State(state): State<AppState>) -> Response {
+async fn health(State(state): State<ServerState>) -> Response {
     if state.node.is_shutting_down() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
     } else {
@@ -101,7 +88,7 @@ async fn health(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<ServerState>) -> Response {
     (
         [(header::CONTENT_TYPE, ferrocable_node::metrics::CONTENT_TYPE)],
         state.node.metrics().render(),

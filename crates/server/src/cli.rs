@@ -56,7 +56,7 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_timeout_ms: Option<u64>,
-    /// Session store: memory, sqlite[:PATH], postgres://…, redis://…, memcached://… [env: SESSION_STORE_URL] [default: sqlite].
+    /// Session store: memory, sqlite, sqlite:PATH, postgres://…, redis://…, memcached://… [env: SESSION_STORE_URL] [default: sqlite].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_store: Option<String>,

@@ -15,6 +15,7 @@ pub mod listener;
 pub mod origin;
 pub mod page;
 pub mod session;
+pub mod state;
 mod tls;
 pub mod upgrade;
 
@@ -349,10 +350,9 @@ pub async fn start(
     builder = backends::pubsub(config, builder)?;
     builder = backends::broker(config, builder).await?;
     let node = builder.build();
-    let state = app::AppState {
+    let state = state::ServerState {
         node: node.clone(),
         origins: Arc::new(origins),
-        cable_url: site.cable_url.clone(),
         broadcast_key: config
             .broadcast_key
             .clone()

@@ -13,8 +13,8 @@ use hyper_util::rt::TokioIo;
 use tokio_websockets::{Limits, ServerBuilder};
 use tracing::{debug, warn};
 
-use crate::app::AppState;
 use crate::listener::ConnMeta;
+use crate::state::ServerState;
 
 /// The subprotocols this server speaks, in preference order.
 const SUPPORTED: &[Subprotocol] = &[
@@ -40,14 +40,14 @@ pub fn accept_key(key: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
 }
 
-fn refuse(state: &AppState, status: StatusCode, reason: &'static str, body: String) -> Response {
+fn refuse(state: &ServerState, status: StatusCode, reason: &'static str, body: String) -> Response {
     state.node.metrics().refused_upgrade(reason);
     // A refused upgrade ends the exchange: the client wanted a socket, not a keep-alive.
     (status, [(header::CONNECTION, "close")], body).into_response()
 }
 
 /// Handles a request to the cable path.
-pub(crate) async fn cable(State(state): State<AppState>, mut req: Request) -> Response {
+pub(crate) async fn cable(State(state): State<ServerState>, mut req: Request) -> Response {
     let meta = req.extensions().get::<ConnMeta>().copied();
     let headers = req.headers();
     if !header_has_token(headers, header::CONNECTION, "upgrade")

@@ -1,0 +1,18 @@
+//! What the server's own routes (the cable, `/health`, `/metrics`, `/_broadcast`) share.
+
+use std::sync::Arc;
+
+use ferrocable_node::Node;
+
+use crate::origin::OriginPolicy;
+
+/// Shared state of the server's own routes.
+#[derive(Clone)]
+pub struct ServerState {
+    /// The cable node.
+    pub node: Node,
+    /// Who may open the cable.
+    pub origins: Arc<OriginPolicy>,
+    /// Bearer key of `POST /_broadcast`.
+    pub broadcast_key: Arc<str>,
+}
