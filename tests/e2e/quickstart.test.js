@@ -70,5 +70,6 @@ test('README quick start: builds outside the workspace, serves its packages, a c
     await page.screenshot({ path: path.join(__dirname, 'artifacts', 'quickstart.png') });
     assert.deepEqual(page.errors, []);
     await context.close();
+    assert.equal(await server.stop(), 0, 'SIGTERM ends the app cleanly');
   });
 });

@@ -2,21 +2,11 @@
 //! signed streams only, broadcasts from outside any request.
 #![allow(missing_docs)]
 
-#[path = "../../server/tests/common.rs"]
-mod common;
-
-/// The demo app, as `ferrocable serve` runs it, with the test configuration.
-async fn start(config: ferrocable_server::ServeConfig) -> ferrocable_server::RunningServer {
-    ferrocable_demo::app()
-        .config(config)
-        .start()
-        .await
-        .expect("demo starts")
-}
+mod demo;
 
 use std::time::Duration;
 
-use common::*;
+use demo::*;
 use ferrocable_reflex::{Operation, StreamSigner, broadcast_operations};
 use serde_json::{Value, json};
 

@@ -2,22 +2,12 @@
 //! embedded SQLite default survives a restart; a store outage is a 503, not a crash.
 #![allow(missing_docs)]
 
-#[path = "../../server/tests/common.rs"]
-mod common;
-
-/// The demo app, as `ferrocable serve` runs it, with the test configuration.
-async fn start(config: ferrocable_server::ServeConfig) -> ferrocable_server::RunningServer {
-    ferrocable_demo::app()
-        .config(config)
-        .start()
-        .await
-        .expect("demo starts")
-}
+mod demo;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
+use demo::*;
 use ferrocable_server::ServeConfig;
 use serde_json::{Value, json};
 
