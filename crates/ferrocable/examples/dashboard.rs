@@ -63,31 +63,32 @@ fn stats_html(s: &Sample) -> String {
         .reflex_ms
         .map_or_else(|| "–".to_owned(), |ms| format!("{ms:.2} ms"));
     format!(
-        r#"<table><tr><th>connections</th><td id="connections">{}</td></tr>
-<tr><th>subscriptions</th><td id="subscriptions">{}</td></tr>
-<tr><th>messages / s</th><td id="rate">{}</td></tr>
-<tr><th>reflex latency</th><td id="latency">{latency}</td></tr></table>"#,
+        r#"<div class="figure"><span>connections</span><b id="connections">{}</b></div>
+<div class="figure"><span>subscriptions</span><b id="subscriptions">{}</b></div>
+<div class="figure"><span>messages / s</span><b id="rate">{}</b></div>
+<div class="figure"><span>reflex latency</span><b id="latency">{latency}</b></div>"#,
         s.connections, s.subscriptions, s.deliveries_per_sec
     )
 }
 
 /// Messages per second over the window as an SVG polyline, scaled to the highest point.
 fn chart_svg(samples: &VecDeque<Sample>) -> String {
-    let (w, h) = (300.0, 80.0);
+    let (w, h) = (600.0, 120.0);
     let top = samples
         .iter()
         .map(|s| s.deliveries_per_sec)
         .max()
         .unwrap_or(0)
-        .max(1) as f64;
+        .max(1);
     let mut points = String::new();
     for (i, s) in samples.iter().enumerate() {
         let x = i as f64 * w / (WINDOW - 1) as f64;
-        let y = h - s.deliveries_per_sec as f64 * h / top;
+        let y = h - 4.0 - s.deliveries_per_sec as f64 * (h - 8.0) / top as f64;
         let _ = write!(points, "{x:.1},{y:.1} ");
     }
     format!(
-        r##"<svg id="chart-svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}"><polyline id="line" fill="none" stroke="#2563eb" stroke-width="2" points="{}"/></svg>"##,
+        r##"<p class="label">messages delivered per second, last {WINDOW} s (peak {top})</p>
+<svg id="chart-svg" viewBox="0 0 {w} {h}" preserveAspectRatio="none"><polyline id="line" fill="none" stroke="#2563eb" stroke-width="2" vector-effect="non-scaling-stroke" points="{}"/></svg>"##,
         points.trim_end()
     )
 }
@@ -132,7 +133,16 @@ async fn page(cable: Cable) -> Html<String> {
     let stream = cable.signed_stream(STREAM);
     Html(format!(
         r#"<!doctype html>
-<html><head><title>Dashboard</title>{head}</head>
+<html><head><title>Dashboard</title>{head}
+<style>
+body {{ font: 15px/1.4 system-ui, sans-serif; margin: 2rem auto; max-width: 640px; color: #111827; }}
+#stats {{ display: grid; grid-template-columns: repeat(4, 1fr); gap: .75rem; margin: 1rem 0; }}
+.figure {{ background: #f3f4f6; border-radius: .5rem; padding: .75rem; }}
+.figure span {{ display: block; color: #6b7280; font-size: .8rem; }}
+.figure b {{ font-size: 1.5rem; font-variant-numeric: tabular-nums; }}
+#chart svg {{ width: 100%; height: 120px; background: #f9fafb; border: 1px solid #e5e7eb; border-radius: .5rem; }}
+.label {{ color: #6b7280; font-size: .8rem; margin: 0 0 .25rem; }}
+</style></head>
 <body><h1>This node</h1>
 <cable-ready-stream-from identifier="{stream}"></cable-ready-stream-from>
 <div id="stats">{stats}</div>
