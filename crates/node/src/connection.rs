@@ -153,6 +153,28 @@ struct Subscription {
     streams: Vec<String>,
 }
 
+/// A channel action that runs while the connection keeps writing (pings, broadcasts, other
+/// subscriptions' frames). The socket is not read until it ends, so commands still run one at
+/// a time and in order, and a client that floods commands waits for its own.
+type Running = std::pin::Pin<Box<dyn Future<Output = Performed> + Send>>;
+
+/// What a finished action leaves for the connection to apply.
+struct Performed {
+    identifier: Identifier,
+    action: String,
+    result: Result<(), PerformError>,
+    effects: Effects,
+}
+
+/// Resolves when the running action (if any) finishes; never while there is none.
+async fn finished(running: &mut Option<Running>) -> Performed {
+    std::future::poll_fn(|cx| match running {
+        Some(action) => action.as_mut().poll(cx),
+        None => Poll::Pending,
+    })
+    .await
+}
+
 /// Why the connection loop ended.
 enum Exit {
     /// The peer closed or vanished.
@@ -181,6 +203,8 @@ struct Connection {
     heard_at: Option<Instant>,
     /// Replay ordering (only once the connection replayed or restored something).
     replay: Option<Box<Replay>>,
+    /// The channel action running now, if any.
+    running: Option<Running>,
 }
 
 /// Decrements the connection gauge however the task ends.
@@ -266,6 +290,7 @@ pub(crate) async fn run<S>(
         committed_at: None,
         heard_at: (extended && node.config.pong_timeout.is_some()).then(Instant::now),
         replay: None,
+        running: None,
     };
     node.connections.insert(id, conn.outbox.clone());
     if node.shutdown.is_cancelled() {
@@ -290,6 +315,14 @@ pub(crate) async fn run<S>(
     }
     let exit = conn.serve(&mut ws).await;
     node.connections.remove(id);
+    if let Some(running) = conn.running.take() {
+        // The connection ends while an action runs (too slow, shutdown): let it finish within
+        // the shutdown timeout, so what it changed (a reflex's session, its broadcasts) stands.
+        match tokio::time::timeout(node.config.shutdown_timeout, running).await {
+            Ok(done) => conn.broadcast_all(&done.effects),
+            Err(_) => warn!(conn = id, "a running action outlived the shutdown timeout"),
+        }
+    }
     let exit = match exit {
         // A drop or a node shutdown keeps an extended session restorable: on shutdown the
         // client gets no `disconnect` frame (which would make it forget its session id), only
@@ -599,7 +632,11 @@ impl Connection {
                         }
                     }
                 }
-                message = ws.next() => match message {
+                done = finished(&mut self.running), if self.running.is_some() => {
+                    self.running = None;
+                    Box::pin(self.finish_perform(done)).await;
+                }
+                message = ws.next(), if self.running.is_none() => match message {
                     None => return Exit::PeerGone,
                     Some(Ok(message)) => {
                         if self.heard_at.is_some() {
@@ -646,7 +683,7 @@ impl Connection {
                 history,
             }) => self.subscribe(identifier, history).await,
             Ok(ClientCommand::Unsubscribe { identifier }) => self.unsubscribe(identifier).await,
-            Ok(ClientCommand::Message { identifier, data }) => self.perform(identifier, data).await,
+            Ok(ClientCommand::Message { identifier, data }) => self.perform(identifier, data),
             Ok(ClientCommand::History {
                 identifier,
                 history,
@@ -861,7 +898,8 @@ impl Connection {
         }
     }
 
-    async fn perform(&mut self, identifier: Identifier, data: String) {
+    /// Starts the action; [`Connection::finish_perform`] applies what it did once it ends.
+    fn perform(&mut self, identifier: Identifier, data: String) {
         let Some(sub) = self.subscriptions.get(&identifier) else {
             warn!(conn = self.id, %identifier, "message for unknown subscription");
             self.refuse(
@@ -890,8 +928,25 @@ impl Connection {
             sub.streams.clone(),
         )
         .on_node(crate::Node::from_inner(self.node.clone()));
-        let result = channel.perform(&mut ctx, &action, data).await;
-        let effects = ctx.into_effects();
+        self.running = Some(Box::pin(async move {
+            let result = channel.perform(&mut ctx, &action, data).await;
+            Performed {
+                identifier,
+                action,
+                result,
+                effects: ctx.into_effects(),
+            }
+        }));
+    }
+
+    /// Applies a finished action: streams, transmissions, broadcasts, then its error, if any.
+    async fn finish_perform(&mut self, done: Performed) {
+        let Performed {
+            identifier,
+            action,
+            result,
+            effects,
+        } = done;
         let streams_changed = !effects.stream_from.is_empty()
             || !effects.stop_stream_from.is_empty()
             || effects.stop_all_streams;

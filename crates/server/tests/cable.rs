@@ -475,3 +475,70 @@ async fn shutdown_sends_server_restart_then_closes_with_1001() {
         "listener closed"
     );
 }
+
+/// Holds `wait` actions until the test lets them go.
+struct Gate(std::sync::Arc<tokio::sync::Notify>);
+
+impl ferrocable_node::Channel for Gate {
+    async fn subscribed(&self, _: &mut ferrocable_node::ChannelContext) {}
+
+    async fn perform(
+        &self,
+        ctx: &mut ferrocable_node::ChannelContext,
+        action: &str,
+        _: serde_json::Value,
+    ) -> Result<(), ferrocable_node::PerformError> {
+        assert_eq!(action, "wait");
+        self.0.notified().await;
+        ctx.transmit(&json!({"done": true}))
+            .map_err(|e| ferrocable_node::PerformError::Failed(e.to_string()))
+    }
+}
+
+#[tokio::test]
+async fn a_slow_action_does_not_stall_its_connection() {
+    const GATE: &str = r#"{"channel":"Gate"}"#;
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let cfg = ferrocable_server::ServeConfig {
+        ping_interval_ms: 100,
+        ..config()
+    };
+    let server = start_with(cfg, rooms().channel("Gate", Gate(gate.clone()))).await;
+    let mut c = connect(server.local_addr()).await;
+    c.welcomed().await;
+    c.subscribe(GATE).await;
+    c.subscribe_with_greeting(ROOM1).await;
+    c.send(&message(GATE, json!({"action": "wait"}))).await;
+    // Sent while the action runs: it waits its turn.
+    c.send(&message(ROOM1, json!({"action": "receive", "n": 2})))
+        .await;
+
+    // While `wait` runs, pings and broadcasts to another subscription still arrive.
+    let mut pings = 0;
+    while pings < 2 {
+        let f = c.any_frame().await;
+        assert_eq!(
+            f["type"], "ping",
+            "nothing but pings while the action runs: {f}"
+        );
+        pings += 1;
+    }
+    server
+        .node()
+        .broadcast("room_1", r#"{"during":"wait"}"#)
+        .unwrap();
+    let f = c.frame().await;
+    assert_eq!(
+        f["message"]["during"], "wait",
+        "the broadcast comes first: {f}"
+    );
+
+    gate.notify_one();
+    let done = c.frame().await;
+    assert_eq!(done["message"], json!({"done": true}), "{done}");
+    let next = c.frame().await;
+    assert_eq!(
+        next["message"]["received"]["n"], 2,
+        "then the next command: {next}"
+    );
+}
