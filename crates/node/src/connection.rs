@@ -205,6 +205,50 @@ struct Connection {
     replay: Option<Box<Replay>>,
     /// The channel action running now, if any.
     running: Option<Running>,
+    /// The command budget left (see [`crate::CommandRate`]).
+    budget: Budget,
+}
+
+/// A token bucket in 8 bytes: tokens left (negative: commands refused past the budget) and
+/// when it was last filled, in milliseconds since the node started (wrapping, compared by
+/// difference).
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    tokens: f32,
+    at_ms: u32,
+}
+
+/// What the budget says of one more command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    Yes,
+    Refuse,
+    Disconnect,
+}
+
+impl Budget {
+    fn full(rate: Option<crate::CommandRate>, now_ms: u32) -> Self {
+        Budget {
+            tokens: rate.map_or(0.0, |r| r.burst),
+            at_ms: now_ms,
+        }
+    }
+
+    /// Spends one token if there is one; otherwise the client goes into debt, and a whole
+    /// burst of debt means disconnect.
+    fn admit(&mut self, rate: crate::CommandRate, now_ms: u32) -> Admit {
+        let elapsed = now_ms.wrapping_sub(self.at_ms) as f32 / 1000.0;
+        self.at_ms = now_ms;
+        self.tokens = (self.tokens + elapsed * rate.per_sec).min(rate.burst);
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            Admit::Yes
+        } else if self.tokens > -rate.burst {
+            Admit::Refuse
+        } else {
+            Admit::Disconnect
+        }
+    }
 }
 
 /// Decrements the connection gauge however the task ends.
@@ -291,6 +335,7 @@ pub(crate) async fn run<S>(
         heard_at: (extended && node.config.pong_timeout.is_some()).then(Instant::now),
         replay: None,
         running: None,
+        budget: Budget::full(node.config.command_rate, node.now_ms()),
     };
     node.connections.insert(id, conn.outbox.clone());
     if node.shutdown.is_cancelled() {
@@ -672,8 +717,40 @@ impl Connection {
         }
     }
 
+    /// Whether the command budget admits one more command; answers the client when not.
+    fn within_budget(&mut self) -> bool {
+        let Some(rate) = self.node.config.command_rate else {
+            return true;
+        };
+        match self.budget.admit(rate, self.node.now_ms()) {
+            Admit::Yes => true,
+            Admit::Refuse => {
+                self.node.metrics.limited("rate");
+                self.queue(
+                    ServerFrame::Error {
+                        code: "rate_limited",
+                        message: "too many commands: slow down",
+                    }
+                    .encode(),
+                );
+                false
+            }
+            Admit::Disconnect => {
+                self.node.metrics.limited("rate");
+                warn!(conn = self.id, "command flood: disconnecting");
+                self.outbox
+                    .request_disconnect(DisconnectReason::RateLimited);
+                false
+            }
+        }
+    }
+
     async fn handle_frame(&mut self, frame: &[u8]) {
-        match decode_command(frame, self.node.config.max_command_bytes) {
+        let command = decode_command(frame, self.node.config.max_command_bytes);
+        if !matches!(command, Ok(ClientCommand::Pong)) && !self.within_budget() {
+            return;
+        }
+        match command {
             Err(e) => {
                 warn!(conn = self.id, error = %e, "bad frame");
                 self.refuse(e.code(), &e.to_string());
@@ -701,6 +778,19 @@ impl Connection {
     async fn subscribe(&mut self, identifier: Identifier, history: Option<HistoryRequest>) {
         if self.subscriptions.contains_key(&identifier) {
             debug!(conn = self.id, %identifier, "duplicate subscribe ignored");
+            return;
+        }
+        if self.subscriptions.len() >= self.node.config.max_subscriptions {
+            warn!(conn = self.id, %identifier, "subscription refused: too many on one connection");
+            self.node.metrics.limited("subscriptions");
+            self.queue(
+                ServerFrame::Error {
+                    code: "too_many_subscriptions",
+                    message: "this connection holds the most subscriptions it may",
+                }
+                .encode(),
+            );
+            self.reject(&identifier);
             return;
         }
         let parsed = match identifier.params() {
@@ -1003,6 +1093,32 @@ mod tests {
             key: key.clone(),
             offset,
         }
+    }
+
+    #[test]
+    fn the_budget_admits_a_burst_then_refuses_then_disconnects() {
+        let rate = crate::CommandRate {
+            per_sec: 10.0,
+            burst: 5.0,
+        };
+        let mut b = Budget::full(Some(rate), 0);
+        let first: Vec<Admit> = (0..5).map(|_| b.admit(rate, 0)).collect();
+        assert_eq!(first, vec![Admit::Yes; 5]);
+        assert_eq!(b.admit(rate, 0), Admit::Refuse);
+        // 100 ms later one token came back (10 a second); the debt is paid first.
+        assert_eq!(b.admit(rate, 100), Admit::Refuse);
+        for _ in 0..3 {
+            assert_eq!(b.admit(rate, 100), Admit::Refuse);
+        }
+        // A whole burst (5) in debt.
+        assert_eq!(b.admit(rate, 100), Admit::Disconnect);
+        // A quiet second refills the bucket, never past the burst.
+        let mut b = Budget::full(Some(rate), u32::MAX - 50);
+        for _ in 0..5 {
+            b.admit(rate, u32::MAX - 50);
+        }
+        assert_eq!(b.admit(rate, 2_000), Admit::Yes, "across the u32 wrap");
+        assert!(b.tokens <= rate.burst - 1.0);
     }
 
     #[test]

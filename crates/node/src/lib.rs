@@ -24,7 +24,9 @@ pub use auth::{AllowAll, Authenticator, ConnectRequest, Identity, Unauthorized};
 pub use channel::{Channel, ChannelContext, Effects, PerformError};
 pub use hub::{BroadcastReport, ConnId, Hub};
 pub use metrics::Metrics;
-pub use node::{BroadcastError, Node, NodeBuilder, NodeConfig, SessionOf, ShutdownReport};
+pub use node::{
+    BroadcastError, CommandRate, Node, NodeBuilder, NodeConfig, SessionOf, ShutdownReport,
+};
 pub use outbox::{Outbox, OutboxLimits, PushError};
 pub use pubsub::{PubSub, PubSubHooks};
 

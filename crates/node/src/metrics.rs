@@ -58,6 +58,8 @@ pub struct Metrics {
     pub pubsub_connected: Gauge,
     /// Messages received from other nodes through the bus.
     pub pubsub_received: Counter,
+    /// Commands refused by a per-connection limit, by limit (`subscriptions`, `rate`).
+    pub limited: Family<ReasonLabel, Counter>,
     /// How long reflexes take, from payload to reply (observe with [`Metrics::reflex_ran`]).
     pub reflex_duration: Histogram,
     /// Reflexes run and their total time in microseconds, readable in process (the histogram
@@ -96,6 +98,7 @@ impl Default for Metrics {
             pubsub_connected: Gauge::default(),
             pubsub_received: Counter::default(),
             // 0.5 ms … 4 s: a reflex that re-renders a page is a few milliseconds here.
+            limited: Family::default(),
             reflex_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             reflex_totals: Default::default(),
             registry: Registry::default(),
@@ -186,6 +189,11 @@ impl Default for Metrics {
             m.ingress_refused.clone(),
         );
         registry.register(
+            "ferrocable_limited",
+            "Commands refused by a per-connection limit, by limit",
+            m.limited.clone(),
+        );
+        registry.register(
             "ferrocable_reflex_duration_seconds",
             "Reflexes run, by how long each took from payload to reply",
             m.reflex_duration.clone(),
@@ -195,6 +203,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts one command refused by the per-connection `limit`.
+    pub fn limited(&self, limit: &str) {
+        self.limited
+            .get_or_create(&ReasonLabel {
+                reason: limit.to_owned(),
+            })
+            .inc();
+    }
+
     /// Records one reflex that took `elapsed`, payload to reply.
     pub fn reflex_ran(&self, elapsed: std::time::Duration) {
         self.reflex_duration.observe(elapsed.as_secs_f64());

@@ -50,6 +50,33 @@ pub struct NodeConfig {
     /// Extended-protocol connections that send no frame at all (a `pong` counts) for this
     /// long are disconnected with `no_pong` (AnyCable's `--pong_timeout`; `None`: off).
     pub pong_timeout: Option<Duration>,
+    /// Most subscriptions one connection may hold; one more is rejected with a
+    /// `too_many_subscriptions` error (a real app never meets the default, 1,000).
+    pub max_subscriptions: usize,
+    /// How fast one connection may send commands (`None`: unlimited).
+    pub command_rate: Option<CommandRate>,
+}
+
+/// A per-connection command budget: `per_sec` commands a second on average, `burst` at once.
+/// A command over budget is refused with a `rate_limited` error; a client that goes on until
+/// it is a whole burst in debt is disconnected with `rate_limited`. Pongs do not count.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CommandRate {
+    /// Sustained commands per second.
+    pub per_sec: f32,
+    /// Commands allowed at once (the bucket's size).
+    pub burst: f32,
+}
+
+impl Default for CommandRate {
+    /// 1,000 a second with bursts of 1,000: far above what a page sends (a reflex per click,
+    /// a whisper per keystroke), far below a flood.
+    fn default() -> Self {
+        CommandRate {
+            per_sec: 1000.0,
+            burst: 1000.0,
+        }
+    }
 }
 
 impl Default for NodeConfig {
@@ -64,6 +91,8 @@ impl Default for NodeConfig {
             history: HistoryLimits::default(),
             max_pending_appends: 65_536,
             pong_timeout: None,
+            max_subscriptions: 1000,
+            command_rate: Some(CommandRate::default()),
         }
     }
 }
@@ -79,6 +108,8 @@ pub(crate) struct Inner {
     pub(crate) shutdown: CancellationToken,
     tracker: TaskTracker,
     pub(crate) connections: Registry,
+    /// When the node started: connections keep times as milliseconds since then (4 bytes).
+    pub(crate) started: std::time::Instant,
     next_id: AtomicU64,
     pubsub: Option<Arc<dyn PubSub>>,
     pub(crate) broker: Arc<dyn Broker>,
@@ -140,6 +171,12 @@ impl Registry {
 }
 
 impl Inner {
+    /// Milliseconds since the node started, wrapping at `u32::MAX` (49 days): compare by
+    /// difference.
+    pub(crate) fn now_ms(&self) -> u32 {
+        self.started.elapsed().as_millis() as u32
+    }
+
     pub(crate) fn next_conn_id(&self) -> ConnId {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -423,6 +460,7 @@ impl NodeBuilder {
                 &std::collections::hash_map::RandomState::new(),
                 (std::process::id(), SystemTime::now()),
             ),
+            started: std::time::Instant::now(),
             next_id: AtomicU64::new(1),
         });
         let weak = Arc::downgrade(&inner);

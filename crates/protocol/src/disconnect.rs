@@ -22,6 +22,9 @@ pub enum DisconnectReason {
     NoPong,
     /// The client's token expired.
     TokenExpired,
+    /// The client kept sending commands faster than its connection may (after `rate_limited`
+    /// errors). It may reconnect; its client's back-off slows it down.
+    RateLimited,
 }
 
 impl DisconnectReason {
@@ -36,6 +39,7 @@ impl DisconnectReason {
             DisconnectReason::IdleTimeout => "idle_timeout",
             DisconnectReason::NoPong => "no_pong",
             DisconnectReason::TokenExpired => "token_expired",
+            DisconnectReason::RateLimited => "rate_limited",
         }
     }
 
@@ -49,7 +53,8 @@ impl DisconnectReason {
             | DisconnectReason::ServerRestart
             | DisconnectReason::Remote
             | DisconnectReason::TooSlow
-            | DisconnectReason::NoPong => true,
+            | DisconnectReason::NoPong
+            | DisconnectReason::RateLimited => true,
         }
     }
 }

@@ -47,6 +47,13 @@ pub struct ServeConfig {
     pub outbox_max_frames: usize,
     /// Longest a graceful shutdown waits for connections, in milliseconds.
     pub shutdown_timeout_ms: u64,
+    /// Most subscriptions one connection may hold.
+    pub max_subscriptions_per_connection: usize,
+    /// Commands one connection may send per second on average (0: unlimited); over it a
+    /// command gets a `rate_limited` error, and a client a whole burst over is disconnected.
+    pub max_commands_per_sec: u32,
+    /// Commands one connection may send at once (0: as many as `max_commands_per_sec`).
+    pub command_burst: u32,
     /// Log format: `text` or `json`.
     pub log_format: String,
     /// Scheme of absolute URLs rendered outside a request (broadcasts), like Rails'
@@ -134,6 +141,9 @@ impl Default for ServeConfig {
             outbox_max_bytes: node.outbox.max_bytes,
             outbox_max_frames: node.outbox.max_frames,
             shutdown_timeout_ms: node.shutdown_timeout.as_millis() as u64,
+            max_subscriptions_per_connection: node.max_subscriptions,
+            max_commands_per_sec: node.command_rate.map_or(0, |r| r.per_sec as u32),
+            command_burst: node.command_rate.map_or(0, |r| r.burst as u32),
             log_format: "text".into(),
             data_dir: PathBuf::from("data"),
             node_modules_dir: None,
@@ -183,6 +193,9 @@ const ENV_KEYS: &[&str] = &[
     "outbox_max_bytes",
     "outbox_max_frames",
     "shutdown_timeout_ms",
+    "max_subscriptions_per_connection",
+    "max_commands_per_sec",
+    "command_burst",
     "log_format",
     "data_dir",
     "node_modules_dir",
@@ -295,6 +308,15 @@ impl ServeConfig {
             history: self.history_limits(),
             pong_timeout: (self.pong_timeout_secs > 0)
                 .then(|| Duration::from_secs(self.pong_timeout_secs)),
+            max_subscriptions: self.max_subscriptions_per_connection,
+            command_rate: (self.max_commands_per_sec > 0).then_some(ferrocable_node::CommandRate {
+                per_sec: self.max_commands_per_sec as f32,
+                burst: if self.command_burst > 0 {
+                    self.command_burst
+                } else {
+                    self.max_commands_per_sec
+                } as f32,
+            }),
             ..NodeConfig::default()
         }
     }

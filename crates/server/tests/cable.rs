@@ -542,3 +542,85 @@ async fn a_slow_action_does_not_stall_its_connection() {
         "then the next command: {next}"
     );
 }
+
+#[tokio::test]
+async fn one_connection_cannot_hold_more_subscriptions_than_the_cap() {
+    let cfg = ferrocable_server::ServeConfig {
+        max_subscriptions_per_connection: 10,
+        ..config()
+    };
+    let server = start_with(cfg, rooms()).await;
+    let mut c = connect(server.local_addr()).await;
+    c.welcomed().await;
+    for room in 1..=10 {
+        c.subscribe_with_greeting(&format!(r#"{{"channel":"RoomChannel","room":{room}}}"#))
+            .await;
+    }
+    let eleventh = r#"{"channel":"RoomChannel","room":11}"#;
+    c.send(&subscribe(eleventh)).await;
+    let error = c.frame().await;
+    assert_eq!(error["type"], "error", "{error}");
+    assert_eq!(error["reason"], "too_many_subscriptions", "{error}");
+    let reject = c.frame().await;
+    assert_eq!(reject["type"], "reject_subscription", "{reject}");
+    assert_eq!(reject["identifier"], eleventh);
+    // Leaving one makes room again.
+    c.send(&unsubscribe(r#"{"channel":"RoomChannel","room":1}"#))
+        .await;
+    c.subscribe_with_greeting(eleventh).await;
+    let m = metrics(server.local_addr()).await;
+    assert_eq!(
+        metric(&m, r#"ferrocable_limited_total{reason="subscriptions"}"#),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn a_flooding_client_is_refused_then_disconnected_and_others_are_served() {
+    let cfg = ferrocable_server::ServeConfig {
+        max_commands_per_sec: 20,
+        command_burst: 20,
+        ..config()
+    };
+    let server = start_with(cfg, rooms()).await;
+    let mut calm = connect(server.local_addr()).await;
+    calm.welcomed().await;
+    calm.subscribe_with_greeting(ROOM1).await;
+    let mut flood = connect(server.local_addr()).await;
+    flood.welcomed().await;
+    flood.subscribe_with_greeting(ROOM1).await;
+    // Ten bursts' worth at once, in one write (the server may close before it read them all).
+    for n in 0..200 {
+        let frame = tokio_websockets::Message::text(message(ROOM1, json!({"n": n})));
+        let _ = flood.ws.feed(frame).await;
+    }
+    let _ = flood.ws.flush().await;
+    let (code, frames) = flood.closed().await;
+    let answered = frames
+        .iter()
+        .filter(|f| f["message"]["received"].is_object())
+        .count();
+    let limited = frames
+        .iter()
+        .filter(|f| f["type"] == "error" && f["reason"] == "rate_limited")
+        .count();
+    assert!(
+        (15..=25).contains(&answered),
+        "about a burst answered: {answered}"
+    );
+    assert!(limited >= 1, "refusals before the disconnect");
+    let bye = frames.last().expect("a disconnect frame");
+    assert_eq!(bye["type"], "disconnect", "{bye}");
+    assert_eq!(bye["reason"], "rate_limited", "{bye}");
+    assert!(code.is_some());
+    // The calm client on the same node is served.
+    calm.send(&message(ROOM1, json!({"n": "calm"}))).await;
+    let reply = calm.frame().await;
+    assert_eq!(reply["message"]["received"]["n"], "calm", "{reply}");
+    let m = metrics(server.local_addr()).await;
+    assert!(metric(&m, r#"ferrocable_limited_total{reason="rate"}"#).unwrap() >= 21.0);
+    assert_eq!(
+        metric(&m, r#"ferrocable_disconnects_total{reason="rate_limited"}"#),
+        Some(1.0)
+    );
+}
