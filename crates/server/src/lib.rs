@@ -244,6 +244,8 @@ pub struct RunningServer {
     node: Node,
     services: Services,
     accept: JoinHandle<()>,
+    /// The HTTP connections (page requests; upgraded sockets belong to the node).
+    http: tokio_util::task::TaskTracker,
 }
 
 impl RunningServer {
@@ -262,12 +264,17 @@ impl RunningServer {
         &self.services
     }
 
-    /// Stops accepting, sends every client `disconnect` (`server_restart`, reconnect), and
-    /// waits for connections to finish within the configured timeout.
+    /// Stops accepting, sends every client `disconnect` (`server_restart`, reconnect), lets
+    /// page requests in flight finish, and waits for both within the configured timeout.
     pub async fn shutdown(self) -> ShutdownReport {
+        let deadline = tokio::time::Instant::now() + self.node.config().shutdown_timeout;
         let report = self.node.shutdown().await;
         let _ = self.accept.await;
-        report
+        self.http.close();
+        let _ = tokio::time::timeout_at(deadline, self.http.wait()).await;
+        ShutdownReport {
+            remaining: report.remaining + self.http.len(),
+        }
     }
 }
 
@@ -363,16 +370,19 @@ pub async fn start(
     backends::ingress(config, &node)?;
     let cable = Cable::new(node.clone(), site);
     let router = app::router(state, config, &app.assets, pages, cable);
+    let http = tokio_util::task::TaskTracker::new();
     let accept = tokio::spawn(listener::accept_loop(
         listener,
         router,
         tls,
         node.shutdown_token(),
+        http.clone(),
     ));
     Ok(RunningServer {
         addr,
         node,
         services,
         accept,
+        http,
     })
 }

@@ -16,6 +16,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 use tracing::{debug, warn};
 
@@ -28,12 +29,15 @@ pub struct ConnMeta {
     pub tls: bool,
 }
 
-/// Accepts connections until `shutdown` is cancelled.
+/// Accepts connections until `shutdown` is cancelled. Each HTTP connection runs in a task of
+/// `http`, so shutdown can wait for the requests in flight; on shutdown, keep-alive
+/// connections finish the request they serve and close.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     router: Router,
     tls: Option<Arc<crate::tls::Acceptor>>,
     shutdown: CancellationToken,
+    http: TaskTracker,
 ) {
     let mut last_warning = None::<tokio::time::Instant>;
     loop {
@@ -56,13 +60,15 @@ pub(crate) async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let tls = tls.clone();
-        tokio::spawn(async move {
+        let shutdown = shutdown.clone();
+        http.spawn(async move {
             match tls {
                 None => {
                     serve_http(
                         TokioIo::new(stream),
                         router,
                         ConnMeta { remote, tls: false },
+                        shutdown,
                     )
                     .await
                 }
@@ -72,8 +78,8 @@ pub(crate) async fn accept_loop(
                         .await
                     {
                         Ok(Ok(s)) => {
-                            serve_http(TokioIo::new(s), router, ConnMeta { remote, tls: true })
-                                .await
+                            let meta = ConnMeta { remote, tls: true };
+                            serve_http(TokioIo::new(s), router, meta, shutdown).await
                         }
                         Ok(Err(e)) => debug!(%remote, error = %e, "TLS handshake failed"),
                         Err(_) => debug!(%remote, "TLS handshake timed out"),
@@ -86,7 +92,7 @@ pub(crate) async fn accept_loop(
     }
 }
 
-async fn serve_http<I>(io: TokioIo<I>, router: Router, meta: ConnMeta)
+async fn serve_http<I>(io: TokioIo<I>, router: Router, meta: ConnMeta, shutdown: CancellationToken)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -100,7 +106,16 @@ where
         .header_read_timeout(Duration::from_secs(30))
         .serve_connection(io, svc)
         .with_upgrades();
-    if let Err(e) = conn.await {
+    let mut conn = std::pin::pin!(conn);
+    let done = tokio::select! {
+        done = conn.as_mut() => done,
+        _ = shutdown.cancelled() => {
+            // Finish the request in flight (if any), then close.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = done {
         debug!(remote = %meta.remote, error = %e, "http connection ended with an error");
     }
 }

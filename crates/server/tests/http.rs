@@ -203,3 +203,51 @@ async fn wss_works_with_a_self_signed_certificate() {
     assert_eq!(c.frame().await["message"]["tls"], true);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn shutdown_lets_a_page_request_in_flight_finish() {
+    use std::sync::Arc;
+    use tokio::sync::Notify;
+    let entered = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let (e, r) = (entered.clone(), release.clone());
+    let slow = axum::routing::get(move || {
+        let (e, r) = (e.clone(), r.clone());
+        async move {
+            e.notify_one();
+            r.notified().await;
+            "finished page"
+        }
+    });
+    let app = ferrocable_server::Composition {
+        pages: axum::Router::new().route("/slow", slow),
+        ..Default::default()
+    };
+    let server = start_with(config(), app).await;
+    let addr = server.local_addr();
+    let request = tokio::spawn(async move { http_get(addr, "/slow").await });
+    entered.notified().await;
+    let mut shutdown = tokio::spawn(server.shutdown());
+    // Shutdown has begun: the listener takes no new connection…
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "listener still open"
+        );
+        tokio::task::yield_now().await;
+    }
+    // …but it does not end while the page is being rendered.
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), &mut shutdown)
+            .await
+            .is_err(),
+        "shutdown returned with a request in flight"
+    );
+    release.notify_one();
+    let (status, body) = request.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, "finished page");
+    let report = shutdown.await.unwrap();
+    assert_eq!(report.remaining, 0);
+}
