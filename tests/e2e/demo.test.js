@@ -18,6 +18,20 @@ after(async () => { if (browser) await browser.close(); });
 
 const withServer = (fn) => withServerOpts({}, fn);
 
+/** Waits until the server holds exactly `connections` connections with `subscriptions`
+ * subscriptions between them (what the pages' clients have subscribed, and nothing left of
+ * the pages they navigated away from). */
+async function live(server, connections, subscriptions, timeout = 10000) {
+  const deadline = Date.now() + timeout;
+  let seen;
+  for (;;) {
+    seen = [await server.metric('ferrocable_connections'), await server.metric('ferrocable_subscriptions')];
+    if (seen[0] === connections && seen[1] === subscriptions) return;
+    if (Date.now() > deadline) throw new Error(`expected ${connections} connections / ${subscriptions} subscriptions, have ${seen}`);
+    await sleep(50);
+  }
+}
+
 async function text(page, selector) {
   return (await page.textContent(selector)).trim();
 }
@@ -119,8 +133,8 @@ test('chat: a message typed in one browser appears in another', async () => {
       await page.goto(`${server.url}/chat`);
       await connected(page);
     }
-    // The CableReady stream subscription must be confirmed before the message is sent.
-    await sleep(500);
+    // Both pages' reflex and CableReady stream subscriptions are in place before the message.
+    await live(server, 2, 4);
     await a.page.fill('#chat-name', 'Ada');
     await a.page.fill('#chat-text', 'Hello from A');
     await a.page.click('#chat-send');
@@ -182,7 +196,7 @@ for (const client of ['anycable', 'actioncable']) {
         const writer = await newPage(server);
         await writer.page.goto(`${server.url}/chat`);
         await connected(writer.page);
-        await sleep(500);
+        await live(server, 2, 4);
         const say = async (words) => {
           await writer.page.fill('#chat-name', 'Bob');
           await writer.page.fill('#chat-text', words);
@@ -195,8 +209,9 @@ for (const client of ['anycable', 'actioncable']) {
         await page.waitForFunction(() => document.querySelector('#messages').textContent.includes('before the cut'), null, { timeout: 10000 });
 
         proxy.cut();
+        // The server has seen the reader's connection go: only the writer's is left.
+        await live(server, 1, 2);
         await say('sent while offline');
-        await sleep(1000);
         assert.equal(await seen('sent while offline'), false, 'not delivered while the network is down');
         proxy.resume();
         await connected(page, 45000);

@@ -83,7 +83,7 @@ async fn a_lost_history_is_a_new_epoch_and_old_positions_are_rejected() {
         .unwrap()
         .position;
     drop_stream(&name).await;
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    // A new stream has a new creation time (nanoseconds), hence a new epoch.
     let after = broker(&name).await;
     assert_ne!(after.epoch(), p.epoch);
     assert_eq!(
@@ -131,7 +131,10 @@ async fn stored_messages_reach_other_nodes_through_jetstream_with_their_offsets(
     let (hooks_b, mut at_b) = start(2);
     a.start(hooks_a);
     b.start(hooks_b);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await; // consumers created
+    // The nodes' consumers start at "new messages" once created: append warm-up messages
+    // until each node gets one from the other, then read the warm-up copies to a marker.
+    warm_up(&b, 2, &mut at_a).await;
+    warm_up(&a, 1, &mut at_b).await;
     let appended = a
         .append("chat room", Bytes::from_static(br#"{"t":1}"#), 1)
         .await
@@ -149,10 +152,67 @@ async fn stored_messages_reach_other_nodes_through_jetstream_with_their_offsets(
             Some(appended.position)
         )
     );
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(
-        at_a.try_recv().is_err(),
+    // The sentinel: node 2 stores a message; it is the next thing node 1 gets. Node 1's own
+    // message, had it come back, would have come first.
+    let sentinel = b
+        .append("marks", Bytes::from_static(br#"{"mark":2}"#), 2)
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(std::time::Duration::from_secs(5), at_a.recv())
+        .await
+        .expect("the sentinel within 5 s")
+        .unwrap();
+    assert_eq!(
+        next,
+        (
+            "marks".to_owned(),
+            r#"{"mark":2}"#.to_owned(),
+            Some(sentinel.position)
+        ),
         "the origin does not get its own message"
     );
     drop_stream(&name).await;
+}
+
+/// Appends to `warmup` on `from` (node `origin`) until `rx` (another node) receives one, then appends a
+/// marker and reads `rx` up to it, so nothing of the warm-up is left to read.
+async fn warm_up(
+    from: &JetStreamBroker,
+    origin: u64,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(
+        String,
+        String,
+        Option<ferrocable_node::broker::StreamPosition>,
+    )>,
+) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        from.append("warmup", Bytes::from_static(b"{}"), origin)
+            .await
+            .unwrap();
+        if tokio::time::timeout(std::time::Duration::from_millis(200), rx.recv())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a node never got a stored message"
+        );
+    }
+    from.append("warmup", Bytes::from_static(b"{\"end\":true}"), origin)
+        .await
+        .unwrap();
+    loop {
+        let (stream, message, _) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+                .await
+                .expect("the warm-up marker within 5 s")
+                .unwrap();
+        assert_eq!(stream, "warmup", "only warm-up messages before the marker");
+        if message == r#"{"end":true}"# {
+            return;
+        }
+    }
 }

@@ -241,6 +241,55 @@ async fn first_delivery(
     }
 }
 
+/// Publishes the marker `{"n": mark}` on `marks` and reads `rx` until it arrives; what comes
+/// before it may only be the `{"n":0}` copies [`first_delivery`] left behind.
+async fn drain_until_mark(
+    bus: &dyn crate::pubsub::PubSub,
+    origin: crate::pubsub::NodeId,
+    marks: &str,
+    rx: &mut Received,
+    mark: u64,
+) {
+    publish(bus, origin, marks, mark, None);
+    let want = format!("{{\"n\":{mark}}}");
+    loop {
+        let (stream, message, _) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("the marker within 5 s")
+            .expect("bus open");
+        if stream == marks && message == want {
+            return;
+        }
+        assert_eq!(
+            message, "{\"n\":0}",
+            "only retry copies before the marker ({stream})"
+        );
+    }
+}
+
+/// Publishes the marker `{"n": mark}` on `marks` and asserts it is the very next thing `rx`
+/// gets: the sentinel that ends every "nothing else arrives" check (a bus delivers one
+/// publisher's messages in order, so anything wrongly delivered would come first).
+async fn next_is_mark(
+    bus: &dyn crate::pubsub::PubSub,
+    origin: crate::pubsub::NodeId,
+    marks: &str,
+    rx: &mut Received,
+    mark: u64,
+    why: &str,
+) {
+    publish(bus, origin, marks, mark, None);
+    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("the marker within 5 s")
+        .expect("bus open");
+    assert_eq!(
+        got,
+        (marks.to_owned(), format!("{{\"n\":{mark}}}"), None),
+        "{why}"
+    );
+}
+
 /// Runs every pubsub rule on two handles of one bus (two nodes). Both must be fresh (not
 /// started); the suite starts them with node ids 1 and 2.
 pub async fn pubsub_suite(a: &dyn crate::pubsub::PubSub, b: &dyn crate::pubsub::PubSub) {
@@ -248,14 +297,20 @@ pub async fn pubsub_suite(a: &dyn crate::pubsub::PubSub, b: &dyn crate::pubsub::
     let mut at_b = start_node(b, 2);
     let stream = fresh_stream("bus");
     let other = fresh_stream("other");
+    let marks = fresh_stream("marks");
     a.subscribe(&stream);
+    a.subscribe(&marks);
     b.subscribe(&stream);
-
-    // A message from node 1 reaches node 2, with its position; node 1 ignores its own echo.
+    b.subscribe(&marks);
+    // Every subscription is live (a bus subscription is asynchronous), and the retry copies
+    // that proved it are read.
     first_delivery(a, 1, &stream, &mut at_b).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    while at_b.try_recv().is_ok() {}
-    while at_a.try_recv().is_ok() {}
+    first_delivery(a, 1, &marks, &mut at_b).await;
+    drain_until_mark(a, 1, &marks, &mut at_b, 900).await;
+    first_delivery(b, 2, &marks, &mut at_a).await;
+    drain_until_mark(b, 2, &marks, &mut at_a, 900).await;
+
+    // A message from node 1 reaches node 2, with its position.
     let at = StreamPosition {
         epoch: "e1".into(),
         offset: 7,
@@ -270,21 +325,47 @@ pub async fn pubsub_suite(a: &dyn crate::pubsub::PubSub, b: &dyn crate::pubsub::
         (stream.clone(), "{\"n\":1}".to_owned(), Some(at)),
         "message, stream and position cross the bus"
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(at_a.try_recv().is_err(), "the origin ignores its own echo");
-    assert!(at_b.try_recv().is_err(), "delivered once");
+    next_is_mark(a, 1, &marks, &mut at_b, 901, "delivered once").await;
+    // Node 1 ignores its own echoes (of everything it published above).
+    next_is_mark(
+        b,
+        2,
+        &marks,
+        &mut at_a,
+        902,
+        "the origin ignores its own echo",
+    )
+    .await;
 
     // Only subscribed streams are delivered.
     publish(a, 1, &other, 2, None);
-    // And an unsubscribed stream stops.
+    next_is_mark(
+        a,
+        1,
+        &marks,
+        &mut at_b,
+        903,
+        "no delivery of a stream never subscribed",
+    )
+    .await;
+
+    // An unsubscribed stream stops. A later subscription that delivers proves the unsubscribe
+    // took effect (a node's bus commands run in order).
     b.unsubscribe(&stream);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = fresh_stream("marks-after");
+    b.subscribe(&after);
+    first_delivery(a, 1, &after, &mut at_b).await;
+    drain_until_mark(a, 1, &after, &mut at_b, 904).await;
     publish(a, 1, &stream, 3, None);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        at_b.try_recv().is_err(),
-        "no delivery of unsubscribed streams"
-    );
+    next_is_mark(
+        a,
+        1,
+        &after,
+        &mut at_b,
+        905,
+        "no delivery of unsubscribed streams",
+    )
+    .await;
 }
 
 #[cfg(test)]
