@@ -117,6 +117,8 @@ pub struct ServeConfig {
     pub session_max_bytes: usize,
     /// Sessions larger than this many bytes of JSON are compressed.
     pub session_compress_above: usize,
+    /// Refuse to start when a deployment check finds something (they are warnings otherwise).
+    pub strict: bool,
     /// Secret used to sign session cookies (env `SECRET_KEY_BASE`). When absent, one is
     /// generated once and kept in `data_dir`.
     pub secret_key_base: Option<String>,
@@ -172,6 +174,7 @@ impl Default for ServeConfig {
             session_max_bytes: 64 * 1024,
             session_compress_above: 1024,
             secret_key_base: None,
+            strict: false,
         }
     }
 }
@@ -223,6 +226,7 @@ const ENV_KEYS: &[&str] = &[
     "session_max_bytes",
     "session_compress_above",
     "secret_key_base",
+    "strict",
 ];
 
 impl ServeConfig {

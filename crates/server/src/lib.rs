@@ -9,6 +9,7 @@ pub mod app;
 pub mod assets;
 mod backends;
 pub mod bench_channel;
+pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod listener;
@@ -125,6 +126,9 @@ pub enum StartError {
     /// The pubsub URL is not usable.
     #[error("pubsub {0}")]
     PubSub(String),
+    /// With `strict`, a deployment check found something to fix (each named in the list).
+    #[error("deployment checks failed (strict): {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Deployment(Vec<checks::Advice>),
     /// The configuration names a backend this build leaves out (a Cargo feature).
     #[error("{what} needs the `{feature}` feature of ferrocable, which this build leaves out")]
     NotBuilt {
@@ -285,6 +289,13 @@ pub async fn start(
     app: impl Into<Composition>,
 ) -> Result<RunningServer, StartError> {
     let mut app = app.into();
+    let advice = checks::deployment_checks(config).await;
+    for a in &advice {
+        tracing::warn!(check = a.check, "{}", a.message);
+    }
+    if config.strict && !advice.is_empty() {
+        return Err(StartError::Deployment(advice));
+    }
     let origins = origin::OriginPolicy::new(
         config.disable_forgery_protection,
         config.allow_same_origin,
