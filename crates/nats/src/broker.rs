@@ -32,8 +32,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use ferrocable_node::broker::{
-    Appended, Broker, BrokerError, History, HistoryEntry, HistoryLimits, StreamPosition, now_ms,
-    select_after, select_since,
+    Appended, Broker, BrokerError, ConnectError, History, HistoryEntry, HistoryLimits,
+    StreamPosition, cause, now_ms, select_after, select_since,
 };
 use ferrocable_node::pubsub::{NodeId, PubSubHooks};
 use futures_util::StreamExt;
@@ -78,8 +78,8 @@ impl std::fmt::Debug for JetStreamBroker {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Unavailable(e.to_string())
+fn unavailable(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> BrokerError {
+    BrokerError::Unavailable(cause(e))
 }
 
 /// Session ids from clients go into KV keys: only plain token characters are looked up.
@@ -99,7 +99,7 @@ impl JetStreamBroker {
         name: &str,
         prefix: &str,
         limits: HistoryLimits,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ConnectError> {
         let client = tokio::time::timeout(
             Duration::from_secs(3),
             async_nats::ConnectOptions::new()
@@ -107,8 +107,8 @@ impl JetStreamBroker {
                 .connect(url),
         )
         .await
-        .map_err(|_| format!("jetstream broker {url}: connect timed out"))?
-        .map_err(|e| format!("jetstream broker {url}: {e}"))?;
+        .map_err(|_| ConnectError::new(format!("jetstream broker {url}"), "connect timed out"))?
+        .map_err(|e| ConnectError::new(format!("jetstream broker {url}"), e))?;
         let js = jetstream::new(client);
         let subject_prefix = format!("{}.h", prefix.trim_end_matches('.'));
         let mut stream = js
@@ -121,11 +121,13 @@ impl JetStreamBroker {
                 ..Default::default()
             })
             .await
-            .map_err(|e| format!("jetstream broker {url}: history stream {name}: {e}"))?;
+            .map_err(|e| {
+                ConnectError::new(format!("jetstream broker {url}: history stream {name}"), e)
+            })?;
         let created = stream
             .info()
             .await
-            .map_err(|e| format!("jetstream broker {url}: {e}"))?
+            .map_err(|e| ConnectError::new(format!("jetstream broker {url}"), e))?
             .created;
         let sessions = js
             .get_or_create_stream(jetstream::stream::Config {
@@ -137,7 +139,7 @@ impl JetStreamBroker {
                 ..Default::default()
             })
             .await
-            .map_err(|e| format!("jetstream broker {url}: session stream: {e}"))?;
+            .map_err(|e| ConnectError::new(format!("jetstream broker {url}: session stream"), e))?;
         Ok(JetStreamBroker {
             inner: Arc::new(Inner {
                 js,
@@ -245,9 +247,9 @@ impl Inner {
                 }
             }
         }
-        Err(BrokerError::Unavailable(format!(
+        Err(BrokerError::Unavailable(cause(format!(
             "append to {stream:?} kept losing the race"
-        )))
+        ))))
     }
 
     /// Delivers every message stored from now on by another node to this node (an ordered
@@ -342,7 +344,7 @@ impl Inner {
             let headers = m
                 .headers
                 .as_ref()
-                .ok_or_else(|| BrokerError::Corrupt("history message without headers".into()))?;
+                .ok_or_else(|| BrokerError::Corrupt(cause("history message without headers")))?;
             let offset = offset_of(headers)?;
             if self.limits.keeps(at_ms, now) {
                 entries.push(HistoryEntry {
@@ -368,7 +370,7 @@ fn offset_of(headers: &async_nats::HeaderMap) -> Result<u64, BrokerError> {
     headers
         .get(OFFSET_HEADER)
         .and_then(|v| v.as_str().parse().ok())
-        .ok_or_else(|| BrokerError::Corrupt("history message without Fc-Offset".into()))
+        .ok_or_else(|| BrokerError::Corrupt(cause("history message without Fc-Offset")))
 }
 
 impl Broker for JetStreamBroker {
@@ -438,9 +440,9 @@ impl Broker for JetStreamBroker {
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
             if !valid_sid(sid) {
-                return Err(BrokerError::Unavailable(format!(
+                return Err(BrokerError::Unavailable(cause(format!(
                     "invalid session id {sid:?}"
-                )));
+                ))));
             }
             let subject = format!("{}.{sid}", self.inner.session_prefix);
             self.inner

@@ -50,19 +50,66 @@ pub enum HistoryError {
     Evicted,
 }
 
+/// The error under a [`BrokerError`]: the backend's own error (or a message where there is
+/// none), kept whole for the log's cause chain and shared so the error stays `Clone`.
+pub type Cause = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+
+/// A [`Cause`] from a backend error or a message.
+pub fn cause(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Cause {
+    std::sync::Arc::from(e.into())
+}
+
+/// A backend (a broker, a bus) could not be reached or set up at start.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct ConnectError {
+    /// What was being set up (`redis broker redis://…`).
+    pub what: String,
+    /// Why it failed.
+    #[source]
+    pub source: Cause,
+}
+
+impl ConnectError {
+    /// `what` failed because of `source`.
+    pub fn new(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        ConnectError {
+            what: what.into(),
+            source: cause(source),
+        }
+    }
+}
+
 /// A broker operation failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
     /// The history cannot answer this request (the client must resynchronise).
     #[error(transparent)]
     History(#[from] HistoryError),
     /// The backend is unreachable or answered with an error.
     #[error("broker unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
     /// The backend returned something that is not what this broker stored.
     #[error("broker returned corrupt data: {0}")]
-    Corrupt(String),
+    Corrupt(#[source] Cause),
 }
+
+impl PartialEq for BrokerError {
+    /// Same kind, and causes that read the same (a cause's type is the backend's own).
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (BrokerError::History(a), BrokerError::History(b)) => a == b,
+            (BrokerError::Unavailable(a), BrokerError::Unavailable(b))
+            | (BrokerError::Corrupt(a), BrokerError::Corrupt(b)) => a.to_string() == b.to_string(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for BrokerError {}
 
 /// A message registered in the history.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -260,7 +260,9 @@ impl Inner {
                 stream,
                 message,
                 except,
-                Err(BrokerError::Unavailable("too many pending appends".into())),
+                Err(BrokerError::Unavailable(crate::broker::cause(
+                    "too many pending appends",
+                ))),
             );
         }
         let pending = PendingAppend {
@@ -276,7 +278,9 @@ impl Inner {
                 &p.stream,
                 &p.message,
                 p.except,
-                Err(BrokerError::Unavailable("broadcaster stopped".into())),
+                Err(BrokerError::Unavailable(crate::broker::cause(
+                    "broadcaster stopped",
+                ))),
             );
         }
         BroadcastReport::default()

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferrocable_node::broker::{
-    Appended, Broker, BrokerError, History, HistoryEntry, HistoryLimits, StreamPosition, now_ms,
-    random_token, select_after, select_since,
+    Appended, Broker, BrokerError, ConnectError, History, HistoryEntry, HistoryLimits,
+    StreamPosition, cause, now_ms, random_token, select_after, select_since,
 };
 use ferrocable_node::pubsub::{NodeId, encode_envelope};
 use redis::Script;
@@ -73,16 +73,20 @@ impl std::fmt::Debug for RedisBroker {
 }
 
 fn unavailable(e: redis::RedisError) -> BrokerError {
-    BrokerError::Unavailable(e.to_string())
+    BrokerError::Unavailable(cause(e))
 }
 
 impl RedisBroker {
     /// Connects to `url`; keys are `<prefix>epoch`, `<prefix>offset:<stream>`,
     /// `<prefix>history:<stream>` and `<prefix>session:<sid>`. The connection reconnects by
     /// itself after an outage.
-    pub async fn connect(url: &str, prefix: &str, limits: HistoryLimits) -> Result<Self, String> {
-        let client =
-            redis::Client::open(url).map_err(|e| format!("invalid redis URL {url:?}: {e}"))?;
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        limits: HistoryLimits,
+    ) -> Result<Self, ConnectError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| ConnectError::new(format!("invalid redis URL {url:?}"), e))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
@@ -92,8 +96,8 @@ impl RedisBroker {
             ConnectionManager::new_with_config(client, config),
         )
         .await
-        .map_err(|_| format!("redis broker {url}: connect timed out"))?
-        .map_err(|e| format!("redis broker {url}: {e}"))?;
+        .map_err(|_| ConnectError::new(format!("redis broker {url}"), "connect timed out"))?
+        .map_err(|e| ConnectError::new(format!("redis broker {url}"), e))?;
         // Loaded up front so appends never take the NOSCRIPT round trip (which could reorder
         // pipelined appends).
         let append = Script::new(APPEND);
@@ -102,7 +106,7 @@ impl RedisBroker {
             .prepare_invoke()
             .load_async(&mut c)
             .await
-            .map_err(|e| format!("redis broker {url}: {e}"))?;
+            .map_err(|e| ConnectError::new(format!("redis broker {url}"), e))?;
         Ok(RedisBroker {
             conn,
             prefix: prefix.to_owned(),
@@ -141,7 +145,7 @@ impl RedisBroker {
             .map_err(unavailable)?;
         let last: u64 = last
             .parse()
-            .map_err(|_| BrokerError::Corrupt(format!("offset {last:?}")))?;
+            .map_err(|_| BrokerError::Corrupt(cause(format!("offset {last:?}"))))?;
         let now = now_ms();
         let mut entries = Vec::with_capacity(raw.len());
         for (_, fields) in raw {
@@ -175,7 +179,7 @@ fn parse_entry(fields: Vec<Vec<u8>>) -> Result<HistoryEntry, BrokerError> {
             at_ms,
             message,
         }),
-        _ => Err(BrokerError::Corrupt("history entry without o/t/m".into())),
+        _ => Err(BrokerError::Corrupt(cause("history entry without o/t/m"))),
     }
 }
 

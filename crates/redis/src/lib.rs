@@ -47,9 +47,10 @@ impl std::fmt::Debug for RedisPubSub {
 
 impl RedisPubSub {
     /// A bus on `url` (`redis://host:port/db`); channels are `<prefix><stream>`.
-    pub fn new(url: &str, prefix: &str) -> Result<Self, String> {
-        let client =
-            redis::Client::open(url).map_err(|e| format!("invalid redis URL {url:?}: {e}"))?;
+    pub fn new(url: &str, prefix: &str) -> Result<Self, ferrocable_node::broker::ConnectError> {
+        let client = redis::Client::open(url).map_err(|e| {
+            ferrocable_node::broker::ConnectError::new(format!("invalid redis URL {url:?}"), e)
+        })?;
         Ok(RedisPubSub {
             client,
             prefix: prefix.to_owned(),
@@ -264,8 +265,10 @@ pub fn spawn_anycable_ingress(
     url: &str,
     channel: &str,
     node: ferrocable_node::Node,
-) -> Result<tokio::task::JoinHandle<()>, String> {
-    let client = redis::Client::open(url).map_err(|e| format!("invalid redis URL {url:?}: {e}"))?;
+) -> Result<tokio::task::JoinHandle<()>, ferrocable_node::broker::ConnectError> {
+    let client = redis::Client::open(url).map_err(|e| {
+        ferrocable_node::broker::ConnectError::new(format!("invalid redis URL {url:?}"), e)
+    })?;
     let channel = channel.to_owned();
     Ok(tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);

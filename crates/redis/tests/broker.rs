@@ -90,5 +90,8 @@ async fn an_unreachable_redis_is_a_typed_error() {
     let err = RedisBroker::connect("redis://127.0.0.1:1/0", "x:", suite_limits())
         .await
         .unwrap_err();
-    assert!(err.contains("redis broker"), "{err}");
+    assert!(err.what.contains("redis broker"), "{err}");
+    // The cause is the client's own error, kept as the source.
+    let source = std::error::Error::source(&err).expect("a source");
+    assert!(!source.to_string().is_empty());
 }

@@ -42,9 +42,10 @@ pub(crate) fn pubsub(
             #[cfg(not(feature = "nats"))]
             Err(not_built(format!("pubsub {url}"), "nats"))
         }
-        other => Err(StartError::PubSub(format!(
-            "{other:?}: use memory, redis://… or nats://…"
-        ))),
+        other => Err(StartError::UnknownBackend {
+            role: "pubsub",
+            url: other.to_owned(),
+        }),
     }
 }
 
@@ -109,9 +110,10 @@ pub(crate) async fn broker(
             #[cfg(not(feature = "nats"))]
             Err(not_built(format!("broker {url}"), "nats"))
         }
-        other => Err(StartError::Broker(format!(
-            "{other:?}: use memory, redis://… or nats://…"
-        ))),
+        other => Err(StartError::UnknownBackend {
+            role: "broker",
+            url: other.to_owned(),
+        }),
     }
 }
 

@@ -118,14 +118,31 @@ pub enum StartError {
     #[error(transparent)]
     Origin(#[from] origin::OriginRuleError),
     /// The TLS certificate or key could not be used.
-    #[error("TLS setup failed: {0}")]
-    Tls(String),
-    /// The broker URL is not usable or its backend is unreachable.
-    #[error("broker {0}")]
-    Broker(String),
-    /// The pubsub URL is not usable.
-    #[error("pubsub {0}")]
-    PubSub(String),
+    #[error("TLS setup failed: {what}: {source}")]
+    Tls {
+        /// Which part (`certificate cert.pem`, `key key.pem`, `configuration`).
+        what: String,
+        /// Why.
+        #[source]
+        source: ferrocable_node::broker::Cause,
+    },
+    /// `tls_cert` without `tls_key`, or the reverse.
+    #[error("TLS needs both tls_cert and tls_key")]
+    TlsPair,
+    /// The broker's backend could not be reached or set up.
+    #[error("broker: {0}")]
+    Broker(#[source] ferrocable_node::broker::ConnectError),
+    /// The pubsub's backend could not be reached or set up.
+    #[error("pubsub: {0}")]
+    PubSub(#[source] ferrocable_node::broker::ConnectError),
+    /// A URL names no backend ferrocable knows.
+    #[error("{role} {url:?}: use memory, redis://… or nats://…")]
+    UnknownBackend {
+        /// `pubsub` or `broker`.
+        role: &'static str,
+        /// The URL as configured.
+        url: String,
+    },
     /// With `strict`, a deployment check found something to fix (each named in the list).
     #[error("deployment checks failed (strict): {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Deployment(Vec<checks::Advice>),
@@ -304,11 +321,7 @@ pub async fn start(
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(Arc::new(tls::acceptor(cert, key)?)),
         (None, None) => None,
-        _ => {
-            return Err(StartError::Tls(
-                "both tls_cert and tls_key are needed".into(),
-            ));
-        }
+        _ => return Err(StartError::TlsPair),
     };
     let listener = listen(config.bind).map_err(|source| StartError::Bind {
         addr: config.bind,

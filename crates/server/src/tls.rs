@@ -16,6 +16,17 @@ pub(crate) type Acceptor = tokio_rustls::TlsAcceptor;
 #[derive(Debug)]
 pub(crate) enum Acceptor {}
 
+#[cfg(feature = "tls")]
+fn tls_error(
+    what: impl Into<String>,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> StartError {
+    StartError::Tls {
+        what: what.into(),
+        source: std::sync::Arc::new(source),
+    }
+}
+
 /// A TLS acceptor for the PEM certificate chain `cert` and private key `key`.
 #[cfg(feature = "tls")]
 pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<Acceptor, StartError> {
@@ -23,16 +34,16 @@ pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<Acceptor, StartError> 
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| StartError::Tls(format!("certificate {}: {e}", cert.display())))?;
+        .map_err(|e| tls_error(format!("certificate {}", cert.display()), e))?;
     let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| StartError::Tls(format!("key {}: {e}", key.display())))?;
+        .map_err(|e| tls_error(format!("key {}", key.display()), e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| StartError::Tls(e.to_string()))?
+        .map_err(|e| tls_error("protocol versions", e))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| StartError::Tls(e.to_string()))?;
+        .map_err(|e| tls_error("certificate and key", e))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Acceptor::from(Arc::new(config)))
 }

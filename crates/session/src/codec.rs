@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::store::StoreError;
+use crate::store::{StoreError, cause};
 
 /// A session's contents: a JSON object, as Rails' JSON serializer keeps it.
 pub type SessionData = Map<String, Value>;
@@ -32,7 +32,7 @@ impl Default for Codec {
 impl Codec {
     /// Encodes `data`; a session over `max_bytes` after compression is a typed error.
     pub fn encode(&self, data: &SessionData) -> Result<Vec<u8>, StoreError> {
-        let json = serde_json::to_vec(data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let json = serde_json::to_vec(data).map_err(|e| StoreError::Corrupt(cause(e)))?;
         let out = match self.compress_above {
             Some(limit) if json.len() > limit => {
                 let mut out = vec![LZ4];
@@ -57,7 +57,7 @@ impl Codec {
 
     /// Decodes stored bytes; anything unreadable is [`StoreError::Corrupt`], never a panic.
     pub fn decode(&self, bytes: &[u8]) -> Result<SessionData, StoreError> {
-        let corrupt = |what: &str| StoreError::Corrupt(what.to_owned());
+        let corrupt = |what: &str| StoreError::Corrupt(cause(what.to_owned()));
         let (tag, rest) = bytes.split_first().ok_or_else(|| corrupt("empty record"))?;
         let json = match *tag {
             PLAIN => std::borrow::Cow::Borrowed(rest),
@@ -71,7 +71,7 @@ impl Codec {
                 }
                 std::borrow::Cow::Owned(
                     lz4_flex::decompress_size_prepended(rest)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                        .map_err(|e| StoreError::Corrupt(cause(e)))?,
                 )
             }
             _ => return Err(corrupt("unknown encoding tag")),
@@ -79,7 +79,7 @@ impl Codec {
         match serde_json::from_slice(&json) {
             Ok(Value::Object(map)) => Ok(map),
             Ok(_) => Err(corrupt("session is not a JSON object")),
-            Err(e) => Err(StoreError::Corrupt(e.to_string())),
+            Err(e) => Err(StoreError::Corrupt(cause(e))),
         }
     }
 }

@@ -30,5 +30,5 @@ mod url;
 pub use codec::{Codec, SessionData};
 pub use cookie_signer::CookieSigner;
 pub use manager::{SessionOptions, Sessions, new_session_id};
-pub use store::{Clock, DynStore, SessionStore, StoreError, Stored, system_clock};
+pub use store::{Cause, Clock, DynStore, SessionStore, StoreError, Stored, cause, system_clock};
 pub use url::open_store;

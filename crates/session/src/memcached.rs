@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use memcache::{Client, MemcacheError};
 
-use crate::store::{SessionStore, StoreError, Stored};
+use crate::store::{SessionStore, StoreError, Stored, cause};
 
 /// Memcached treats exptimes above this many seconds as absolute Unix times.
 const RELATIVE_LIMIT: u64 = 30 * 24 * 3600;
 
 fn unavailable(e: MemcacheError) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::Unavailable(cause(e))
 }
 
 fn exptime(ttl: Duration) -> u32 {
@@ -76,11 +76,11 @@ impl MemcachedStore {
         };
         let client = tokio::task::spawn_blocking(open(ascii, 32))
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+            .map_err(|e| StoreError::Unavailable(cause(e)))?
             .map_err(unavailable)?;
         let creator = tokio::task::spawn_blocking(open(base, 4))
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+            .map_err(|e| StoreError::Unavailable(cause(e)))?
             .map_err(unavailable)?;
         Ok(MemcachedStore {
             client: Arc::new(client),
@@ -97,7 +97,7 @@ impl MemcachedStore {
         let creator = self.creator.clone();
         tokio::task::spawn_blocking(move || f(&client, &creator))
             .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+            .map_err(|e| StoreError::Unavailable(cause(e)))?
             .map_err(unavailable)
     }
 
@@ -122,9 +122,9 @@ impl SessionStore for MemcachedStore {
                 bytes,
                 version: cas,
             })),
-            Some((_, _, None)) => Err(StoreError::Corrupt(
-                "memcached returned no CAS token".into(),
-            )),
+            Some((_, _, None)) => Err(StoreError::Corrupt(cause(
+                "memcached returned no CAS token",
+            ))),
         }
     }
 

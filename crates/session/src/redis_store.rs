@@ -7,10 +7,10 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
-use crate::store::{SessionStore, StoreError, Stored};
+use crate::store::{SessionStore, StoreError, Stored, cause};
 
 fn unavailable(e: redis::RedisError) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::Unavailable(cause(e))
 }
 
 const SAVE: &str = r"
@@ -57,7 +57,7 @@ impl RedisStore {
             ConnectionManager::new_with_config(client, config),
         )
         .await
-        .map_err(|_| StoreError::Unavailable("redis connect timed out".into()))?
+        .map_err(|_| StoreError::Unavailable(cause("redis connect timed out")))?
         .map_err(unavailable)?;
         Ok(RedisStore {
             conn,
@@ -84,9 +84,9 @@ impl SessionStore for RedisStore {
         match (version, data) {
             (Some(version), Some(bytes)) => Ok(Some(Stored { bytes, version })),
             (None, None) => Ok(None),
-            _ => Err(StoreError::Corrupt(
-                "session hash is missing a field".into(),
-            )),
+            _ => Err(StoreError::Corrupt(cause(
+                "session hash is missing a field",
+            ))),
         }
     }
 

@@ -16,10 +16,10 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::store::{Clock, SessionStore, StoreError, Stored, system_clock};
+use crate::store::{Clock, SessionStore, StoreError, Stored, cause, system_clock};
 
 fn unavailable(e: sqlx::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    StoreError::Unavailable(cause(e))
 }
 
 /// Which SQL engine a [`SqlStore`] talks to.
@@ -203,7 +203,7 @@ impl SessionStore for SqlStore {
                 bytes,
                 version: version as u64,
             })),
-            Some(_) => Err(StoreError::Corrupt("unreadable session row".into())),
+            Some(_) => Err(StoreError::Corrupt(cause("unreadable session row"))),
         }
     }
 

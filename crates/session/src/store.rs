@@ -5,12 +5,22 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Why a store operation failed. Every backend maps its own errors onto these.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// The error under a [`StoreError`]: the backend's own error (or a message where there is
+/// none), kept whole for the log's cause chain and shared so the error stays `Clone`.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
+
+/// A [`Cause`] from a backend error or a message.
+pub fn cause(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Cause {
+    Arc::from(e.into())
+}
+
+/// Why a store operation failed. Every backend maps its own errors onto these, keeping them
+/// as the source.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The backend cannot be reached or failed; the session is neither read nor written.
     #[error("session store unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
     /// The stored version changed since it was read (compare-and-set lost).
     #[error("session changed concurrently")]
     Conflict,
@@ -24,11 +34,29 @@ pub enum StoreError {
     },
     /// The stored bytes cannot be decoded.
     #[error("stored session is corrupt: {0}")]
-    Corrupt(String),
+    Corrupt(#[source] Cause),
     /// The store URL or options are invalid.
     #[error("invalid session store configuration: {0}")]
     Config(String),
 }
+
+impl PartialEq for StoreError {
+    /// Same kind, and causes that read the same (a cause's type is the backend's own).
+    fn eq(&self, other: &Self) -> bool {
+        use StoreError::*;
+        match (self, other) {
+            (Unavailable(a), Unavailable(b)) | (Corrupt(a), Corrupt(b)) => {
+                a.to_string() == b.to_string()
+            }
+            (Conflict, Conflict) => true,
+            (TooLarge { size: a, max: m }, TooLarge { size: b, max: n }) => a == b && m == n,
+            (Config(a), Config(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for StoreError {}
 
 /// A stored session: opaque bytes and the version to compare against when saving.
 #[derive(Debug, Clone, PartialEq, Eq)]

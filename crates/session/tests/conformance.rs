@@ -328,6 +328,10 @@ async fn unreachable_stores_are_typed_errors_not_hangs() {
     .await
     .unwrap();
     assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+    // The client's own error is kept as the source, for the log's cause chain.
+    let e = r.err().unwrap();
+    let source = std::error::Error::source(&e).expect("a source");
+    assert!(e.to_string().ends_with(&source.to_string()), "{e}");
     let r = ferrocable_session::open_store("mongodb://x", std::path::Path::new("/tmp"), "").await;
     assert!(matches!(r, Err(StoreError::Config(_))));
 }
