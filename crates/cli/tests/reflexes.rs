@@ -216,3 +216,40 @@ async fn chat_posts_reach_every_chat_page_with_absolute_links() {
         "stimulus-reflex:morph-nothing"
     );
 }
+
+/// Reflex replies are meant for one session: they reach it without being stored in history
+/// (no offset on the extended protocol), so the broker keeps nothing per session.
+#[tokio::test]
+async fn reflex_replies_are_delivered_but_never_stored() {
+    let server = start(config()).await;
+    let addr = server.local_addr();
+    let c = cookie(addr).await;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut client = connect_on(
+        stream,
+        &format!("ws://{addr}/cable"),
+        &[("sec-websocket-protocol", EXT), ("cookie", &c)],
+    )
+    .await;
+    assert_eq!(client.frame().await["type"], "welcome");
+    client.subscribe(SR).await;
+    client.send(&reflex("Counter#reset", "r-ext")).await;
+    let reply = client.frame().await;
+    assert_eq!(
+        reply["message"]["operations"][0]["reflexId"], "r-ext",
+        "{reply}"
+    );
+    assert!(reply.get("offset").is_none(), "not stored: {reply}");
+    // A broadcast to a stored stream on the same connection still carries its position.
+    let signer = StreamSigner::new(b"test secret key base");
+    let signed = signer.sign("stored-stream");
+    let ident = format!(r#"{{"channel":"CableReady::Stream","identifier":"{signed}"}}"#);
+    client.subscribe(&ident).await;
+    broadcast_operations(
+        server.node(),
+        "stored-stream",
+        vec![Operation::remove("#x")],
+    );
+    let stored = client.frame().await;
+    assert!(stored["offset"].is_u64(), "stored: {stored}");
+}

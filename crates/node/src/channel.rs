@@ -33,6 +33,9 @@ pub struct Effects {
     pub rejected: bool,
     /// Messages to broadcast: (stream, JSON message).
     pub broadcasts: Vec<(String, Box<RawValue>)>,
+    /// Messages to broadcast without storing them in history (see
+    /// [`ChannelContext::broadcast_transient`]).
+    pub transient: Vec<(String, Box<RawValue>)>,
 }
 
 /// Everything a channel callback can read, and the effects it records.
@@ -135,6 +138,19 @@ impl ChannelContext {
     ) -> Result<(), serde_json::Error> {
         let raw = serde_json::value::to_raw_value(message)?;
         self.effects.broadcasts.push((stream.into(), raw));
+        Ok(())
+    }
+
+    /// Broadcasts `message` like [`ChannelContext::broadcast`], but stores nothing in history:
+    /// for messages meant for one client (a reply on its own stream) that no one needs
+    /// replayed, so a node keeps no history per client.
+    pub fn broadcast_transient<T: Serialize + ?Sized>(
+        &mut self,
+        stream: impl Into<String>,
+        message: &T,
+    ) -> Result<(), serde_json::Error> {
+        let raw = serde_json::value::to_raw_value(message)?;
+        self.effects.transient.push((stream.into(), raw));
         Ok(())
     }
 

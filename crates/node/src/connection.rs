@@ -1080,6 +1080,9 @@ impl Connection {
         for (stream, message) in &effects.broadcasts {
             self.node.broadcast_raw(stream, message, None);
         }
+        for (stream, message) in &effects.transient {
+            self.node.broadcast_transient(stream, message, None);
+        }
     }
 }
 

@@ -303,6 +303,31 @@ impl Inner {
                 (None, false)
             }
         };
+        self.deliver(stream, message, except, position, published)
+    }
+
+    /// Broadcasts without storing: for messages meant for one client (a reflex's reply), which
+    /// no one replays, so the broker keeps nothing per session.
+    pub(crate) fn broadcast_transient(
+        &self,
+        stream: &str,
+        message: &RawValue,
+        except: Option<ConnId>,
+    ) -> BroadcastReport {
+        self.metrics.broadcasts.inc();
+        self.deliver(stream, message, except, None, false)
+    }
+
+    /// Delivers to this node's subscribers and publishes to the other nodes unless the broker
+    /// already did.
+    fn deliver(
+        &self,
+        stream: &str,
+        message: &RawValue,
+        except: Option<ConnId>,
+        position: Option<StreamPosition>,
+        published: bool,
+    ) -> BroadcastReport {
         let report = self
             .hub
             .broadcast_at(stream, message, except, position.as_ref());
@@ -596,6 +621,13 @@ impl Node {
     /// Broadcasts an already validated JSON value to every subscription of `stream`.
     pub fn broadcast_raw(&self, stream: &str, message: &RawValue) -> BroadcastReport {
         self.inner.broadcast_raw(stream, message, None)
+    }
+
+    /// Broadcasts `message` to every subscription of `stream`, on this node and beyond,
+    /// without storing it in history (no offset; a restored session does not replay it): for
+    /// messages meant for one client, such as a reflex's reply.
+    pub fn broadcast_transient(&self, stream: &str, message: &RawValue) -> BroadcastReport {
+        self.inner.broadcast_transient(stream, message, None)
     }
 
     /// The node's metrics.

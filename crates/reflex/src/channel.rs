@@ -66,8 +66,10 @@ fn deliver(ctx: &mut ChannelContext, envelope: &Envelope) -> Result<Box<RawValue
 }
 
 fn deliver_value(ctx: &mut ChannelContext, value: &RawValue) -> Result<(), PerformError> {
+    // Replies go to every tab of the session, and are never stored: a reflex whose reply is
+    // lost is re-sent by the client with the same id and answered from the ledger.
     let result = match ctx.identity().session_id().map(reply_stream) {
-        Some(stream) => ctx.broadcast(stream, value),
+        Some(stream) => ctx.broadcast_transient(stream, value),
         None => ctx.transmit(value),
     };
     result.map_err(|e| PerformError::Failed(e.to_string()))
