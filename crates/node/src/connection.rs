@@ -156,7 +156,7 @@ struct Subscription {
 /// A channel action that runs while the connection keeps writing (pings, broadcasts, other
 /// subscriptions' frames). The socket is not read until it ends, so commands still run one at
 /// a time and in order, and a client that floods commands waits for its own.
-type Running = std::pin::Pin<Box<dyn Future<Output = Performed> + Send>>;
+type Running = std::pin::Pin<Box<dyn Future<Output = Box<Performed>> + Send>>;
 
 /// What a finished action leaves for the connection to apply.
 struct Performed {
@@ -167,7 +167,7 @@ struct Performed {
 }
 
 /// Resolves when the running action (if any) finishes; never while there is none.
-async fn finished(running: &mut Option<Running>) -> Performed {
+async fn finished(running: &mut Option<Running>) -> Box<Performed> {
     std::future::poll_fn(|cx| match running {
         Some(action) => action.as_mut().poll(cx),
         None => Poll::Pending,
@@ -363,7 +363,8 @@ pub(crate) async fn run<S>(
     if let Some(running) = conn.running.take() {
         // The connection ends while an action runs (too slow, shutdown): let it finish within
         // the shutdown timeout, so what it changed (a reflex's session, its broadcasts) stands.
-        match tokio::time::timeout(node.config.shutdown_timeout, running).await {
+        // Boxed: a cold path, kept out of every idle connection's task.
+        match Box::pin(tokio::time::timeout(node.config.shutdown_timeout, running)).await {
             Ok(done) => conn.broadcast_all(&done.effects),
             Err(_) => warn!(conn = id, "a running action outlived the shutdown timeout"),
         }
@@ -1020,23 +1021,23 @@ impl Connection {
         .on_node(crate::Node::from_inner(self.node.clone()));
         self.running = Some(Box::pin(async move {
             let result = channel.perform(&mut ctx, &action, data).await;
-            Performed {
+            Box::new(Performed {
                 identifier,
                 action,
                 result,
                 effects: ctx.into_effects(),
-            }
+            })
         }));
     }
 
     /// Applies a finished action: streams, transmissions, broadcasts, then its error, if any.
-    async fn finish_perform(&mut self, done: Performed) {
+    async fn finish_perform(&mut self, done: Box<Performed>) {
         let Performed {
             identifier,
             action,
             result,
             effects,
-        } = done;
+        } = *done;
         let streams_changed = !effects.stream_from.is_empty()
             || !effects.stop_stream_from.is_empty()
             || effects.stop_all_streams;
