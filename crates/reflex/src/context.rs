@@ -8,8 +8,8 @@ use serde_json::{Map, Value};
 use crate::data::ReflexData;
 use crate::element::Element;
 use crate::ops::{Envelope, Operation};
+use crate::outcome::ReflexError;
 use crate::params::parse_nested_query;
-use crate::registry::ReflexError;
 
 /// A change to the session, replayed on fresh data if another tab wrote concurrently, so no
 /// update is lost.

@@ -13,7 +13,8 @@ use crate::context::{Morph, ReflexContext, SessionChange};
 use crate::data::{ReflexData, minimal_echo};
 use crate::html::{extract_inner, selector_operation};
 use crate::ops::{Envelope, Operation};
-use crate::registry::{Halt, Registry};
+use crate::outcome::Halt;
+use crate::registry::Registry;
 
 /// What the app provides to reflexes: its session store and its own router.
 pub trait ReflexHost: Send + Sync + 'static {

@@ -18,6 +18,7 @@ mod element;
 pub mod html;
 pub mod ledger;
 pub mod ops;
+mod outcome;
 mod params;
 mod registry;
 pub mod signed;
@@ -44,8 +45,9 @@ pub use dispatch::{Dispatched, PageRenderer, PageRequest, ReflexHost, dispatch};
 pub use element::Element;
 pub use ledger::{Begin, ReflexLedger};
 pub use ops::{CABLE_READY_VERSION, Envelope, Operation};
+pub use outcome::{Halt, ReflexError};
 pub use params::parse_nested_query;
-pub use registry::{Halt, Reflex, ReflexError, Registry};
+pub use registry::{Reflex, Registry};
 
 /// The `stimulus_reflex` npm version this server speaks; reflexes must carry it.
 pub const STIMULUS_REFLEX_VERSION: &str = "3.5.5";
