@@ -11,23 +11,7 @@ use serde_json::{Value, json};
 const SR: &str = r#"{"channel":"StimulusReflex::Channel"}"#;
 
 async fn cookie(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!("GET /session HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out.lines()
-        .find_map(|l| {
-            l.strip_prefix("set-cookie: ")
-                .or_else(|| l.strip_prefix("Set-Cookie: "))
-        })
-        .and_then(|v| v.split(';').next())
-        .unwrap()
-        .to_owned()
+    session_cookie(addr, "/session").await
 }
 
 fn reflex(target: &str, id: &str) -> String {

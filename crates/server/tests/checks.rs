@@ -10,24 +10,9 @@ use ferrocable_server::{ServeConfig, StartError};
 
 fn own_redis(policy: &str, maxmemory: &str) -> (OwnService, u16) {
     let port = spare_port();
-    let p = port.to_string();
-    let service = OwnService::start(
-        "redis-server",
-        &[
-            "--port",
-            &p,
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--maxmemory-policy",
-            policy,
-            "--maxmemory",
-            maxmemory,
-        ],
+    let service = OwnService::redis_with(
         port,
+        &["--maxmemory-policy", policy, "--maxmemory", maxmemory],
     );
     (service, port)
 }

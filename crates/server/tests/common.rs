@@ -236,6 +236,27 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     .await
 }
 
+/// The `name=value` of the session cookie that a GET of `path` sets.
+pub async fn session_cookie(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.lines()
+        .find_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or_else(|| l.strip_prefix("Set-Cookie: "))
+        })
+        .and_then(|v| v.split(';').next())
+        .expect("a session cookie")
+        .to_owned()
+}
+
 pub async fn raw_http(addr: SocketAddr, request: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -344,21 +365,24 @@ impl OwnService {
 
     /// A Redis that keeps nothing on disk.
     pub fn redis(port: u16) -> Self {
+        Self::redis_with(port, &[])
+    }
+
+    /// A Redis that keeps nothing on disk, with `extra` settings (`--maxmemory-policy …`).
+    pub fn redis_with(port: u16, extra: &[&str]) -> Self {
         let p = port.to_string();
-        Self::start(
-            "redis-server",
-            &[
-                "--port",
-                &p,
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            port,
-        )
+        let mut args = vec![
+            "--port",
+            &p,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ];
+        args.extend_from_slice(extra);
+        Self::start("redis-server", &args, port)
     }
 
     /// A core NATS server.

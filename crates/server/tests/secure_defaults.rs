@@ -81,7 +81,7 @@ async fn an_authenticator_cannot_replace_the_cookie_session() {
     };
     let server = start_with(config(), app).await;
     let addr = server.local_addr();
-    let cookie = cookie_of(addr, "/bump").await;
+    let cookie = session_cookie(addr, "/bump").await;
     let mut c = connect_with(
         addr,
         &[
@@ -97,22 +97,4 @@ async fn an_authenticator_cannot_replace_the_cookie_session() {
         f["message"]["session"]["count"], 41,
         "the cookie's session: {f}"
     );
-}
-
-/// The `name=value` of the session cookie a GET of `path` sets.
-async fn cookie_of(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out.lines()
-        .find_map(|l| l.strip_prefix("set-cookie: "))
-        .and_then(|v| v.split(';').next())
-        .expect("a session cookie")
-        .to_owned()
 }
