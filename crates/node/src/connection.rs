@@ -655,7 +655,10 @@ impl Connection {
                             Ok(Ok(())) => {
                                 // Both checks ride on writes (pings at least): no timer per
                                 // connection.
+                                // While an action runs the socket is not read, so silence
+                                // says nothing about the client then.
                                 if let (Some(heard), Some(limit)) = (self.heard_at, self.node.config.pong_timeout)
+                                    && self.running.is_none()
                                     && heard.elapsed() > limit
                                 {
                                     warn!(conn = self.id, "no frame from the client within the pong timeout");
@@ -680,6 +683,10 @@ impl Connection {
                 }
                 done = finished(&mut self.running), if self.running.is_some() => {
                     self.running = None;
+                    if self.heard_at.is_some() {
+                        // The client's frames waited unread meanwhile: count from now.
+                        self.heard_at = Some(Instant::now());
+                    }
                     Box::pin(self.finish_perform(done)).await;
                 }
                 message = ws.next(), if self.running.is_none() => match message {
