@@ -111,16 +111,27 @@ impl std::fmt::Debug for Assets {
     }
 }
 
-/// Every `.js` file under `dir`, as paths relative to `root`.
+/// Deepest folder a package is searched (published packages are a few levels deep).
+const MAX_DEPTH: usize = 8;
+
+/// Every `.js` file under `dir`, as paths relative to `root`. Symbolic links to folders are
+/// not followed (a linked workspace package could loop) and the walk stops at [`MAX_DEPTH`].
 fn js_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
+    js_files_at(root, dir, out, 0);
+}
+
+fn js_files_at(root: &Path, dir: &Path, out: &mut Vec<PathBuf>, depth: usize) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        if path.is_dir() {
-            if path.file_name().is_some_and(|n| n != "node_modules") {
-                js_files(root, &path, out);
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            if depth < MAX_DEPTH && path.file_name().is_some_and(|n| n != "node_modules") {
+                js_files_at(root, &path, out, depth + 1);
             }
         } else if path.extension().is_some_and(|e| e == "js")
             && let Ok(rel) = path.strip_prefix(root)
@@ -292,6 +303,30 @@ mod tests {
             assets
                 .missing_reflex_packages()
                 .contains(&"stimulus_reflex")
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_linked_package_folder_that_loops_is_not_followed() {
+        let dir = std::env::temp_dir().join(format!(
+            "ferrocable-assets-loop-{}",
+            ferrocable_session::new_session_id()
+        ));
+        let pkg = dir.join("nanoevents");
+        std::fs::create_dir_all(&pkg).unwrap();
+        std::fs::write(pkg.join("index.js"), "export {}").unwrap();
+        std::os::unix::fs::symlink(&pkg, pkg.join("again")).unwrap();
+        let assets = Assets::new().browser_packages(&dir);
+        let map: serde_json::Value = serde_json::from_str(&assets.import_map()).unwrap();
+        assert_eq!(
+            map["imports"]["nanoevents"],
+            "/vendor/pkg/nanoevents/index.js"
+        );
+        assert_eq!(
+            assets.vendor.len(),
+            2,
+            "ferrocable.js and index.js, nothing through the link"
         );
         std::fs::remove_dir_all(dir).unwrap();
     }
