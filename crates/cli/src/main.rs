@@ -32,7 +32,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server (the demo app).
+    /// Run the server: the demo app, or, with an RPC host, the cable in front of a Rails app.
     Serve(ServeArgs),
     /// Apply the session store's migrations (SQL stores) and exit; `serve` also applies them.
     Migrate(ServeArgs),
@@ -60,7 +60,17 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Serve(args) => Ok(runtime.block_on(ferrocable_demo::app().serve(&args))?),
+        Command::Serve(args) => {
+            let config = args.load().context("invalid configuration")?;
+            // In front of a Rails app (an RPC host), the app has the pages: serve the cable,
+            // /health, /metrics and /_broadcast only.
+            let app = if config.rpc_config().is_some() {
+                ferrocable::App::new()
+            } else {
+                ferrocable_demo::app()
+            };
+            Ok(runtime.block_on(app.config(config).serve(&args))?)
+        }
         Command::Migrate(args) => runtime.block_on(migrate(args)),
         Command::New {
             name,

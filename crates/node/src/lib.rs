@@ -19,6 +19,7 @@ pub mod metrics;
 mod node;
 pub mod outbox;
 pub mod pubsub;
+pub mod remote;
 
 pub use auth::{AllowAll, Authenticator, ConnectRequest, Identity, Unauthorized};
 pub use channel::{Channel, ChannelContext, Effects, PerformError};
@@ -29,6 +30,7 @@ pub use node::{
 };
 pub use outbox::{Outbox, OutboxLimits, PushError};
 pub use pubsub::{PubSub, PubSubHooks};
+pub use remote::RemoteApp;
 
 /// Boxed, sendable future: how trait objects carry the async methods users write natively.
 pub(crate) type BoxFuture<'a, T> =

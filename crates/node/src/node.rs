@@ -25,6 +25,7 @@ use crate::hub::{BroadcastReport, ConnId, Hub};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, OutboxLimits};
 use crate::pubsub::{PubSub, encode_envelope};
+use crate::remote::{DynRemoteApp, RemoteApp};
 
 /// Tunables of a node. `Default` gives the reference values of the ActionCable and
 /// AnyCable servers.
@@ -104,6 +105,8 @@ pub(crate) struct Inner {
     pub(crate) auth: Box<dyn DynAuthenticator>,
     /// Where a new connection's page session comes from (see [`NodeBuilder::session_of`]).
     pub(crate) session_of: Option<SessionOf>,
+    /// The app behind RPC, if any: it identifies connections and serves unregistered channels.
+    pub(crate) remote: Option<Arc<dyn DynRemoteApp>>,
     pub(crate) metrics: Metrics,
     pub(crate) shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -368,6 +371,7 @@ pub struct NodeBuilder {
     auth: Box<dyn DynAuthenticator>,
     auth_set: bool,
     session_of: Option<SessionOf>,
+    remote: Option<Arc<dyn DynRemoteApp>>,
 }
 
 /// Finds the page session of a connection from its upgrade request (see
@@ -392,6 +396,7 @@ impl Default for NodeBuilder {
             auth: Box::new(AllowAll),
             auth_set: false,
             session_of: None,
+            remote: None,
         }
     }
 }
@@ -452,6 +457,14 @@ impl NodeBuilder {
         self
     }
 
+    /// Puts an app behind the node (AnyCable RPC): it identifies every connection (the
+    /// authenticator is not asked) and serves every channel that has no Rust channel
+    /// registered under its name. Rust channels and the app's live side by side.
+    pub fn remote_app(mut self, app: impl RemoteApp) -> Self {
+        self.remote = Some(Arc::new(app));
+        self
+    }
+
     /// Registers `channel` under `name` unless a channel of that name exists.
     pub fn default_channel(self, name: impl Into<String>, channel: impl Channel) -> Self {
         let name = name.into();
@@ -479,6 +492,7 @@ impl NodeBuilder {
             channels: self.channels,
             auth: self.auth,
             session_of: self.session_of,
+            remote: self.remote,
             metrics: Metrics::default(),
             shutdown: shutdown.clone(),
             tracker: TaskTracker::new(),

@@ -89,9 +89,13 @@ async fn health(State(state): State<ServerState>) -> Response {
 }
 
 async fn metrics(State(state): State<ServerState>) -> Response {
+    let mut text = state.node.metrics().render();
+    if let Some(rpc) = &state.rpc {
+        text.push_str(&rpc.metrics().render());
+    }
     (
         [(header::CONTENT_TYPE, ferrocable_node::metrics::CONTENT_TYPE)],
-        state.node.metrics().render(),
+        text,
     )
         .into_response()
 }

@@ -119,13 +119,37 @@ pub(crate) async fn broker(
 
 /// Starts reading AnyCable's Redis broadcast channel when `broadcast_redis_url` is set.
 pub(crate) fn ingress(config: &ServeConfig, node: &Node) -> Result<(), StartError> {
+    for adapter in &config.broadcast_adapter {
+        match adapter.as_str() {
+            "http" | "redis" => {}
+            other => {
+                return Err(StartError::UnknownBackend {
+                    role: "broadcast adapter (http or redis)",
+                    url: other.to_owned(),
+                });
+            }
+        }
+    }
+    let anycable_redis = config
+        .broadcast_adapter
+        .iter()
+        .any(|a| a == "redis")
+        .then(|| {
+            config
+                .redis_url
+                .clone()
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| "redis://localhost:6379".to_owned())
+        });
     let Some(url) = config
         .broadcast_redis_url
-        .as_deref()
+        .clone()
         .filter(|u| !u.is_empty())
+        .or(anycable_redis)
     else {
         return Ok(());
     };
+    let url = url.as_str();
     #[cfg(feature = "redis")]
     {
         ferrocable_redis::spawn_anycable_ingress(url, &config.broadcast_redis_channel, node.clone())

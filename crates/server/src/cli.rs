@@ -80,6 +80,58 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<String>,
+    /// The Rails app's RPC endpoint, e.g. http://localhost:3000/_anycable [env: ANYCABLE_RPC_HOST].
+    #[arg(long = "rpc_host", alias = "rpc-host")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpc_host: Option<String>,
+    /// AnyCable's application secret: derives the RPC secret and the broadcast key [env: ANYCABLE_SECRET].
+    #[arg(long = "secret")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// The HTTP RPC Bearer secret [env: ANYCABLE_HTTP_RPC_SECRET].
+    #[arg(long = "http_rpc_secret", alias = "http-rpc-secret")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_rpc_secret: Option<String>,
+    /// Headers forwarded to the app, comma-separated [env: ANYCABLE_HEADERS] [default: cookie].
+    #[arg(long = "headers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<String>,
+    /// Only these cookies are forwarded, comma-separated [env: ANYCABLE_PROXY_COOKIES].
+    #[arg(long = "proxy_cookies", alias = "proxy-cookies")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_cookies: Option<String>,
+    /// RPC calls at once [env: ANYCABLE_RPC_CONCURRENCY] [default: 28].
+    #[arg(long = "rpc_concurrency", alias = "rpc-concurrency")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpc_concurrency: Option<usize>,
+    /// Deadline of one RPC attempt in ms [env: ANYCABLE_RPC_REQUEST_TIMEOUT] [default: 3000].
+    #[arg(long = "rpc_request_timeout", alias = "rpc-request-timeout")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpc_request_timeout: Option<u64>,
+    /// Broadcast adapters besides HTTP: http, redis [env: ANYCABLE_BROADCAST_ADAPTER].
+    #[arg(long = "broadcast_adapter", alias = "broadcast-adapter")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broadcast_adapter: Option<String>,
+    /// Redis of the redis broadcast adapter [env: ANYCABLE_REDIS_URL].
+    #[arg(long = "redis_url", alias = "redis-url")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    /// Bearer key of POST /_broadcast [env: ANYCABLE_BROADCAST_KEY].
+    #[arg(long = "broadcast_key", alias = "broadcast-key")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broadcast_key: Option<String>,
+    /// Host to listen on, with --port (anycable-go's pair; --bind says both) [env: ANYCABLE_HOST].
+    #[arg(long = "host")]
+    #[serde(skip)]
+    pub host: Option<String>,
+    /// Port to listen on [env: ANYCABLE_PORT].
+    #[arg(long = "port")]
+    #[serde(skip)]
+    pub port: Option<u16>,
+    /// Path of the cable endpoint (anycable-go's name for --mount-path) [env: ANYCABLE_PATH].
+    #[arg(long = "path")]
+    #[serde(skip)]
+    pub path: Option<String>,
 }
 
 /// Logs to stderr: `RUST_LOG` filters (default `info`), `json` gives structured lines. A
@@ -112,6 +164,30 @@ impl ServeArgs {
     /// The configuration these flags select: defaults, then the config file (`--config` or
     /// `FERROCABLE_CONFIG`), the environment, then the flags.
     pub fn load(&self) -> Result<ServeConfig, Box<figment::Error>> {
-        ServeConfig::load(self.config.as_deref(), self)
+        let mut config = ServeConfig::load(self.config.as_deref(), self)?;
+        if self.host.is_some() || self.port.is_some() {
+            let host = self
+                .host
+                .clone()
+                .unwrap_or_else(|| config.bind.ip().to_string());
+            let host = if host == "localhost" {
+                "127.0.0.1".into()
+            } else {
+                host
+            };
+            let port = self.port.unwrap_or(config.bind.port());
+            let addr = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            config.bind = addr.parse().map_err(|e| {
+                Box::new(figment::Error::from(format!("--host/--port {addr}: {e}")))
+            })?;
+        }
+        if let Some(path) = &self.path {
+            config.mount_path = path.clone();
+        }
+        Ok(config)
     }
 }

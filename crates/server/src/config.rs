@@ -20,7 +20,9 @@ pub struct ServeConfig {
     pub bind: SocketAddr,
     /// Path of the cable endpoint.
     pub mount_path: String,
-    /// Origins allowed besides the same origin: exact, `*` wildcard, or `/regex/`.
+    /// Origins allowed besides the same origin: exact, `*` wildcard, or `/regex/` (a list,
+    /// or one comma-separated string as `ANYCABLE_ALLOWED_ORIGINS` gives it).
+    #[serde(deserialize_with = "list")]
     pub allowed_origins: Vec<String>,
     /// Accept an Origin equal to the request's own scheme and Host (Rails' default).
     pub allow_same_origin: bool,
@@ -119,6 +121,35 @@ pub struct ServeConfig {
     pub session_compress_above: usize,
     /// Refuse to start when a deployment check finds something (they are warnings otherwise).
     pub strict: bool,
+    /// The Rails app's RPC endpoint (`ANYCABLE_RPC_HOST`): `http://app:3000/_anycable` for
+    /// HTTP RPC. With it, the app identifies every connection and serves every channel that
+    /// has no Rust channel, and `ferrocable serve` serves no demo pages.
+    pub rpc_host: Option<String>,
+    /// AnyCable's application secret (`ANYCABLE_SECRET`): the RPC secret and the broadcast
+    /// key derive from it as anycable-go derives them, unless set on their own.
+    pub secret: Option<String>,
+    /// The Bearer secret of HTTP RPC (`ANYCABLE_HTTP_RPC_SECRET`; default: derived from
+    /// `secret` with "rpc-cable"; neither: no header).
+    pub http_rpc_secret: Option<String>,
+    /// Request headers forwarded to the app with every call (`ANYCABLE_HEADERS`).
+    #[serde(deserialize_with = "list")]
+    pub headers: Vec<String>,
+    /// Only these cookies are forwarded (`ANYCABLE_PROXY_COOKIES`; empty: all).
+    #[serde(deserialize_with = "list")]
+    pub proxy_cookies: Vec<String>,
+    /// Calls to the app at once, shared by every kind (`ANYCABLE_RPC_CONCURRENCY`).
+    pub rpc_concurrency: usize,
+    /// Deadline of one RPC attempt in milliseconds (`ANYCABLE_RPC_REQUEST_TIMEOUT`).
+    pub rpc_request_timeout: u64,
+    /// Deadline of a whole RPC call (slot, attempts, back-off) in milliseconds.
+    pub rpc_call_timeout: u64,
+    /// Where Rails broadcasts arrive besides `POST /_broadcast` (`ANYCABLE_BROADCAST_ADAPTER`,
+    /// comma-separated): `http` (always on) and `redis` (the `__anycable__` channel at
+    /// `redis_url`).
+    #[serde(deserialize_with = "list")]
+    pub broadcast_adapter: Vec<String>,
+    /// Redis of the `redis` broadcast adapter (`ANYCABLE_REDIS_URL`).
+    pub redis_url: Option<String>,
     /// Secret used to sign session cookies (env `SECRET_KEY_BASE`). When absent, one is
     /// generated once and kept in `data_dir`.
     pub secret_key_base: Option<String>,
@@ -175,6 +206,16 @@ impl Default for ServeConfig {
             session_compress_above: 1024,
             secret_key_base: None,
             strict: false,
+            rpc_host: None,
+            secret: None,
+            http_rpc_secret: None,
+            headers: vec!["cookie".into()],
+            proxy_cookies: Vec::new(),
+            rpc_concurrency: 28,
+            rpc_request_timeout: 3000,
+            rpc_call_timeout: 3000,
+            broadcast_adapter: vec!["http".into()],
+            redis_url: None,
         }
     }
 }
@@ -227,7 +268,82 @@ const ENV_KEYS: &[&str] = &[
     "session_compress_above",
     "secret_key_base",
     "strict",
+    "rpc_host",
+    "secret",
+    "http_rpc_secret",
+    "headers",
+    "proxy_cookies",
+    "rpc_concurrency",
+    "rpc_request_timeout",
+    "rpc_call_timeout",
+    "broadcast_adapter",
+    "redis_url",
 ];
+
+/// anycable-go's environment names (`ANYCABLE_*`) and the keys they set. ferrocable's own
+/// names (`FERROCABLE_*`) win where both are set.
+const ANYCABLE_KEYS: &[(&str, &str)] = &[
+    ("rpc_host", "rpc_host"),
+    ("secret", "secret"),
+    ("http_rpc_secret", "http_rpc_secret"),
+    ("headers", "headers"),
+    ("proxy_cookies", "proxy_cookies"),
+    ("rpc_concurrency", "rpc_concurrency"),
+    ("rpc_request_timeout", "rpc_request_timeout"),
+    ("broadcast_key", "broadcast_key"),
+    ("allowed_origins", "allowed_origins"),
+    ("path", "mount_path"),
+    ("broadcast_adapter", "broadcast_adapter"),
+    ("redis_url", "redis_url"),
+    ("redis_channel", "broadcast_redis_channel"),
+    ("shutdown_timeout", "shutdown_timeout_ms"),
+];
+
+/// A list given as a list, or as one comma-separated string (how environment variables and
+/// anycable-go's flags give lists).
+fn list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        Raw::Many(v) => v,
+    })
+}
+
+/// `ANYCABLE_HOST` and `ANYCABLE_PORT` (anycable-go's two settings for one address), as a
+/// `bind` override when either is set.
+fn anycable_bind(default: SocketAddr) -> Option<String> {
+    let host = std::env::var("ANYCABLE_HOST")
+        .ok()
+        .filter(|h| !h.is_empty());
+    let port = std::env::var("ANYCABLE_PORT")
+        .ok()
+        .filter(|p| !p.is_empty());
+    if host.is_none() && port.is_none() {
+        return None;
+    }
+    let host = host.unwrap_or_else(|| default.ip().to_string());
+    let host = if host == "localhost" {
+        "127.0.0.1".to_owned()
+    } else {
+        host
+    };
+    let port = port.unwrap_or_else(|| default.port().to_string());
+    Some(if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    })
+}
 
 impl ServeConfig {
     /// Layers defaults, the optional TOML `file`, the environment and `overrides` (the
@@ -251,7 +367,17 @@ impl ServeConfig {
             }
         });
         let app_keys = Env::prefixed("FERROCABLE_APP_").map(|key| format!("app.{key}").into());
+        let anycable = Env::prefixed("ANYCABLE_").filter_map(|key| {
+            ANYCABLE_KEYS
+                .iter()
+                .find(|(name, _)| key == *name)
+                .map(|(_, ours)| (*ours).into())
+        });
+        if let Some(bind) = anycable_bind(ServeConfig::default().bind) {
+            fig = fig.merge(Serialized::default("bind", bind));
+        }
         fig.merge(conventional)
+            .merge(anycable)
             .merge(Env::prefixed("FERROCABLE_").only(ENV_KEYS))
             .merge(app_keys)
             .merge(Serialized::defaults(overrides))
@@ -287,6 +413,35 @@ impl ServeConfig {
             host: self.default_url_host.clone(),
             port: Some(self.default_url_port.unwrap_or(self.bind.port())),
         }
+    }
+
+    /// The RPC settings this configuration implies (`None` without an `rpc_host`).
+    pub fn rpc_config(&self) -> Option<ferrocable_rpc::RpcConfig> {
+        let host = self.rpc_host.as_deref().filter(|h| !h.is_empty())?;
+        let secret = self
+            .http_rpc_secret
+            .clone()
+            .filter(|s| !s.is_empty())
+            .or_else(|| {
+                self.secret
+                    .as_deref()
+                    .filter(|s| !s.is_empty())
+                    .map(|s| ferrocable_rpc::derive_secret(s, "rpc-cable"))
+            });
+        Some(ferrocable_rpc::RpcConfig {
+            host: host.to_owned(),
+            secret,
+            headers: self
+                .headers
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            proxy_cookies: self.proxy_cookies.clone(),
+            concurrency: self.rpc_concurrency.max(1),
+            request_timeout: Duration::from_millis(self.rpc_request_timeout.max(1)),
+            call_timeout: Duration::from_millis(self.rpc_call_timeout.max(1)),
+            ..ferrocable_rpc::RpcConfig::default()
+        })
     }
 
     /// The history and session-cache limits this configuration implies.

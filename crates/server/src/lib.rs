@@ -146,6 +146,9 @@ pub enum StartError {
     /// With `strict`, a deployment check found something to fix (each named in the list).
     #[error("deployment checks failed (strict): {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Deployment(Vec<checks::Advice>),
+    /// The RPC client could not be set up.
+    #[error("RPC: {0}")]
+    Rpc(#[source] ferrocable_rpc::RpcError),
     /// The configuration names a backend this build leaves out (a Cargo feature).
     #[error("{what} needs the `{feature}` feature of ferrocable, which this build leaves out")]
     NotBuilt {
@@ -267,6 +270,8 @@ pub struct RunningServer {
     accept: JoinHandle<()>,
     /// The HTTP connections (page requests; upgraded sockets belong to the node).
     http: tokio_util::task::TaskTracker,
+    /// The app behind RPC, if any (its disconnect calls are drained at shutdown).
+    rpc: Option<ferrocable_rpc::RpcClient>,
 }
 
 impl RunningServer {
@@ -293,6 +298,17 @@ impl RunningServer {
         let _ = self.accept.await;
         self.http.close();
         let _ = tokio::time::timeout_at(deadline, self.http.wait()).await;
+        if let Some(rpc) = &self.rpc {
+            // The closed connections queued their disconnect calls: the app runs their
+            // `unsubscribed` and `disconnect` callbacks before the process ends.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !rpc
+                .drain(left.max(std::time::Duration::from_millis(100)))
+                .await
+            {
+                tracing::warn!("shutdown timeout: some disconnect calls to the app were not made");
+            }
+        }
         ShutdownReport {
             remaining: report.remaining + self.http.len(),
         }
@@ -378,6 +394,15 @@ pub async fn start(
     if config.bench_channel {
         builder = builder.channel("BenchmarkChannel", bench_channel::BenchmarkChannel);
     }
+    let rpc = match config.rpc_config() {
+        Some(rpc) => {
+            let client = ferrocable_rpc::RpcClient::new(rpc).map_err(StartError::Rpc)?;
+            tracing::info!(host = %client.config().host, "channels without Rust code go to the app over RPC");
+            builder = builder.remote_app(client.clone());
+            Some(client)
+        }
+        None => None,
+    };
     builder = backends::pubsub(config, builder)?;
     builder = backends::broker(config, builder).await?;
     let node = builder.build();
@@ -388,8 +413,14 @@ pub async fn start(
             .broadcast_key
             .clone()
             .filter(|k| !k.is_empty())
-            .unwrap_or_else(|| derived_key(&secret, b"broadcast-cable"))
+            .unwrap_or_else(
+                || match config.secret.as_deref().filter(|s| !s.is_empty()) {
+                    Some(anycable) => derived_key(anycable.as_bytes(), b"broadcast-cable"),
+                    None => derived_key(&secret, b"broadcast-cable"),
+                },
+            )
             .into(),
+        rpc: rpc.clone(),
     };
     backends::ingress(config, &node)?;
     let cable = Cable::new(node.clone(), site);
@@ -408,5 +439,6 @@ pub async fn start(
         services,
         accept,
         http,
+        rpc,
     })
 }

@@ -15,4 +15,6 @@ pub struct ServerState {
     pub origins: Arc<OriginPolicy>,
     /// Bearer key of `POST /_broadcast`.
     pub broadcast_key: Arc<str>,
+    /// The app behind RPC, if any (its metrics are served with the node's).
+    pub rpc: Option<ferrocable_rpc::RpcClient>,
 }

@@ -1,0 +1,365 @@
+//! AnyCable RPC: ferrocable in front of an unchanged Rails app, where anycable-go sits today.
+//!
+//! [`RpcClient`] is a [`RemoteApp`]: the node asks it who connects and hands it every command
+//! of a channel that has no Rust code. It carries the calls over HTTP (JSON, the Bearer
+//! secret; the app's `/_anycable` mount) with the flow control a production Rails app needs:
+//! one concurrency limit for every call, a deadline per attempt and per call, retries with
+//! exponential back-off only while the app is unreachable, a circuit breaker, calls of closed
+//! connections cancelled, and a rate-limited, bounded disconnect queue drained at shutdown.
+
+mod breaker;
+mod config;
+mod env;
+mod http;
+mod metrics;
+mod wire;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferrocable_node::ConnectRequest;
+use ferrocable_node::RemoteApp;
+use ferrocable_node::remote::{
+    CallError, CommandCall, CommandReply, ConnectCall, ConnectReply, DisconnectCall, Env, Status,
+};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+pub use breaker::BreakerPolicy;
+pub use config::{RpcConfig, derive_secret};
+pub use metrics::RpcMetrics;
+
+/// The RPC client could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    /// The host names a transport this build does not have.
+    #[error("unsupported RPC host: {0}")]
+    Unsupported(&'static str),
+    /// The secret cannot travel in an HTTP header.
+    #[error("the RPC secret is not a valid header value")]
+    BadSecret,
+}
+
+/// Which call, for metrics and paths.
+#[derive(Debug, Clone, Copy)]
+enum Method {
+    Connect,
+    Command,
+    Disconnect,
+}
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::Connect => "connect",
+            Method::Command => "command",
+            Method::Disconnect => "disconnect",
+        }
+    }
+}
+
+struct Shared {
+    config: RpcConfig,
+    transport: http::HttpTransport,
+    slots: Semaphore,
+    breaker: breaker::Breaker,
+    metrics: RpcMetrics,
+}
+
+/// Talks to the app behind ferrocable. Cheap to clone (shared inside).
+#[derive(Clone)]
+pub struct RpcClient {
+    shared: Arc<Shared>,
+    disconnects: mpsc::Sender<DisconnectCall>,
+    drain: Arc<Drain>,
+}
+
+/// The disconnect worker's switch to drain mode and its end.
+struct Drain {
+    start: CancellationToken,
+    done: CancellationToken,
+}
+
+impl std::fmt::Debug for RpcClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcClient")
+            .field("host", &self.shared.config.host)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts a call as cancelled if it is dropped before it ends (its connection closed).
+struct CancelGuard<'a> {
+    metrics: &'a RpcMetrics,
+    armed: bool,
+}
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.metrics.canceled.inc();
+        }
+    }
+}
+
+impl RpcClient {
+    /// A client for `config`; starts the disconnect worker (inside a tokio runtime).
+    pub fn new(config: RpcConfig) -> Result<Self, RpcError> {
+        if !config.is_http() {
+            return Err(RpcError::Unsupported(
+                "gRPC hosts (use the app's HTTP RPC: http://app/_anycable)",
+            ));
+        }
+        let transport = http::HttpTransport::new(&config.host, config.secret.as_deref())?;
+        let metrics = RpcMetrics::new();
+        metrics.capacity.set(config.concurrency as i64);
+        let shared = Arc::new(Shared {
+            slots: Semaphore::new(config.concurrency.max(1)),
+            breaker: breaker::Breaker::new(config.breaker),
+            transport,
+            metrics,
+            config,
+        });
+        let (disconnects, queue) = mpsc::channel(shared.config.disconnect_backlog.max(1));
+        let drain = Arc::new(Drain {
+            start: CancellationToken::new(),
+            done: CancellationToken::new(),
+        });
+        tokio::spawn(disconnect_worker(shared.clone(), queue, drain.clone()));
+        Ok(RpcClient {
+            shared,
+            disconnects,
+            drain,
+        })
+    }
+
+    /// The client's metrics (render them after the node's).
+    pub fn metrics(&self) -> &RpcMetrics {
+        &self.shared.metrics
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &RpcConfig {
+        &self.shared.config
+    }
+
+    /// Runs the queued disconnect calls without the rate limit (16 at once), within
+    /// `timeout`; for the end of a graceful shutdown, after the node closed its connections.
+    /// Returns whether the queue emptied in time.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        self.drain.start.cancel();
+        tokio::time::timeout(timeout, self.drain.done.cancelled())
+            .await
+            .is_ok()
+    }
+
+    /// One call with the flow control: a slot, attempts with back-off while the app is
+    /// unreachable, all within the call's deadline.
+    async fn call(
+        &self,
+        method: Method,
+        body: Bytes,
+        sid: Option<&str>,
+    ) -> Result<Bytes, CallError> {
+        call(&self.shared, method, body, sid).await
+    }
+}
+
+async fn call(
+    shared: &Shared,
+    method: Method,
+    body: Bytes,
+    sid: Option<&str>,
+) -> Result<Bytes, CallError> {
+    let m = &shared.metrics;
+    let config = &shared.config;
+    let mut guard = CancelGuard {
+        metrics: m,
+        armed: true,
+    };
+    m.calls
+        .get_or_create(&metrics::MethodLabel {
+            method: method.name(),
+        })
+        .inc();
+    let deadline = tokio::time::Instant::now() + config.call_timeout;
+    m.pending.inc();
+    let permit = tokio::time::timeout_at(deadline, shared.slots.acquire()).await;
+    m.pending.dec();
+    let result = match permit {
+        Err(_) => Err(CallError::Timeout),
+        Ok(Err(_)) => Err(CallError::Overloaded),
+        Ok(Ok(_permit)) => attempts(shared, method, body, sid, deadline).await,
+    };
+    guard.armed = false;
+    if let Err(e) = &result {
+        let kind = match e {
+            CallError::Unavailable(_) => "unavailable",
+            CallError::Timeout => {
+                m.timeouts.inc();
+                "timeout"
+            }
+            CallError::Unauthenticated => "unauthenticated",
+            CallError::BadReply(_) => "bad_reply",
+            CallError::Overloaded => "overloaded",
+        };
+        m.errors
+            .get_or_create(&metrics::ErrorLabel {
+                method: method.name(),
+                kind,
+            })
+            .inc();
+    }
+    m.breaker_open.set(i64::from(shared.breaker.is_open()));
+    result
+}
+
+async fn attempts(
+    shared: &Shared,
+    method: Method,
+    body: Bytes,
+    sid: Option<&str>,
+    deadline: tokio::time::Instant,
+) -> Result<Bytes, CallError> {
+    let config = &shared.config;
+    let mut attempt: u32 = 0;
+    loop {
+        if !shared.breaker.admit(Instant::now()) {
+            return Err(CallError::Unavailable(
+                "the app's RPC is failing: the circuit breaker is open".into(),
+            ));
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(CallError::Timeout);
+        }
+        let timeout = config.request_timeout.min(left);
+        let result = shared
+            .transport
+            .post(method.name(), body.clone(), sid, timeout)
+            .await;
+        let reached = !matches!(
+            result,
+            Err(CallError::Unavailable(_)) | Err(CallError::Timeout)
+        );
+        shared.breaker.record(reached, Instant::now());
+        match result {
+            Err(CallError::Unavailable(e)) => {
+                let backoff = config.retry_base * 2u32.saturating_pow(attempt.min(16));
+                if tokio::time::Instant::now() + backoff >= deadline {
+                    return Err(CallError::Unavailable(e));
+                }
+                debug!(method = method.name(), attempt, error = %e, "the app is unavailable: retrying");
+                shared.metrics.retries.inc();
+                tokio::time::sleep(backoff).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn encode<T: serde::Serialize>(body: &T) -> Bytes {
+    // The bodies are maps of strings: they always serialize.
+    Bytes::from(serde_json::to_vec(body).unwrap_or_default())
+}
+
+fn decode<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, CallError> {
+    serde_json::from_slice(body).map_err(|e| CallError::BadReply(format!("not a reply: {e}")))
+}
+
+impl RemoteApp for RpcClient {
+    fn env(&self, request: &ConnectRequest) -> Env {
+        env::env_of(request, &self.shared.config)
+    }
+
+    async fn connect(&self, call: ConnectCall) -> Result<ConnectReply, CallError> {
+        let body = encode(&wire::ConnectBody::new(&call));
+        let reply = self
+            .call(Method::Connect, body, call.sid.as_deref())
+            .await?;
+        Ok(decode::<wire::ConnectReplyBody>(&reply)?.into())
+    }
+
+    async fn command(&self, call: CommandCall) -> Result<CommandReply, CallError> {
+        let body = encode(&wire::CommandBody::new(&call));
+        let reply = self
+            .call(Method::Command, body, call.sid.as_deref())
+            .await?;
+        Ok(decode::<wire::CommandReplyBody>(&reply)?.into())
+    }
+
+    fn disconnect(&self, call: DisconnectCall) {
+        match self.disconnects.try_send(call) {
+            Ok(()) => {
+                self.shared.metrics.disconnects_queued.inc();
+            }
+            Err(_) => {
+                warn!("disconnect queue full: a disconnect call to the app is dropped");
+                self.shared.metrics.disconnects_dropped.inc();
+            }
+        }
+    }
+}
+
+/// Sends one disconnect call and logs how it went.
+async fn send_disconnect(shared: Arc<Shared>, call: DisconnectCall) {
+    let body = encode(&wire::DisconnectBody::new(&call));
+    match crate::call(&shared, Method::Disconnect, body, call.sid.as_deref()).await {
+        Ok(reply) => match decode::<wire::DisconnectReplyBody>(&reply) {
+            Ok(r) if r.status == Status::Success => {}
+            Ok(r) => warn!(error = %r.error_msg, "the app failed a disconnect"),
+            Err(e) => warn!(error = %e, "disconnect call: bad reply"),
+        },
+        Err(e) => warn!(error = %e, "disconnect call to the app failed"),
+    }
+}
+
+/// Sends queued disconnect calls at most `disconnect_rate` a second (each in a task of its
+/// own, so a slow one does not hold the queue; the concurrency limit still applies); in drain
+/// mode, all that are left, `drain_concurrency` at once.
+async fn disconnect_worker(
+    shared: Arc<Shared>,
+    mut queue: mpsc::Receiver<DisconnectCall>,
+    drain: Arc<Drain>,
+) {
+    let period = Duration::from_secs(1) / shared.config.disconnect_rate.max(1);
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = drain.start.cancelled() => break,
+            next = queue.recv() => {
+                let Some(call) = next else { break };
+                shared.metrics.disconnects_queued.dec();
+                running.spawn(send_disconnect(shared.clone(), call));
+                while running.try_join_next().is_some() {}
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = drain.start.cancelled() => {}
+                }
+            }
+        }
+    }
+    let mut draining = tokio::task::JoinSet::new();
+    loop {
+        while draining.len() < shared.config.drain_concurrency.max(1) {
+            match queue.try_recv() {
+                Ok(call) => {
+                    shared.metrics.disconnects_queued.dec();
+                    draining.spawn(send_disconnect(shared.clone(), call));
+                }
+                Err(_) => break,
+            }
+        }
+        if draining.join_next().await.is_none() {
+            break;
+        }
+    }
+    while running.join_next().await.is_some() {}
+    drain.done.cancel();
+}

@@ -1,0 +1,343 @@
+//! A fake Rails app behind AnyCable RPC, for tests: no Rails app can run here, so this one is
+//! written from the wire document (`anycable-wire.md` §1 and §6), answering as anycable-rails
+//! 1.6 does. It mounts HTTP RPC at `/_anycable` and records every call it gets.
+//!
+//! - connect: the cookie `user=NAME` identifies (`{"user":NAME}`, cstate `count=0`); no cookie
+//!   is a FAILURE with Rails' `unauthorized` disconnect; `user=crash` raises (ERROR, status
+//!   absent); `user=int` answers with integer statuses.
+//! - `ChatChannel` (`room` param): streams `chat_<room>`, istate `room`; room `secret` is
+//!   rejected; any other channel is "Channel not found" (ERROR).
+//! - actions: `speak` (transmits text, user, room and the connection's count, then counts up),
+//!   `broadcast` (POSTs to ferrocable's `/_broadcast`, as anycable-rails' HTTP adapter does),
+//!   `publish_redis` (PUBLISH on `__anycable__`, the Redis adapter), `stop` (stop_streams),
+//!   `forget` (deletes istate `room`), `boom` (an exception), `kick` (disconnect), `slow`.
+//! - `POST /_control` with `up`, `down` (503s), `slow` (answers after 5 s) switches behaviour.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The RPC secret the fake app expects (Bearer).
+pub const SECRET: &str = "fake-rails-rpc-secret";
+
+/// How the fake app behaves right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Up,
+    Down,
+    Slow,
+}
+
+pub struct FakeRails {
+    calls: Mutex<Vec<Value>>,
+    changed: tokio::sync::watch::Sender<usize>,
+    mode: Mutex<Mode>,
+    /// Where ferrocable takes broadcasts (`http://host:port/_broadcast`) and its key.
+    broadcast: Mutex<Option<(String, String)>>,
+    /// Redis for the `redis` broadcast adapter (`host:port`).
+    redis: Mutex<Option<String>>,
+}
+
+impl FakeRails {
+    pub fn new() -> Arc<Self> {
+        Arc::new(FakeRails {
+            calls: Mutex::new(Vec::new()),
+            changed: tokio::sync::watch::channel(0).0,
+            mode: Mutex::new(Mode::Up),
+            broadcast: Mutex::new(None),
+            redis: Mutex::new(None),
+        })
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        *self.mode.lock() = mode;
+    }
+
+    pub fn broadcast_to(&self, url: String, key: String) {
+        *self.broadcast.lock() = Some((url, key));
+    }
+
+    pub fn redis_at(&self, addr: String) {
+        *self.redis.lock() = Some(addr);
+    }
+
+    /// Every call so far: `{"path","body","sid","protov"}`.
+    pub fn calls(&self) -> Vec<Value> {
+        self.calls.lock().clone()
+    }
+
+    /// Waits (up to 10 s) until a recorded call satisfies `pred`, and returns it.
+    pub async fn wait_for(&self, pred: impl Fn(&Value) -> bool) -> Value {
+        let mut rx = self.changed.subscribe();
+        let found = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(c) = self.calls.lock().iter().find(|c| pred(c)).cloned() {
+                    return c;
+                }
+                rx.changed().await.expect("fake app alive");
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| panic!("no such call; calls: {:#?}", self.calls()))
+    }
+
+    fn record(&self, path: &str, headers: &HeaderMap, body: &Value) {
+        let h = |n: &str| {
+            headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        self.calls.lock().push(json!({
+            "path": path,
+            "body": body,
+            "sid": h("x-anycable-meta-sid"),
+            "protov": h("x-anycable-meta-protov"),
+        }));
+        self.changed.send_modify(|n| *n += 1);
+    }
+}
+
+/// Serves the fake app on `listener` until the task is dropped.
+pub async fn serve(app: Arc<FakeRails>, listener: tokio::net::TcpListener) {
+    let router = Router::new()
+        .route("/_anycable/{method}", post(rpc))
+        .route("/_control", post(control))
+        .route("/_calls", get(calls))
+        .with_state(app);
+    axum::serve(listener, router)
+        .await
+        .expect("fake app serves");
+}
+
+/// Starts the fake app on a free port; returns its address and the task (abort it to take
+/// the app down with its port closed).
+pub async fn start(app: Arc<FakeRails>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (addr, tokio::spawn(serve(app, listener)))
+}
+
+/// Restarts the fake app on the address it had.
+pub async fn restart(app: Arc<FakeRails>, addr: SocketAddr) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(serve(app, listener))
+}
+
+async fn control(State(app): State<Arc<FakeRails>>, body: String) -> StatusCode {
+    let mode = match body.trim() {
+        "up" => Mode::Up,
+        "down" => Mode::Down,
+        "slow" => Mode::Slow,
+        _ => return StatusCode::BAD_REQUEST,
+    };
+    app.set_mode(mode);
+    StatusCode::NO_CONTENT
+}
+
+async fn calls(State(app): State<Arc<FakeRails>>) -> axum::Json<Vec<Value>> {
+    axum::Json(app.calls())
+}
+
+async fn rpc(
+    State(app): State<Arc<FakeRails>>,
+    axum::extract::Path(method): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let mode = *app.mode.lock();
+    match mode {
+        Mode::Down => return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response(),
+        Mode::Slow => tokio::time::sleep(Duration::from_secs(5)).await,
+        Mode::Up => {}
+    }
+    if headers.get("authorization").and_then(|v| v.to_str().ok())
+        != Some(&format!("Bearer {SECRET}"))
+    {
+        return (StatusCode::UNAUTHORIZED, "bad token").into_response();
+    }
+    let Ok(body) = serde_json::from_str::<Value>(&body) else {
+        return (StatusCode::UNPROCESSABLE_ENTITY, "bad body").into_response();
+    };
+    app.record(&method, &headers, &body);
+    let reply = match method.as_str() {
+        "connect" => connect(&body),
+        "command" => command(&app, &body).await,
+        "disconnect" => json!({"status": "SUCCESS"}),
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    axum::Json(reply).into_response()
+}
+
+fn cookie<'a>(body: &'a Value, name: &str) -> Option<&'a str> {
+    body["env"]["headers"]["cookie"]
+        .as_str()?
+        .split(';')
+        .filter_map(|p| p.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// `status` as the app build would send it: integers for `user=int`, names otherwise.
+fn status(name: &str, ints: bool) -> Value {
+    if !ints {
+        return json!(name);
+    }
+    json!(match name {
+        "SUCCESS" => 1,
+        "FAILURE" => 2,
+        _ => 0,
+    })
+}
+
+fn connect(body: &Value) -> Value {
+    match cookie(body, "user") {
+        None => json!({
+            "status": "FAILURE",
+            "transmissions": [r#"{"type":"disconnect","reason":"unauthorized","reconnect":false}"#],
+        }),
+        Some("crash") => json!({"error_msg": "undefined method `id' for nil:NilClass"}),
+        Some(user) => json!({
+            "status": status("SUCCESS", user == "int"),
+            "identifiers": json!({"user": user}).to_string(),
+            "transmissions": [r#"{"type":"welcome"}"#],
+            "env": {"cstate": {"count": "0"}},
+        }),
+    }
+}
+
+async fn command(app: &FakeRails, body: &Value) -> Value {
+    let identifier = body["identifier"].as_str().unwrap_or_default();
+    let params: Value = serde_json::from_str(identifier).unwrap_or(Value::Null);
+    let ints =
+        serde_json::from_str::<Value>(body["connection_identifiers"].as_str().unwrap_or("{}"))
+            .map(|v| v["user"] == "int")
+            .unwrap_or(false);
+    if params["channel"] != "ChatChannel" {
+        return json!({"error_msg": format!("Channel not found: {}", params["channel"])});
+    }
+    let room = params["room"].as_str().unwrap_or("lobby").to_owned();
+    match body["command"].as_str() {
+        Some("subscribe") if room == "secret" => json!({
+            "status": status("FAILURE", ints),
+            "transmissions": [json!({"identifier": identifier, "type": "reject_subscription"}).to_string()],
+        }),
+        Some("subscribe") => json!({
+            "status": status("SUCCESS", ints),
+            "streams": [format!("chat_{room}")],
+            "transmissions": [json!({"identifier": identifier, "type": "confirm_subscription"}).to_string()],
+            "env": {"istate": {"room": room}},
+        }),
+        Some("unsubscribe") => json!({"status": status("SUCCESS", ints)}),
+        Some("message") => perform(app, body, identifier, ints).await,
+        other => json!({"error_msg": format!("unknown command {other:?}")}),
+    }
+}
+
+async fn perform(app: &FakeRails, body: &Value, identifier: &str, ints: bool) -> Value {
+    let data: Value =
+        serde_json::from_str(body["data"].as_str().unwrap_or("{}")).unwrap_or_default();
+    let user =
+        serde_json::from_str::<Value>(body["connection_identifiers"].as_str().unwrap_or("{}"))
+            .map(|v| v["user"].clone())
+            .unwrap_or_default();
+    let room = body["env"]["istate"]["room"].clone();
+    let count: u64 = body["env"]["cstate"]["count"]
+        .as_str()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let ok = status("SUCCESS", ints);
+    match data["action"].as_str() {
+        Some("speak") => json!({
+            "status": ok,
+            "transmissions": [json!({"identifier": identifier, "message": {
+                "text": data["text"], "user": user, "room": room, "count": count,
+            }}).to_string()],
+            "env": {"cstate": {"count": (count + 1).to_string()}},
+        }),
+        Some("broadcast") => {
+            let stream = format!("chat_{}", room.as_str().unwrap_or_default());
+            let message = json!({"text": data["text"], "from": user}).to_string();
+            let target = app.broadcast.lock().clone();
+            if let Some((url, key)) = target {
+                post_broadcast(&url, &key, &json!({"stream": stream, "data": message})).await;
+            }
+            json!({"status": ok})
+        }
+        Some("publish_redis") => {
+            let stream = format!("chat_{}", room.as_str().unwrap_or_default());
+            let message = json!({"text": data["text"], "via": "redis"}).to_string();
+            let redis = app.redis.lock().clone();
+            if let Some(addr) = redis {
+                redis_publish(
+                    &addr,
+                    "__anycable__",
+                    &json!({"stream": stream, "data": message}).to_string(),
+                )
+                .await;
+            }
+            json!({"status": ok})
+        }
+        Some("stop") => json!({"status": ok, "stop_streams": true}),
+        Some("forget") => json!({"status": ok, "env": {"istate": {"room": ""}}}),
+        Some("boom") => json!({"error_msg": "undefined method `boom' for ChatChannel"}),
+        Some("kick") => json!({"status": ok, "disconnect": true}),
+        Some("slow") => {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            json!({"status": ok})
+        }
+        _ => json!({"error_msg": "no such action"}),
+    }
+}
+
+/// anycable-rails' HTTP broadcast adapter: one POST with the Bearer key.
+pub async fn post_broadcast(url: &str, key: &str, body: &Value) {
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (authority, path) = rest.split_once('/').map_or((rest, "/"), |(a, p)| (a, p));
+    let mut stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .expect("ferrocable up");
+    let body = body.to_string();
+    let request = format!(
+        "POST /{path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 201"),
+        "broadcast refused: {response}"
+    );
+}
+
+/// `PUBLISH channel message` in RESP (anycable-rails' Redis adapter).
+pub async fn redis_publish(addr: &str, channel: &str, message: &str) {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("redis up");
+    let command = format!(
+        "*3\r\n$7\r\nPUBLISH\r\n${}\r\n{channel}\r\n${}\r\n{message}\r\n",
+        channel.len(),
+        message.len()
+    );
+    stream.write_all(command.as_bytes()).await.unwrap();
+    let mut reply = [0u8; 64];
+    let n = stream.read(&mut reply).await.unwrap();
+    assert!(
+        reply[..n].starts_with(b":"),
+        "PUBLISH failed: {:?}",
+        &reply[..n]
+    );
+}

@@ -1,0 +1,406 @@
+//! ferrocable in front of a Rails app over AnyCable HTTP RPC: the fake app in `fake_rails`
+//! (written from the wire document) behind a real server, driven by a frame-level client.
+
+mod common;
+mod fake_rails;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use common::*;
+use fake_rails::{FakeRails, Mode};
+use ferrocable_server::{RunningServer, ServeConfig};
+use serde_json::{Value, json};
+
+const CHAT: &str = r#"{"channel":"ChatChannel","room":"1"}"#;
+
+fn rpc_config(app: SocketAddr) -> ServeConfig {
+    ServeConfig {
+        rpc_host: Some(format!("http://{app}/_anycable")),
+        http_rpc_secret: Some(fake_rails::SECRET.into()),
+        broadcast_key: Some("bkey".into()),
+        ..config()
+    }
+}
+
+struct Setup {
+    app: Arc<FakeRails>,
+    app_addr: SocketAddr,
+    app_task: tokio::task::JoinHandle<()>,
+    server: RunningServer,
+}
+
+async fn setup_with(edit: impl FnOnce(&mut ServeConfig)) -> Setup {
+    let app = FakeRails::new();
+    let (app_addr, app_task) = fake_rails::start(app.clone()).await;
+    let mut config = rpc_config(app_addr);
+    edit(&mut config);
+    let server = start(config).await;
+    app.broadcast_to(
+        format!("http://{}/_broadcast", server.local_addr()),
+        "bkey".into(),
+    );
+    Setup {
+        app,
+        app_addr,
+        app_task,
+        server,
+    }
+}
+
+async fn setup() -> Setup {
+    setup_with(|_| {}).await
+}
+
+async fn as_user(addr: SocketAddr, user: &str) -> Client<tokio::net::TcpStream> {
+    connect_with(
+        addr,
+        &[
+            ("sec-websocket-protocol", "actioncable-v1-json"),
+            ("cookie", &format!("user={user}; theme=dark")),
+        ],
+    )
+    .await
+}
+
+fn speak(text: &str) -> Value {
+    json!({"action": "speak", "text": text})
+}
+
+#[tokio::test]
+async fn connect_goes_to_the_app_with_the_request_and_is_welcomed() {
+    let s = setup().await;
+    let addr = s.server.local_addr();
+    let mut c = as_user(addr, "alice").await;
+    c.welcomed().await;
+    let call = s.app.wait_for(|c| c["path"] == "connect").await;
+    assert_eq!(call["protov"], "v1");
+    let env = &call["body"]["env"];
+    assert_eq!(env["url"], format!("http://{addr}/cable"));
+    assert_eq!(env["headers"]["cookie"], "user=alice; theme=dark");
+    assert_eq!(env["headers"]["REMOTE_ADDR"], "127.0.0.1");
+    assert!(env["headers"].get("sec-websocket-protocol").is_none());
+}
+
+#[tokio::test]
+async fn a_connection_the_app_rejects_gets_its_disconnect_and_a_normal_close() {
+    let s = setup().await;
+    let mut c = connect(s.server.local_addr()).await;
+    let (code, frames) = c.closed().await;
+    assert_eq!(code, Some(1000));
+    assert_eq!(
+        frames,
+        vec![json!({"type":"disconnect","reason":"unauthorized","reconnect":false})]
+    );
+}
+
+#[tokio::test]
+async fn an_app_exception_at_connect_closes_with_1011() {
+    let s = setup().await;
+    let mut c = as_user(s.server.local_addr(), "crash").await;
+    let (code, frames) = c.closed().await;
+    assert_eq!(code, Some(1011));
+    assert!(frames.is_empty(), "{frames:?}");
+}
+
+#[tokio::test]
+async fn subscribe_confirmed_rejected_and_unknown() {
+    let s = setup().await;
+    let mut c = as_user(s.server.local_addr(), "alice").await;
+    c.welcomed().await;
+    c.subscribe(CHAT).await;
+    let secret = r#"{"channel":"ChatChannel","room":"secret"}"#;
+    c.send(&subscribe(secret)).await;
+    assert_eq!(
+        c.frame().await,
+        json!({"identifier": secret, "type": "reject_subscription"})
+    );
+    let unknown = r#"{"channel":"NoSuchChannel"}"#;
+    c.send(&subscribe(unknown)).await;
+    assert_eq!(
+        c.frame().await,
+        json!({"identifier": unknown, "type": "reject_subscription"})
+    );
+    let call = s
+        .app
+        .wait_for(|c| c["body"]["command"] == "subscribe" && c["body"]["identifier"] == CHAT)
+        .await;
+    assert_eq!(
+        call["body"]["connection_identifiers"],
+        r#"{"user":"alice"}"#
+    );
+    assert_eq!(
+        call["body"]["env"]["headers"]["cookie"],
+        "user=alice; theme=dark"
+    );
+}
+
+#[tokio::test]
+async fn perform_transmits_and_state_survives_between_commands() {
+    let s = setup().await;
+    let mut c = as_user(s.server.local_addr(), "alice").await;
+    c.welcomed().await;
+    c.subscribe(CHAT).await;
+    c.send(&message(CHAT, speak("one"))).await;
+    assert_eq!(
+        c.frame().await,
+        json!({"identifier": CHAT, "message": {"text":"one","user":"alice","room":"1","count":0}})
+    );
+    c.send(&message(CHAT, speak("two"))).await;
+    let f = c.frame().await;
+    assert_eq!(f["message"]["count"], 1, "cstate from the last reply: {f}");
+    assert_eq!(f["message"]["room"], "1", "istate from the subscribe: {f}");
+    // The cookie travels with every command: a reflex rebuilds its session from it.
+    let call = s.app.wait_for(|c| c["body"]["command"] == "message").await;
+    assert_eq!(
+        call["body"]["env"]["headers"]["cookie"],
+        "user=alice; theme=dark"
+    );
+    assert_eq!(call["body"]["data"], r#"{"action":"speak","text":"one"}"#);
+    // An empty value deletes a key.
+    c.send(&message(CHAT, json!({"action":"forget"}))).await;
+    c.send(&message(CHAT, speak("three"))).await;
+    let f = c.frame().await;
+    assert_eq!(
+        f["message"]["room"],
+        Value::Null,
+        "istate room deleted: {f}"
+    );
+    assert_eq!(f["message"]["count"], 2);
+}
+
+#[tokio::test]
+async fn integer_statuses_work_like_names() {
+    let s = setup().await;
+    let mut c = as_user(s.server.local_addr(), "int").await;
+    c.welcomed().await;
+    c.subscribe(CHAT).await;
+    c.send(&message(CHAT, speak("x"))).await;
+    assert_eq!(c.frame().await["message"]["user"], "int");
+}
+
+#[tokio::test]
+async fn broadcasts_from_the_app_reach_the_stream_and_stop_streams_detaches() {
+    let s = setup().await;
+    let addr = s.server.local_addr();
+    let mut alice = as_user(addr, "alice").await;
+    alice.welcomed().await;
+    alice.subscribe(CHAT).await;
+    let room2 = r#"{"channel":"ChatChannel","room":"2"}"#;
+    alice.subscribe(room2).await;
+    let mut bob = as_user(addr, "bob").await;
+    bob.welcomed().await;
+    bob.subscribe(CHAT).await;
+    bob.send(&message(CHAT, json!({"action":"broadcast","text":"hi"})))
+        .await;
+    let want = json!({"identifier": CHAT, "message": {"text":"hi","from":"bob"}});
+    assert_eq!(alice.frame().await, want);
+    assert_eq!(bob.frame().await, want);
+
+    alice.send(&message(CHAT, json!({"action":"stop"}))).await;
+    s.app
+        .wait_for(|c| c["body"]["data"] == r#"{"action":"stop"}"#)
+        .await;
+    // The reply is applied before the next command is read: broadcast to room 1 (stopped),
+    // then room 2 (the sentinel). Alice sees only the sentinel.
+    alice.send(&message(room2, speak("sync"))).await;
+    assert_eq!(alice.frame().await["message"]["text"], "sync");
+    bob.send(&message(CHAT, json!({"action":"broadcast","text":"lost"})))
+        .await;
+    assert_eq!(bob.frame().await["message"]["text"], "lost");
+    alice
+        .send(&message(
+            room2,
+            json!({"action":"broadcast","text":"sentinel"}),
+        ))
+        .await;
+    let f = alice.frame().await;
+    assert_eq!(f["identifier"], room2, "room 1 was stopped: {f}");
+    assert_eq!(f["message"]["text"], "sentinel");
+}
+
+#[tokio::test]
+async fn app_errors_become_error_frames_and_disconnect_closes() {
+    let s = setup().await;
+    let mut c = as_user(s.server.local_addr(), "alice").await;
+    c.welcomed().await;
+    c.subscribe(CHAT).await;
+    c.send(&message(CHAT, json!({"action":"boom"}))).await;
+    let f = c.frame().await;
+    assert_eq!(f["type"], "error", "{f}");
+    assert_eq!(f["reason"], "action_failed");
+    assert!(
+        f["message"].as_str().unwrap().contains("undefined method"),
+        "{f}"
+    );
+    c.send(&message(CHAT, json!({"action":"kick"}))).await;
+    let (code, frames) = c.closed().await;
+    assert_eq!(code, Some(1000));
+    assert_eq!(frames.last().unwrap()["reason"], "remote", "{frames:?}");
+}
+
+#[tokio::test]
+async fn disconnect_carries_the_subscriptions_and_their_state() {
+    let s = setup().await;
+    let mut c = as_user(s.server.local_addr(), "alice").await;
+    c.welcomed().await;
+    c.subscribe(CHAT).await;
+    c.send(&message(CHAT, speak("x"))).await;
+    c.frame().await;
+    drop(c);
+    let call = s.app.wait_for(|c| c["path"] == "disconnect").await;
+    let body = &call["body"];
+    assert_eq!(body["identifiers"], r#"{"user":"alice"}"#);
+    assert_eq!(body["subscriptions"], json!([CHAT]));
+    assert_eq!(body["env"]["cstate"]["count"], "1");
+    let istate: Value =
+        serde_json::from_str(body["env"]["istate"][CHAT].as_str().unwrap()).unwrap();
+    assert_eq!(istate, json!({"room": "1"}));
+    assert_eq!(body["env"]["headers"]["cookie"], "user=alice; theme=dark");
+}
+
+#[tokio::test]
+async fn extended_protocol_clients_get_a_sid_in_the_apps_welcome() {
+    let s = setup().await;
+    let mut c = connect_with(
+        s.server.local_addr(),
+        &[("sec-websocket-protocol", EXT), ("cookie", "user=alice")],
+    )
+    .await;
+    let welcome = c.frame().await;
+    assert_eq!(welcome["type"], "welcome");
+    let sid = welcome["sid"].as_str().expect("sid injected").to_owned();
+    let call = s.app.wait_for(|c| c["path"] == "connect").await;
+    assert_eq!(call["sid"], sid.as_str(), "the same sid is sent to the app");
+}
+
+#[tokio::test]
+async fn shutdown_drains_the_disconnect_calls() {
+    let s = setup().await;
+    let addr = s.server.local_addr();
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let mut c = as_user(addr, &format!("u{i}")).await;
+        c.welcomed().await;
+        c.subscribe(CHAT).await;
+        clients.push(c);
+    }
+    let report = s.server.shutdown().await;
+    assert_eq!(report.remaining, 0);
+    let disconnects = s
+        .app
+        .calls()
+        .into_iter()
+        .filter(|c| c["path"] == "disconnect")
+        .count();
+    assert_eq!(
+        disconnects, 20,
+        "every disconnect made before shutdown returned"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_call_of_a_closed_connection_is_cancelled() {
+    let s = setup().await;
+    let addr = s.server.local_addr();
+    let mut c = as_user(addr, "alice").await;
+    c.welcomed().await;
+    c.subscribe(CHAT).await;
+    c.send(&message(CHAT, json!({"action":"slow"}))).await;
+    s.app
+        .wait_for(|c| c["body"]["data"] == r#"{"action":"slow"}"#)
+        .await;
+    drop(c);
+    // The connection ends at once (its disconnect call is made) instead of waiting 10 s.
+    s.app.wait_for(|c| c["path"] == "disconnect").await;
+    let text = metrics(addr).await;
+    assert_eq!(
+        metric(&text, "ferrocable_rpc_canceled_total"),
+        Some(1.0),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn an_outage_gives_clear_answers_and_service_resumes_by_itself() {
+    let s = setup_with(|c| c.rpc_call_timeout = 1000).await;
+    let addr = s.server.local_addr();
+    let mut c = as_user(addr, "alice").await;
+    c.welcomed().await;
+    c.subscribe(CHAT).await;
+
+    // The app answers 503: a perform gets an error, a subscribe is rejected.
+    s.app.set_mode(Mode::Down);
+    c.send(&message(CHAT, speak("x"))).await;
+    let f = c.frame().await;
+    assert_eq!(
+        (f["type"].as_str(), f["reason"].as_str()),
+        (Some("error"), Some("rpc_error")),
+        "{f}"
+    );
+    let room3 = r#"{"channel":"ChatChannel","room":"3"}"#;
+    c.send(&subscribe(room3)).await;
+    assert_eq!(c.frame().await["type"], "reject_subscription");
+
+    // The app's process is gone: new connections close with 1011 within the call's deadline.
+    s.app_task.abort();
+    let _ = s.app_task.await;
+    let mut refused = as_user(addr, "bob").await;
+    assert_eq!(refused.closed().await.0, Some(1011));
+    let text = metrics(addr).await;
+    assert!(
+        metric(&text, "ferrocable_rpc_retries_total").unwrap() >= 1.0,
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"ferrocable_rpc_errors_total{method="connect",kind="unavailable"}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"ferrocable_rpc_errors_total{method="command",kind="bad_reply"}"#),
+        "{text}"
+    );
+
+    // Back on the same port: everything works again without restarting ferrocable.
+    s.app.set_mode(Mode::Up);
+    let _task = fake_rails::restart(s.app.clone(), s.app_addr).await;
+    c.send(&message(CHAT, speak("back"))).await;
+    assert_eq!(c.frame().await["message"]["text"], "back");
+    let mut again = as_user(addr, "bob").await;
+    again.welcomed().await;
+}
+
+#[tokio::test]
+async fn broadcasts_over_the_redis_adapter_reach_the_stream() {
+    let s = setup_with(|c| {
+        c.broadcast_adapter = vec!["http".into(), "redis".into()];
+        c.redis_url = Some("redis://127.0.0.1:6379".into());
+    })
+    .await;
+    s.app.redis_at("127.0.0.1:6379".into());
+    let room = format!(
+        r#"{{"channel":"ChatChannel","room":"redis-{}"}}"#,
+        std::process::id()
+    );
+    let mut c = as_user(s.server.local_addr(), "alice").await;
+    c.welcomed().await;
+    c.subscribe(&room).await;
+    // The ingress subscribes asynchronously: publish until one arrives.
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            c.send(&message(
+                &room,
+                json!({"action":"publish_redis","text":"r"}),
+            ))
+            .await;
+            if let Ok(f) =
+                tokio::time::timeout(std::time::Duration::from_millis(300), c.frame()).await
+            {
+                return f;
+            }
+        }
+    })
+    .await
+    .expect("a Redis broadcast arrives");
+    assert_eq!(got["message"], json!({"text":"r","via":"redis"}));
+}
