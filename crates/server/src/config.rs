@@ -553,6 +553,49 @@ mod tests {
     }
 
     #[test]
+    fn anycable_go_settings_work_unchanged_and_ferrocable_names_win() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("ANYCABLE_RPC_HOST", "http://app:3000/_anycable");
+            jail.set_env("ANYCABLE_SECRET", "s3cret");
+            jail.set_env("ANYCABLE_HEADERS", "cookie,x-api-token");
+            jail.set_env("ANYCABLE_PROXY_COOKIES", "_session_id");
+            jail.set_env("ANYCABLE_RPC_CONCURRENCY", "12");
+            jail.set_env("ANYCABLE_ALLOWED_ORIGINS", "https://a.example,*.b.example");
+            jail.set_env("ANYCABLE_HOST", "0.0.0.0");
+            jail.set_env("ANYCABLE_PORT", "8080");
+            jail.set_env("ANYCABLE_PATH", "/ws");
+            jail.set_env("ANYCABLE_BROADCAST_ADAPTER", "http,redis");
+            jail.set_env("ANYCABLE_REDIS_URL", "redis://cache:6379/1");
+            let c = ServeConfig::load(None, serde_json::json!({})).unwrap();
+            assert_eq!(c.bind.to_string(), "0.0.0.0:8080");
+            assert_eq!(c.mount_path, "/ws");
+            assert_eq!(c.allowed_origins, ["https://a.example", "*.b.example"]);
+            assert_eq!(c.broadcast_adapter, ["http", "redis"]);
+            assert_eq!(c.redis_url.as_deref(), Some("redis://cache:6379/1"));
+            let rpc = c.rpc_config().unwrap();
+            assert_eq!(rpc.host, "http://app:3000/_anycable");
+            assert_eq!(
+                rpc.secret.as_deref(),
+                Some(ferrocable_rpc::derive_secret("s3cret", "rpc-cable").as_str())
+            );
+            assert_eq!(rpc.headers, ["cookie", "x-api-token"]);
+            assert_eq!(rpc.proxy_cookies, ["_session_id"]);
+            assert_eq!(rpc.concurrency, 12);
+            jail.set_env("ANYCABLE_HTTP_RPC_SECRET", "given");
+            jail.set_env("FERROCABLE_MOUNT_PATH", "/cable2");
+            let c = ServeConfig::load(None, serde_json::json!({})).unwrap();
+            assert_eq!(c.rpc_config().unwrap().secret.as_deref(), Some("given"));
+            assert_eq!(c.mount_path, "/cable2", "ferrocable's own name wins");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn no_rpc_host_means_no_rpc() {
+        assert!(ServeConfig::default().rpc_config().is_none());
+    }
+
+    #[test]
     fn a_typo_in_the_file_is_an_error() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("f.toml", "bnid = \"127.0.0.1:4000\"\n")?;

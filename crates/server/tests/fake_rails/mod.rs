@@ -2,7 +2,7 @@
 //! written from the wire document (`anycable-wire.md` §1 and §6), answering as anycable-rails
 //! 1.6 does. It mounts HTTP RPC at `/_anycable` and records every call it gets.
 //!
-//! - connect: the cookie `user=NAME` identifies (`{"user":NAME}`, cstate `count=0`); no cookie
+//! - connect: the cookie `user=NAME` (or a `user` query parameter) identifies (`{"user":NAME}`, cstate `count=0`); no cookie
 //!   is a FAILURE with Rails' `unauthorized` disconnect; `user=crash` raises (ERROR, status
 //!   absent); `user=int` answers with integer statuses.
 //! - `ChatChannel` (`room` param): streams `chat_<room>`, istate `room`; room `secret` is
@@ -201,8 +201,19 @@ fn status(name: &str, ints: bool) -> Value {
     })
 }
 
+/// The `user` query parameter of the connection URL (clients without cookies, as in Node).
+fn query_user(body: &Value) -> Option<&str> {
+    let url = body["env"]["url"].as_str()?;
+    url.split_once('?')?
+        .1
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == "user")
+        .map(|(_, v)| v)
+}
+
 fn connect(body: &Value) -> Value {
-    match cookie(body, "user") {
+    match cookie(body, "user").or_else(|| query_user(body)) {
         None => json!({
             "status": "FAILURE",
             "transmissions": [r#"{"type":"disconnect","reason":"unauthorized","reconnect":false}"#],

@@ -1,0 +1,22 @@
+//! The fake Rails app of the RPC tests as a process, for the JavaScript tests:
+//! `fake_rails [PORT] [BROADCAST_URL] [BROADCAST_KEY]` serves HTTP RPC at `/_anycable`
+//! (secret `fake-rails-rpc-secret`), prints `listening on ADDR`, and records calls at
+//! `GET /_calls`. Written from the wire document: no Rails app can run here.
+
+#[path = "../tests/fake_rails/mod.rs"]
+mod fake_rails;
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let port: u16 = args.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let app = fake_rails::FakeRails::new();
+    if let (Some(url), Some(key)) = (args.next(), args.next()) {
+        app.broadcast_to(url, key);
+    }
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("port free");
+    println!("listening on {}", listener.local_addr().expect("bound"));
+    fake_rails::serve(app, listener).await;
+}
