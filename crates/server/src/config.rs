@@ -296,7 +296,6 @@ const ANYCABLE_KEYS: &[(&str, &str)] = &[
     ("broadcast_adapter", "broadcast_adapter"),
     ("redis_url", "redis_url"),
     ("redis_channel", "broadcast_redis_channel"),
-    ("shutdown_timeout", "shutdown_timeout_ms"),
 ];
 
 /// A list given as a list, or as one comma-separated string (how environment variables and
