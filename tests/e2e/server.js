@@ -27,6 +27,7 @@ class Server {
    * @param {boolean} [opts.bindByEnv] give the address as FERROCABLE_BIND instead of --bind
    * @param {string} [opts.cwd] working directory
    * @param {object} [opts.env] extra environment variables
+   * @param {number} [opts.port] a fixed port (default: a free one)
    */
   constructor(opts = {}) {
     this.dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferrocable-e2e-'));
@@ -37,6 +38,7 @@ class Server {
     this.bindByEnv = !!opts.bindByEnv;
     this.cwd = opts.cwd;
     this.env = opts.env || {};
+    this.port = opts.port;
   }
 
   get url() { return `http://127.0.0.1:${this.port}`; }

@@ -198,8 +198,12 @@ impl App {
             None => ServeArgs::default().load()?,
         };
         let mut parts = self.parts;
-        let node_modules = config.node_modules_dir.clone().unwrap_or(self.node_modules);
-        parts.assets = std::mem::take(&mut parts.assets).browser_packages(node_modules);
+        // In front of a Rails app with no Rust reflexes, the pages and their packages are the
+        // Rails app's: nothing to load (and nothing to warn about).
+        if config.rpc_config().is_none() || !parts.reflexes.is_empty() {
+            let node_modules = config.node_modules_dir.clone().unwrap_or(self.node_modules);
+            parts.assets = std::mem::take(&mut parts.assets).browser_packages(node_modules);
+        }
         let server = ferrocable_server::start(&config, parts).await?;
         for hook in self.on_start {
             hook(server.node(), server.services());

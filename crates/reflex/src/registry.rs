@@ -85,6 +85,12 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
+    /// Whether no reflex class is registered (an app whose reflexes live elsewhere, such as
+    /// a Rails app behind RPC).
+    pub fn is_empty(&self) -> bool {
+        self.classes.is_empty()
+    }
+
     /// An empty registry.
     pub fn new() -> Self {
         Self::default()

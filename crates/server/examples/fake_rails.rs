@@ -1,7 +1,8 @@
 //! The fake Rails app of the RPC tests as a process, for the JavaScript tests:
 //! `fake_rails [PORT] [BROADCAST_URL] [BROADCAST_KEY]` serves HTTP RPC at `/_anycable`
 //! (secret `fake-rails-rpc-secret`), prints `listening on ADDR`, and records calls at
-//! `GET /_calls`. Written from the wire document: no Rails app can run here.
+//! `GET /_calls`; with `FAKE_RAILS_NODE_MODULES` set, a StimulusReflex counter page at `/`.
+//! Written from the wire document: no Rails app can run here.
 
 #[path = "../tests/fake_rails/mod.rs"]
 mod fake_rails;
@@ -13,6 +14,9 @@ async fn main() {
     let app = fake_rails::FakeRails::new();
     if let (Some(url), Some(key)) = (args.next(), args.next()) {
         app.broadcast_to(url, key);
+    }
+    if let Ok(dir) = std::env::var("FAKE_RAILS_NODE_MODULES") {
+        app.serve_page(std::path::Path::new(&dir));
     }
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await

@@ -245,8 +245,9 @@ impl Assets {
         serde_json::json!({ "imports": self.imports }).to_string()
     }
 
-    /// The routes that serve these files.
-    pub(crate) fn routes(&self) -> Router {
+    /// The routes that serve these files (the server mounts them; a page server of its own,
+    /// such as a test app standing in for Rails, can mount them too).
+    pub fn routes(&self) -> Router {
         let vendor = std::sync::Arc::new(self.vendor.clone());
         let mut router = Router::new().route(
             "/vendor/{*file}",

@@ -382,15 +382,21 @@ pub async fn start(
     let mut builder = app
         .node
         .config(config.node_config())
-        .session_of(move |request| session::cable_session(&cookie_sessions, request))
-        .default_channel(
-            ferrocable_reflex::CHANNEL,
-            ferrocable_reflex::ReflexChannel::new(app.reflexes, host),
-        )
-        .default_channel(
-            "CableReady::Stream",
-            ferrocable_reflex::CableReadyStreamChannel::new(services.signer.clone()),
-        );
+        .session_of(move |request| session::cable_session(&cookie_sessions, request));
+    // In front of a Rails app whose reflexes and CableReady streams are its own, these
+    // channels go to the app; they are served here when the Rust app has reflexes, or when
+    // there is no app behind.
+    if config.rpc_config().is_none() || !app.reflexes.is_empty() {
+        builder = builder
+            .default_channel(
+                ferrocable_reflex::CHANNEL,
+                ferrocable_reflex::ReflexChannel::new(app.reflexes, host),
+            )
+            .default_channel(
+                "CableReady::Stream",
+                ferrocable_reflex::CableReadyStreamChannel::new(services.signer.clone()),
+            );
+    }
     if config.bench_channel {
         builder = builder.channel("BenchmarkChannel", bench_channel::BenchmarkChannel);
     }

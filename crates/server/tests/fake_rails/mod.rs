@@ -47,6 +47,8 @@ pub struct FakeRails {
     broadcast: Mutex<Option<(String, String)>>,
     /// Redis for the `redis` broadcast adapter (`host:port`).
     redis: Mutex<Option<String>>,
+    /// The browser packages for the StimulusReflex page at `/`.
+    assets: Mutex<Option<ferrocable_server::Assets>>,
 }
 
 impl FakeRails {
@@ -57,6 +59,7 @@ impl FakeRails {
             mode: Mutex::new(Mode::Up),
             broadcast: Mutex::new(None),
             redis: Mutex::new(None),
+            assets: Mutex::new(None),
         })
     }
 
@@ -66,6 +69,11 @@ impl FakeRails {
 
     pub fn broadcast_to(&self, url: String, key: String) {
         *self.broadcast.lock() = Some((url, key));
+    }
+
+    /// Serves a StimulusReflex counter page at `/` with the npm packages in `node_modules`.
+    pub fn serve_page(&self, node_modules: &std::path::Path) {
+        *self.assets.lock() = Some(ferrocable_server::Assets::new().browser_packages(node_modules));
     }
 
     pub fn redis_at(&self, addr: String) {
@@ -111,11 +119,16 @@ impl FakeRails {
 
 /// Serves the fake app on `listener` until the task is dropped.
 pub async fn serve(app: Arc<FakeRails>, listener: tokio::net::TcpListener) {
-    let router = Router::new()
+    let assets = app.assets.lock().clone();
+    let mut router = Router::new()
         .route("/_anycable/{method}", post(rpc))
         .route("/_control", post(control))
         .route("/_calls", get(calls))
+        .route("/", get(page))
         .with_state(app);
+    if let Some(assets) = assets {
+        router = router.merge(assets.routes());
+    }
     axum::serve(listener, router)
         .await
         .expect("fake app serves");
@@ -133,6 +146,53 @@ pub async fn start(app: Arc<FakeRails>) -> (SocketAddr, tokio::task::JoinHandle<
 pub async fn restart(app: Arc<FakeRails>, addr: SocketAddr) -> tokio::task::JoinHandle<()> {
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     tokio::spawn(serve(app, listener))
+}
+
+/// The counter page: a `user` cookie (set on the first visit), the cable on ferrocable's
+/// origin, the packages through the import map, a `data-reflex` button. The count is the
+/// connection state's `sr_count`, so it starts at 0 on each connection.
+async fn page(State(app): State<Arc<FakeRails>>, headers: HeaderMap) -> Response {
+    let Some(import_map) = app.assets.lock().as_ref().map(|a| a.import_map()) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let cable = app
+        .broadcast
+        .lock()
+        .as_ref()
+        .map(|(url, _)| {
+            url.replace("http://", "ws://")
+                .replace("/_broadcast", "/cable")
+        })
+        .unwrap_or_default();
+    let has_user = headers
+        .get("cookie")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.split(';').any(|p| p.trim().starts_with("user=")));
+    let html = format!(
+        r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>fake Rails</title>
+<meta name="action-cable-url" content="{cable}">
+<script type="importmap">{import_map}</script>
+<script type="module">import "ferrocable"</script>
+</head><body>
+<div id="counter"><span id="count">0</span></div>
+<button id="increment" data-reflex="click->Counter#increment">+1</button>
+</body></html>"#
+    );
+    let mut response = axum::response::Html(html).into_response();
+    if !has_user {
+        let user = format!("sr{}", std::process::id() ^ rand_u32());
+        response.headers_mut().insert(
+            "set-cookie",
+            format!("user={user}; Path=/").parse().unwrap(),
+        );
+    }
+    response
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now()) as u32
 }
 
 async fn control(State(app): State<Arc<FakeRails>>, body: String) -> StatusCode {
@@ -235,6 +295,9 @@ async fn command(app: &FakeRails, body: &Value) -> Value {
         serde_json::from_str::<Value>(body["connection_identifiers"].as_str().unwrap_or("{}"))
             .map(|v| v["user"] == "int")
             .unwrap_or(false);
+    if params["channel"] == "StimulusReflex::Channel" {
+        return reflex(app, body, identifier).await;
+    }
     if params["channel"] != "ChatChannel" {
         return json!({"error_msg": format!("Channel not found: {}", params["channel"])});
     }
@@ -253,6 +316,63 @@ async fn command(app: &FakeRails, body: &Value) -> Value {
         Some("unsubscribe") => json!({"status": status("SUCCESS", ints)}),
         Some("message") => perform(app, body, identifier, ints).await,
         other => json!({"error_msg": format!("unknown command {other:?}")}),
+    }
+}
+
+/// StimulusReflex 3.5.5's channel as a Rails app runs it (wire doc §4 and §6): the stream is
+/// `StimulusReflex::Channel:<session>`; a reflex answers with no transmissions and broadcasts
+/// its CableReady envelope through ferrocable's `/_broadcast`.
+async fn reflex(app: &FakeRails, body: &Value, identifier: &str) -> Value {
+    let user =
+        serde_json::from_str::<Value>(body["connection_identifiers"].as_str().unwrap_or("{}"))
+            .map(|v| v["user"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default();
+    let stream = format!("StimulusReflex::Channel:{user}");
+    match body["command"].as_str() {
+        Some("subscribe") => json!({
+            "status": "SUCCESS",
+            "streams": [stream],
+            "transmissions": [json!({"identifier": identifier, "type": "confirm_subscription"}).to_string()],
+        }),
+        Some("message") => {
+            let data: Value =
+                serde_json::from_str(body["data"].as_str().unwrap_or("{}")).unwrap_or_default();
+            if data["target"] != "Counter#increment" {
+                return json!({"error_msg": format!("no reflex {}", data["target"])});
+            }
+            let count: u64 = body["env"]["cstate"]["sr_count"]
+                .as_str()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0)
+                + 1;
+            let mut stimulus_reflex = data.clone();
+            stimulus_reflex["morph"] = json!("selector");
+            let envelope = json!({
+                "cableReady": true,
+                "operations": [{
+                    "operation": "morph",
+                    "selector": "#counter",
+                    "html": format!(r#"<span id="count">{count}</span>"#),
+                    "childrenOnly": true,
+                    "permanentAttributeName": data["permanentAttributeName"],
+                    "stimulusReflex": stimulus_reflex,
+                    "reflexId": data["id"],
+                    "payload": {},
+                }],
+                "version": "5.0.6",
+            });
+            let target = app.broadcast.lock().clone();
+            if let Some((url, key)) = target {
+                post_broadcast(
+                    &url,
+                    &key,
+                    &json!({"stream": stream, "data": envelope.to_string()}),
+                )
+                .await;
+            }
+            json!({"status": "SUCCESS", "env": {"cstate": {"sr_count": count.to_string()}}})
+        }
+        _ => json!({"status": "SUCCESS"}),
     }
 }
 
