@@ -2,7 +2,8 @@
 //!
 //! [`RpcClient`] is a [`RemoteApp`]: the node asks it who connects and hands it every command
 //! of a channel that has no Rust code. It carries the calls over HTTP (JSON, the Bearer
-//! secret; the app's `/_anycable` mount) with the flow control a production Rails app needs:
+//! secret; the app's `/_anycable` mount) or gRPC (`anycable.RPC`, tonic), with the flow
+//! control a production Rails app needs:
 //! one concurrency limit for every call, a deadline per attempt and per call, retries with
 //! exponential back-off only while the app is unreachable, a circuit breaker, calls of closed
 //! connections cancelled, and a rate-limited, bounded disconnect queue drained at shutdown.
@@ -10,14 +11,16 @@
 mod breaker;
 mod config;
 mod env;
+mod grpc;
 mod http;
 mod metrics;
+pub mod proto;
+mod transport;
 mod wire;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use ferrocable_node::ConnectRequest;
 use ferrocable_node::RemoteApp;
 use ferrocable_node::remote::{
@@ -40,29 +43,14 @@ pub enum RpcError {
     /// The secret cannot travel in an HTTP header.
     #[error("the RPC secret is not a valid header value")]
     BadSecret,
-}
-
-/// Which call, for metrics and paths.
-#[derive(Debug, Clone, Copy)]
-enum Method {
-    Connect,
-    Command,
-    Disconnect,
-}
-
-impl Method {
-    fn name(self) -> &'static str {
-        match self {
-            Method::Connect => "connect",
-            Method::Command => "command",
-            Method::Disconnect => "disconnect",
-        }
-    }
+    /// The host is not a `host:port` gRPC can dial.
+    #[error("RPC host {0:?} is not host:port")]
+    BadHost(String),
 }
 
 struct Shared {
     config: RpcConfig,
-    transport: http::HttpTransport,
+    transport: transport::Transport,
     slots: Semaphore,
     breaker: breaker::Breaker,
     metrics: RpcMetrics,
@@ -107,12 +95,14 @@ impl Drop for CancelGuard<'_> {
 impl RpcClient {
     /// A client for `config`; starts the disconnect worker (inside a tokio runtime).
     pub fn new(config: RpcConfig) -> Result<Self, RpcError> {
-        if !config.is_http() {
-            return Err(RpcError::Unsupported(
-                "gRPC hosts (use the app's HTTP RPC: http://app/_anycable)",
-            ));
-        }
-        let transport = http::HttpTransport::new(&config.host, config.secret.as_deref())?;
+        let transport = if config.is_http() {
+            transport::Transport::Http(Box::new(http::HttpTransport::new(
+                &config.host,
+                config.secret.as_deref(),
+            )?))
+        } else {
+            transport::Transport::Grpc(grpc::GrpcTransport::new(&config.host)?)
+        };
         let metrics = RpcMetrics::new();
         metrics.capacity.set(config.concurrency as i64);
         let shared = Arc::new(Shared {
@@ -154,35 +144,23 @@ impl RpcClient {
             .await
             .is_ok()
     }
-
-    /// One call with the flow control: a slot, attempts with back-off while the app is
-    /// unreachable, all within the call's deadline.
-    async fn call(
-        &self,
-        method: Method,
-        body: Bytes,
-        sid: Option<&str>,
-    ) -> Result<Bytes, CallError> {
-        call(&self.shared, method, body, sid).await
-    }
 }
 
+/// One call with the flow control: a slot, attempts with back-off while the app is
+/// unreachable, all within the call's deadline.
 async fn call(
     shared: &Shared,
-    method: Method,
-    body: Bytes,
-    sid: Option<&str>,
-) -> Result<Bytes, CallError> {
+    payload: &transport::Payload,
+) -> Result<transport::Reply, CallError> {
     let m = &shared.metrics;
     let config = &shared.config;
+    let method = payload.method();
     let mut guard = CancelGuard {
         metrics: m,
         armed: true,
     };
     m.calls
-        .get_or_create(&metrics::MethodLabel {
-            method: method.name(),
-        })
+        .get_or_create(&metrics::MethodLabel { method })
         .inc();
     let deadline = tokio::time::Instant::now() + config.call_timeout;
     m.pending.inc();
@@ -191,7 +169,7 @@ async fn call(
     let result = match permit {
         Err(_) => Err(CallError::Timeout),
         Ok(Err(_)) => Err(CallError::Overloaded),
-        Ok(Ok(_permit)) => attempts(shared, method, body, sid, deadline).await,
+        Ok(Ok(_permit)) => attempts(shared, payload, deadline).await,
     };
     guard.armed = false;
     if let Err(e) = &result {
@@ -206,10 +184,7 @@ async fn call(
             CallError::Overloaded => "overloaded",
         };
         m.errors
-            .get_or_create(&metrics::ErrorLabel {
-                method: method.name(),
-                kind,
-            })
+            .get_or_create(&metrics::ErrorLabel { method, kind })
             .inc();
     }
     m.breaker_open.set(i64::from(shared.breaker.is_open()));
@@ -218,15 +193,16 @@ async fn call(
 
 async fn attempts(
     shared: &Shared,
-    method: Method,
-    body: Bytes,
-    sid: Option<&str>,
+    payload: &transport::Payload,
     deadline: tokio::time::Instant,
-) -> Result<Bytes, CallError> {
+) -> Result<transport::Reply, CallError> {
     let config = &shared.config;
+    let breaker = shared.transport.has_breaker().then_some(&shared.breaker);
     let mut attempt: u32 = 0;
     loop {
-        if !shared.breaker.admit(Instant::now()) {
+        if let Some(b) = breaker
+            && !b.admit(Instant::now())
+        {
             return Err(CallError::Unavailable(
                 "the app's RPC is failing: the circuit breaker is open".into(),
             ));
@@ -236,22 +212,21 @@ async fn attempts(
             return Err(CallError::Timeout);
         }
         let timeout = config.request_timeout.min(left);
-        let result = shared
-            .transport
-            .post(method.name(), body.clone(), sid, timeout)
-            .await;
+        let result = shared.transport.send(payload, timeout).await;
         let reached = !matches!(
             result,
             Err(CallError::Unavailable(_)) | Err(CallError::Timeout)
         );
-        shared.breaker.record(reached, Instant::now());
+        if let Some(b) = breaker {
+            b.record(reached, Instant::now());
+        }
         match result {
             Err(CallError::Unavailable(e)) => {
                 let backoff = config.retry_base * 2u32.saturating_pow(attempt.min(16));
                 if tokio::time::Instant::now() + backoff >= deadline {
                     return Err(CallError::Unavailable(e));
                 }
-                debug!(method = method.name(), attempt, error = %e, "the app is unavailable: retrying");
+                debug!(method = payload.method(), attempt, error = %e, "the app is unavailable: retrying");
                 shared.metrics.retries.inc();
                 tokio::time::sleep(backoff).await;
                 attempt += 1;
@@ -261,34 +236,23 @@ async fn attempts(
     }
 }
 
-fn encode<T: serde::Serialize>(body: &T) -> Bytes {
-    // The bodies are maps of strings: they always serialize.
-    Bytes::from(serde_json::to_vec(body).unwrap_or_default())
-}
-
-fn decode<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, CallError> {
-    serde_json::from_slice(body).map_err(|e| CallError::BadReply(format!("not a reply: {e}")))
-}
-
 impl RemoteApp for RpcClient {
     fn env(&self, request: &ConnectRequest) -> Env {
         env::env_of(request, &self.shared.config)
     }
 
     async fn connect(&self, call: ConnectCall) -> Result<ConnectReply, CallError> {
-        let body = encode(&wire::ConnectBody::new(&call));
-        let reply = self
-            .call(Method::Connect, body, call.sid.as_deref())
-            .await?;
-        Ok(decode::<wire::ConnectReplyBody>(&reply)?.into())
+        match call_payload(&self.shared, transport::Payload::Connect(call)).await? {
+            transport::Reply::Connect(r) => Ok(r),
+            _ => Err(CallError::BadReply("a reply of another call".into())),
+        }
     }
 
     async fn command(&self, call: CommandCall) -> Result<CommandReply, CallError> {
-        let body = encode(&wire::CommandBody::new(&call));
-        let reply = self
-            .call(Method::Command, body, call.sid.as_deref())
-            .await?;
-        Ok(decode::<wire::CommandReplyBody>(&reply)?.into())
+        match call_payload(&self.shared, transport::Payload::Command(call)).await? {
+            transport::Reply::Command(r) => Ok(r),
+            _ => Err(CallError::BadReply("a reply of another call".into())),
+        }
     }
 
     fn disconnect(&self, call: DisconnectCall) {
@@ -304,15 +268,21 @@ impl RemoteApp for RpcClient {
     }
 }
 
+async fn call_payload(
+    shared: &Shared,
+    payload: transport::Payload,
+) -> Result<transport::Reply, CallError> {
+    call(shared, &payload).await
+}
+
 /// Sends one disconnect call and logs how it went.
 async fn send_disconnect(shared: Arc<Shared>, call: DisconnectCall) {
-    let body = encode(&wire::DisconnectBody::new(&call));
-    match crate::call(&shared, Method::Disconnect, body, call.sid.as_deref()).await {
-        Ok(reply) => match decode::<wire::DisconnectReplyBody>(&reply) {
-            Ok(r) if r.status == Status::Success => {}
-            Ok(r) => warn!(error = %r.error_msg, "the app failed a disconnect"),
-            Err(e) => warn!(error = %e, "disconnect call: bad reply"),
-        },
+    match crate::call(&shared, &transport::Payload::Disconnect(call)).await {
+        Ok(transport::Reply::Disconnect(Status::Success, _)) => {}
+        Ok(transport::Reply::Disconnect(_, error)) => {
+            warn!(%error, "the app failed a disconnect")
+        }
+        Ok(_) => warn!("disconnect call: a reply of another call"),
         Err(e) => warn!(error = %e, "disconnect call to the app failed"),
     }
 }

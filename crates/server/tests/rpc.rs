@@ -14,12 +14,40 @@ use serde_json::{Value, json};
 
 const CHAT: &str = r#"{"channel":"ChatChannel","room":"1"}"#;
 
-fn rpc_config(app: SocketAddr) -> ServeConfig {
+/// How ferrocable reaches the fake app: every test runs over both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Http,
+    Grpc,
+}
+
+fn rpc_config(t: Transport, app: SocketAddr) -> ServeConfig {
     ServeConfig {
-        rpc_host: Some(format!("http://{app}/_anycable")),
+        rpc_host: Some(match t {
+            Transport::Http => format!("http://{app}/_anycable"),
+            Transport::Grpc => format!("grpc://{app}"),
+        }),
         http_rpc_secret: Some(fake_rails::SECRET.into()),
         broadcast_key: Some("bkey".into()),
         ..config()
+    }
+}
+
+async fn start_app(t: Transport, app: Arc<FakeRails>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    match t {
+        Transport::Http => fake_rails::start(app).await,
+        Transport::Grpc => fake_rails::grpc::start(app).await,
+    }
+}
+
+async fn restart_app(
+    t: Transport,
+    app: Arc<FakeRails>,
+    addr: SocketAddr,
+) -> tokio::task::JoinHandle<()> {
+    match t {
+        Transport::Http => fake_rails::restart(app, addr).await,
+        Transport::Grpc => fake_rails::grpc::restart(app, addr).await,
     }
 }
 
@@ -30,10 +58,10 @@ struct Setup {
     server: RunningServer,
 }
 
-async fn setup_with(edit: impl FnOnce(&mut ServeConfig)) -> Setup {
+async fn setup_with(t: Transport, edit: impl FnOnce(&mut ServeConfig)) -> Setup {
     let app = FakeRails::new();
-    let (app_addr, app_task) = fake_rails::start(app.clone()).await;
-    let mut config = rpc_config(app_addr);
+    let (app_addr, app_task) = start_app(t, app.clone()).await;
+    let mut config = rpc_config(t, app_addr);
     edit(&mut config);
     let server = start(config).await;
     app.broadcast_to(
@@ -48,8 +76,8 @@ async fn setup_with(edit: impl FnOnce(&mut ServeConfig)) -> Setup {
     }
 }
 
-async fn setup() -> Setup {
-    setup_with(|_| {}).await
+async fn setup(t: Transport) -> Setup {
+    setup_with(t, |_| {}).await
 }
 
 async fn as_user(addr: SocketAddr, user: &str) -> Client<tokio::net::TcpStream> {
@@ -67,9 +95,8 @@ fn speak(text: &str) -> Value {
     json!({"action": "speak", "text": text})
 }
 
-#[tokio::test]
-async fn connect_goes_to_the_app_with_the_request_and_is_welcomed() {
-    let s = setup().await;
+async fn connect_goes_to_the_app_with_the_request_and_is_welcomed(t: Transport) {
+    let s = setup(t).await;
     let addr = s.server.local_addr();
     let mut c = as_user(addr, "alice").await;
     c.welcomed().await;
@@ -82,9 +109,8 @@ async fn connect_goes_to_the_app_with_the_request_and_is_welcomed() {
     assert!(env["headers"].get("sec-websocket-protocol").is_none());
 }
 
-#[tokio::test]
-async fn a_connection_the_app_rejects_gets_its_disconnect_and_a_normal_close() {
-    let s = setup().await;
+async fn a_connection_the_app_rejects_gets_its_disconnect_and_a_normal_close(t: Transport) {
+    let s = setup(t).await;
     let mut c = connect(s.server.local_addr()).await;
     let (code, frames) = c.closed().await;
     assert_eq!(code, Some(1000));
@@ -94,18 +120,16 @@ async fn a_connection_the_app_rejects_gets_its_disconnect_and_a_normal_close() {
     );
 }
 
-#[tokio::test]
-async fn an_app_exception_at_connect_closes_with_1011() {
-    let s = setup().await;
+async fn an_app_exception_at_connect_closes_with_1011(t: Transport) {
+    let s = setup(t).await;
     let mut c = as_user(s.server.local_addr(), "crash").await;
     let (code, frames) = c.closed().await;
     assert_eq!(code, Some(1011));
     assert!(frames.is_empty(), "{frames:?}");
 }
 
-#[tokio::test]
-async fn subscribe_confirmed_rejected_and_unknown() {
-    let s = setup().await;
+async fn subscribe_confirmed_rejected_and_unknown(t: Transport) {
+    let s = setup(t).await;
     let mut c = as_user(s.server.local_addr(), "alice").await;
     c.welcomed().await;
     c.subscribe(CHAT).await;
@@ -135,9 +159,8 @@ async fn subscribe_confirmed_rejected_and_unknown() {
     );
 }
 
-#[tokio::test]
-async fn perform_transmits_and_state_survives_between_commands() {
-    let s = setup().await;
+async fn perform_transmits_and_state_survives_between_commands(t: Transport) {
+    let s = setup(t).await;
     let mut c = as_user(s.server.local_addr(), "alice").await;
     c.welcomed().await;
     c.subscribe(CHAT).await;
@@ -169,9 +192,8 @@ async fn perform_transmits_and_state_survives_between_commands() {
     assert_eq!(f["message"]["count"], 2);
 }
 
-#[tokio::test]
-async fn integer_statuses_work_like_names() {
-    let s = setup().await;
+async fn integer_statuses_work_like_names(t: Transport) {
+    let s = setup(t).await;
     let mut c = as_user(s.server.local_addr(), "int").await;
     c.welcomed().await;
     c.subscribe(CHAT).await;
@@ -179,9 +201,8 @@ async fn integer_statuses_work_like_names() {
     assert_eq!(c.frame().await["message"]["user"], "int");
 }
 
-#[tokio::test]
-async fn broadcasts_from_the_app_reach_the_stream_and_stop_streams_detaches() {
-    let s = setup().await;
+async fn broadcasts_from_the_app_reach_the_stream_and_stop_streams_detaches(t: Transport) {
+    let s = setup(t).await;
     let addr = s.server.local_addr();
     let mut alice = as_user(addr, "alice").await;
     alice.welcomed().await;
@@ -219,9 +240,8 @@ async fn broadcasts_from_the_app_reach_the_stream_and_stop_streams_detaches() {
     assert_eq!(f["message"]["text"], "sentinel");
 }
 
-#[tokio::test]
-async fn app_errors_become_error_frames_and_disconnect_closes() {
-    let s = setup().await;
+async fn app_errors_become_error_frames_and_disconnect_closes(t: Transport) {
+    let s = setup(t).await;
     let mut c = as_user(s.server.local_addr(), "alice").await;
     c.welcomed().await;
     c.subscribe(CHAT).await;
@@ -239,9 +259,8 @@ async fn app_errors_become_error_frames_and_disconnect_closes() {
     assert_eq!(frames.last().unwrap()["reason"], "remote", "{frames:?}");
 }
 
-#[tokio::test]
-async fn disconnect_carries_the_subscriptions_and_their_state() {
-    let s = setup().await;
+async fn disconnect_carries_the_subscriptions_and_their_state(t: Transport) {
+    let s = setup(t).await;
     let mut c = as_user(s.server.local_addr(), "alice").await;
     c.welcomed().await;
     c.subscribe(CHAT).await;
@@ -259,9 +278,8 @@ async fn disconnect_carries_the_subscriptions_and_their_state() {
     assert_eq!(body["env"]["headers"]["cookie"], "user=alice; theme=dark");
 }
 
-#[tokio::test]
-async fn extended_protocol_clients_get_a_sid_in_the_apps_welcome() {
-    let s = setup().await;
+async fn extended_protocol_clients_get_a_sid_in_the_apps_welcome(t: Transport) {
+    let s = setup(t).await;
     let mut c = connect_with(
         s.server.local_addr(),
         &[("sec-websocket-protocol", EXT), ("cookie", "user=alice")],
@@ -274,9 +292,8 @@ async fn extended_protocol_clients_get_a_sid_in_the_apps_welcome() {
     assert_eq!(call["sid"], sid.as_str(), "the same sid is sent to the app");
 }
 
-#[tokio::test]
-async fn shutdown_drains_the_disconnect_calls() {
-    let s = setup().await;
+async fn shutdown_drains_the_disconnect_calls(t: Transport) {
+    let s = setup(t).await;
     let addr = s.server.local_addr();
     let mut clients = Vec::new();
     for i in 0..20 {
@@ -299,9 +316,8 @@ async fn shutdown_drains_the_disconnect_calls() {
     );
 }
 
-#[tokio::test]
-async fn a_slow_call_of_a_closed_connection_is_cancelled() {
-    let s = setup().await;
+async fn a_slow_call_of_a_closed_connection_is_cancelled(t: Transport) {
+    let s = setup(t).await;
     let addr = s.server.local_addr();
     let mut c = as_user(addr, "alice").await;
     c.welcomed().await;
@@ -321,9 +337,8 @@ async fn a_slow_call_of_a_closed_connection_is_cancelled() {
     );
 }
 
-#[tokio::test]
-async fn an_outage_gives_clear_answers_and_service_resumes_by_itself() {
-    let s = setup_with(|c| c.rpc_call_timeout = 1000).await;
+async fn an_outage_gives_clear_answers_and_service_resumes_by_itself(t: Transport) {
+    let s = setup_with(t, |c| c.rpc_call_timeout = 1000).await;
     let addr = s.server.local_addr();
     let mut c = as_user(addr, "alice").await;
     c.welcomed().await;
@@ -356,23 +371,29 @@ async fn an_outage_gives_clear_answers_and_service_resumes_by_itself() {
         text.contains(r#"ferrocable_rpc_errors_total{method="connect",kind="unavailable"}"#),
         "{text}"
     );
+    // A 503 is an answer (not retried); gRPC's UNAVAILABLE is retried until the deadline.
+    let kind = match t {
+        Transport::Http => "bad_reply",
+        Transport::Grpc => "unavailable",
+    };
     assert!(
-        text.contains(r#"ferrocable_rpc_errors_total{method="command",kind="bad_reply"}"#),
+        text.contains(&format!(
+            r#"ferrocable_rpc_errors_total{{method="command",kind="{kind}"}}"#
+        )),
         "{text}"
     );
 
     // Back on the same port: everything works again without restarting ferrocable.
     s.app.set_mode(Mode::Up);
-    let _task = fake_rails::restart(s.app.clone(), s.app_addr).await;
+    let _task = restart_app(t, s.app.clone(), s.app_addr).await;
     c.send(&message(CHAT, speak("back"))).await;
     assert_eq!(c.frame().await["message"]["text"], "back");
     let mut again = as_user(addr, "bob").await;
     again.welcomed().await;
 }
 
-#[tokio::test]
-async fn broadcasts_over_the_redis_adapter_reach_the_stream() {
-    let s = setup_with(|c| {
+async fn broadcasts_over_the_redis_adapter_reach_the_stream(t: Transport) {
+    let s = setup_with(t, |c| {
         c.broadcast_adapter = vec!["http".into(), "redis".into()];
         c.redis_url = Some("redis://127.0.0.1:6379".into());
     })
@@ -404,3 +425,38 @@ async fn broadcasts_over_the_redis_adapter_reach_the_stream() {
     .expect("a Redis broadcast arrives");
     assert_eq!(got["message"], json!({"text":"r","via":"redis"}));
 }
+
+/// Each scenario above, over HTTP RPC and over gRPC.
+macro_rules! over_both {
+    ($($name:ident),* $(,)?) => {
+        mod http {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Transport::Http).await
+            })*
+        }
+        mod grpc {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Transport::Grpc).await
+            })*
+        }
+    };
+}
+
+over_both!(
+    connect_goes_to_the_app_with_the_request_and_is_welcomed,
+    a_connection_the_app_rejects_gets_its_disconnect_and_a_normal_close,
+    an_app_exception_at_connect_closes_with_1011,
+    subscribe_confirmed_rejected_and_unknown,
+    perform_transmits_and_state_survives_between_commands,
+    integer_statuses_work_like_names,
+    broadcasts_from_the_app_reach_the_stream_and_stop_streams_detaches,
+    app_errors_become_error_frames_and_disconnect_closes,
+    disconnect_carries_the_subscriptions_and_their_state,
+    extended_protocol_clients_get_a_sid_in_the_apps_welcome,
+    shutdown_drains_the_disconnect_calls,
+    a_slow_call_of_a_closed_connection_is_cancelled,
+    an_outage_gives_clear_answers_and_service_resumes_by_itself,
+    broadcasts_over_the_redis_adapter_reach_the_stream,
+);

@@ -15,6 +15,8 @@
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod grpc;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,22 +100,6 @@ impl FakeRails {
         })
         .await;
         found.unwrap_or_else(|_| panic!("no such call; calls: {:#?}", self.calls()))
-    }
-
-    fn record(&self, path: &str, headers: &HeaderMap, body: &Value) {
-        let h = |n: &str| {
-            headers
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        self.calls.lock().push(json!({
-            "path": path,
-            "body": body,
-            "sid": h("x-anycable-meta-sid"),
-            "protov": h("x-anycable-meta-protov"),
-        }));
-        self.changed.send_modify(|n| *n += 1);
     }
 }
 
@@ -230,14 +216,52 @@ async fn rpc(
     let Ok(body) = serde_json::from_str::<Value>(&body) else {
         return (StatusCode::UNPROCESSABLE_ENTITY, "bad body").into_response();
     };
-    app.record(&method, &headers, &body);
-    let reply = match method.as_str() {
-        "connect" => connect(&body),
-        "command" => command(&app, &body).await,
-        "disconnect" => json!({"status": "SUCCESS"}),
-        _ => return StatusCode::NOT_FOUND.into_response(),
+    let h = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
     };
-    axum::Json(reply).into_response()
+    match answer(
+        &app,
+        &method,
+        h("x-anycable-meta-sid"),
+        h("x-anycable-meta-protov"),
+        &body,
+    )
+    .await
+    {
+        Some(reply) => axum::Json(reply).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// Records a call and answers it (the same for HTTP and gRPC): the reply as HTTP RPC's JSON.
+pub async fn answer(
+    app: &FakeRails,
+    method: &str,
+    sid: Option<String>,
+    protov: Option<String>,
+    body: &Value,
+) -> Option<Value> {
+    app.calls.lock().push(json!({
+        "path": method,
+        "body": body,
+        "sid": sid,
+        "protov": protov,
+    }));
+    app.changed.send_modify(|n| *n += 1);
+    Some(match method {
+        "connect" => connect(body),
+        "command" => command(app, body).await,
+        "disconnect" => json!({"status": "SUCCESS"}),
+        _ => return None,
+    })
+}
+
+/// The current mode (the gRPC side honours it too).
+pub fn mode(app: &FakeRails) -> Mode {
+    *app.mode.lock()
 }
 
 fn cookie<'a>(body: &'a Value, name: &str) -> Option<&'a str> {
