@@ -13,6 +13,7 @@ mod broadcast;
 mod churn;
 mod client;
 mod fleet;
+mod rpc;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -124,6 +125,28 @@ enum Scenario {
         round_timeout_ms: u64,
         #[arg(long, default_value_t = 0)]
         source_ips: u8,
+    },
+    /// Connect + subscribe rate and command round trips with the channel behind AnyCable RPC
+    /// (`ferrocable serve` with `ANYCABLE_RPC_HOST` pointing at the fake app).
+    Rpc {
+        /// Server address (loopback only).
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        addr: SocketAddr,
+        /// Connections, each subscribed once.
+        #[arg(long, default_value_t = 1000)]
+        n: usize,
+        /// Connections being set up at once.
+        #[arg(long, default_value_t = 200)]
+        concurrency: usize,
+        /// Measured seconds of commands (every client in a closed loop).
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Server process to read CPU time from.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Label copied into the result.
+        #[arg(long, default_value = "")]
+        label: String,
     },
     /// Reflex round trips against the demo app.
     Reflex {
@@ -406,6 +429,21 @@ fn main() -> anyhow::Result<()> {
             source_ips,
             concurrency,
             round_timeout: Duration::from_millis(round_timeout_ms),
+        })),
+        Scenario::Rpc {
+            addr,
+            n,
+            concurrency,
+            duration,
+            server_pid,
+            label,
+        } => rt.block_on(rpc::run(rpc::Options {
+            addr,
+            n,
+            concurrency,
+            duration: Duration::from_secs(duration),
+            server_pid,
+            label,
         })),
         Scenario::Reflex {
             addr,

@@ -261,8 +261,16 @@ impl RemoteApp for RpcClient {
                 self.shared.metrics.disconnects_queued.inc();
             }
             Err(_) => {
-                warn!("disconnect queue full: a disconnect call to the app is dropped");
-                self.shared.metrics.disconnects_dropped.inc();
+                // Logged on the first drop and every 1,000th after: a mass disconnect would
+                // otherwise write thousands of lines; the counter has every one.
+                let dropped = self.shared.metrics.disconnects_dropped.inc();
+                if dropped % 1000 == 0 {
+                    warn!(
+                        dropped = dropped + 1,
+                        backlog = self.shared.config.disconnect_backlog,
+                        "disconnect queue full: disconnect calls to the app are dropped"
+                    );
+                }
             }
         }
     }
