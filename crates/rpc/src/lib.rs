@@ -264,7 +264,7 @@ impl RemoteApp for RpcClient {
                 // Logged on the first drop and every 1,000th after: a mass disconnect would
                 // otherwise write thousands of lines; the counter has every one.
                 let dropped = self.shared.metrics.disconnects_dropped.inc();
-                if dropped % 1000 == 0 {
+                if dropped.is_multiple_of(1000) {
                     warn!(
                         dropped = dropped + 1,
                         backlog = self.shared.config.disconnect_backlog,
