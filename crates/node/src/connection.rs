@@ -378,6 +378,9 @@ pub(crate) async fn run<S>(
         stashed: None,
     };
     node.connections.insert(id, conn.outbox.clone());
+    if let Some(sid) = &conn.sid {
+        node.sids.lock().insert(sid.clone(), id);
+    }
     if node.shutdown.is_cancelled() {
         // Shutdown began while this connection authenticated and missed the registry sweep.
         conn.outbox
@@ -403,6 +406,9 @@ pub(crate) async fn run<S>(
     }
     let exit = conn.serve(&mut ws).await;
     node.connections.remove(id);
+    if let Some(sid) = &conn.sid {
+        node.sids.lock().remove(sid);
+    }
     if let Some(running) = conn.running.take() {
         if conn.running_remote {
             // A call to the app for a connection that is gone is cancelled, not awaited: it

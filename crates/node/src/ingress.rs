@@ -14,6 +14,20 @@ pub struct Publication {
     pub stream: String,
     /// The message as JSON text.
     pub message: String,
+    /// How it is delivered (AnyCable's `meta`).
+    pub meta: Meta,
+}
+
+/// A publication's `meta`, as anycable-rails sends it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Meta {
+    /// The session id (`sid`) of the client that caused the broadcast (anycable-rails'
+    /// `X-Socket-ID`): it does not get the message ("broadcast to others").
+    #[serde(default)]
+    pub exclude_socket: Option<String>,
+    /// Not stored in history (a message no one needs replayed).
+    #[serde(default)]
+    pub transient: bool,
 }
 
 /// Why a publication body was refused.
@@ -36,6 +50,9 @@ struct Raw<'a> {
     stream: Option<String>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
+    /// Unknown or malformed meta is ignored (delivered as a plain broadcast).
+    #[serde(borrow, default)]
+    meta: Option<&'a RawValue>,
 }
 
 fn message(data: &RawValue) -> String {
@@ -65,9 +82,14 @@ pub fn decode_publications(body: &[u8]) -> Result<Vec<Publication>, IngressError
                 .filter(|s| !s.is_empty())
                 .ok_or(IngressError::MissingStream(i))?;
             let data = r.data.ok_or(IngressError::MissingData(i))?;
+            let meta = r
+                .meta
+                .and_then(|m| serde_json::from_str::<Meta>(m.get()).ok())
+                .unwrap_or_default();
             Ok(Publication {
                 stream,
                 message: message(data),
+                meta,
             })
         })
         .collect()
@@ -87,9 +109,18 @@ mod tests {
             one,
             vec![Publication {
                 stream: "chat".into(),
-                message: r#"{"text":"hi"}"#.into()
+                message: r#"{"text":"hi"}"#.into(),
+                meta: Meta {
+                    exclude_socket: Some("x".into()),
+                    transient: false,
+                },
             }]
         );
+        let transient =
+            decode_publications(br#"{"stream":"s","data":"1","meta":{"transient":true}}"#).unwrap();
+        assert!(transient[0].meta.transient);
+        let odd = decode_publications(br#"{"stream":"s","data":"1","meta":"?"}"#).unwrap();
+        assert_eq!(odd[0].meta, Meta::default(), "bad meta is ignored");
         let batch = decode_publications(
             br#"[{"stream":"a","data":"plain words"},{"stream":"b","data":"42"}]"#,
         )

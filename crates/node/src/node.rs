@@ -111,6 +111,9 @@ pub(crate) struct Inner {
     pub(crate) shutdown: CancellationToken,
     tracker: TaskTracker,
     pub(crate) connections: Registry,
+    /// Extended-protocol sessions by `sid`: how a publication's `exclude_socket` finds its
+    /// connection (one entry per live extended connection, removed when it ends).
+    pub(crate) sids: Mutex<HashMap<Box<str>, ConnId>>,
     /// When the node started: connections keep times as milliseconds since then (4 bytes).
     pub(crate) started: std::time::Instant,
     next_id: AtomicU64,
@@ -497,6 +500,7 @@ impl NodeBuilder {
             shutdown: shutdown.clone(),
             tracker: TaskTracker::new(),
             connections: Registry::new(64),
+            sids: Mutex::new(HashMap::new()),
             pubsub: self.pubsub,
             // Random per process (the std hasher is seeded randomly), so two nodes never share one.
             node_id: std::hash::BuildHasher::hash_one(
@@ -630,6 +634,38 @@ impl Node {
             .broadcast_deliveries
             .inc_by(report.delivered as u64);
         Ok(report)
+    }
+
+    /// Delivers a publication from the ingress with its `meta`: `transient` is not stored,
+    /// `exclude_socket` (a session id) skips that client. `local`: to this node's subscribers
+    /// only (when every node reads the ingress itself, as with Redis). The excluded client is
+    /// found on this node; a publication relayed to other nodes reaches theirs unfiltered.
+    pub fn publish(
+        &self,
+        publication: &crate::ingress::Publication,
+        local: bool,
+    ) -> Result<BroadcastReport, BroadcastError> {
+        let raw: &RawValue =
+            serde_json::from_str(&publication.message).map_err(|_| BroadcastError::InvalidJson)?;
+        let except = publication
+            .meta
+            .exclude_socket
+            .as_deref()
+            .and_then(|sid| self.inner.sids.lock().get(sid).copied());
+        let stream = &publication.stream;
+        Ok(if local {
+            let report = self.inner.hub.broadcast(stream, raw, except);
+            self.inner.metrics.broadcasts.inc();
+            self.inner
+                .metrics
+                .broadcast_deliveries
+                .inc_by(report.delivered as u64);
+            report
+        } else if publication.meta.transient {
+            self.inner.broadcast_transient(stream, raw, except)
+        } else {
+            self.inner.broadcast_raw(stream, raw, except)
+        })
     }
 
     /// Broadcasts an already validated JSON value to every subscription of `stream`.

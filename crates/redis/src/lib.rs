@@ -296,7 +296,7 @@ pub fn spawn_anycable_ingress(
                     match ferrocable_node::ingress::decode_publications(&payload) {
                         Ok(list) => {
                             for p in list {
-                                let _ = node.broadcast_local(&p.stream, &p.message);
+                                let _ = node.publish(&p, true);
                             }
                         }
                         Err(e) => {

@@ -69,7 +69,7 @@ async fn broadcast_ingress(
     match ferrocable_node::ingress::decode_publications(&body) {
         Ok(list) => {
             for p in &list {
-                let _ = state.node.broadcast(&p.stream, &p.message);
+                let _ = state.node.publish(p, false);
             }
             (StatusCode::CREATED, "").into_response()
         }

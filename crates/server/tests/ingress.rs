@@ -85,6 +85,47 @@ async fn http_ingress_needs_the_key_and_delivers_single_and_batched_publications
 }
 
 #[tokio::test]
+async fn meta_exclude_socket_skips_that_session_and_transient_is_not_stored() {
+    let cfg = ServeConfig {
+        broadcast_key: Some("k3y".into()),
+        ..config()
+    };
+    let server = start(cfg).await;
+    let addr = server.local_addr();
+    let mut sender = connect_ext(addr, None).await;
+    let sid = sender.frame().await["sid"].as_str().unwrap().to_owned();
+    sender.subscribe(BENCH).await;
+    let mut other = connect_ext(addr, None).await;
+    other.frame().await;
+    other.subscribe(BENCH).await;
+
+    // anycable-rails' "broadcast to others": the X-Socket-ID session does not get it.
+    let body =
+        format!(r#"{{"stream":"all","data":"{{\"n\":1}}","meta":{{"exclude_socket":"{sid}"}}}}"#);
+    assert_eq!(post(addr, Some("k3y"), &body).await.0, 201);
+    assert_eq!(other.frame().await["message"]["n"], 1);
+    // A sentinel after it: the sender's first message is the sentinel, so it never got n=1.
+    let transient = r#"{"stream":"all","data":"{\"n\":2}","meta":{"transient":true}}"#;
+    assert_eq!(post(addr, Some("k3y"), transient).await.0, 201);
+    let f = sender.frame().await;
+    assert_eq!(f["message"]["n"], 2, "{f}");
+    assert!(
+        f.get("offset").is_none(),
+        "a transient message has no history position: {f}"
+    );
+    let f = other.frame().await;
+    assert_eq!(f["message"]["n"], 2);
+    // A stored one has its position.
+    assert_eq!(
+        post(addr, Some("k3y"), r#"{"stream":"all","data":"{\"n\":3}"}"#)
+            .await
+            .0,
+        201
+    );
+    assert!(sender.frame().await.get("offset").is_some());
+}
+
+#[tokio::test]
 async fn the_default_key_is_derived_from_the_secret_like_anycable() {
     let server = start(config()).await;
     // hex(HMAC-SHA256("test secret key base", "broadcast-cable"))
