@@ -180,6 +180,63 @@ impl PubSub for NatsPubSub {
     }
 }
 
+/// Reads AnyCable publications from the NATS subject `subject` (`__anycable__`, anycable-rails'
+/// `nats` broadcast adapter) and delivers them to this node's subscribers, with their `meta`.
+/// Every node subscribes itself, so deliveries are local only (never republished on the bus).
+/// The client reconnects by itself and re-subscribes.
+pub fn spawn_anycable_ingress(
+    url: &str,
+    subject: &str,
+    node: ferrocable_node::Node,
+) -> tokio::task::JoinHandle<()> {
+    let url = url.to_owned();
+    let subject = subject.to_owned();
+    tokio::spawn(async move {
+        let shutdown = node.shutdown_token();
+        let options = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(2));
+        let client = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = options.connect(&url) => c,
+        };
+        let client = match client {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, %url, "nats ingress: cannot connect");
+                node.metrics().pubsub_errors.inc();
+                return;
+            }
+        };
+        let mut messages = match client.subscribe(subject.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, %subject, "nats ingress: cannot subscribe");
+                node.metrics().pubsub_errors.inc();
+                return;
+            }
+        };
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                m = messages.next() => m,
+            };
+            let Some(message) = message else { return };
+            match ferrocable_node::ingress::decode_publications(&message.payload) {
+                Ok(list) => {
+                    for p in &list {
+                        let _ = node.publish(p, true);
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "nats ingress: publication refused");
+                    node.metrics().ingress_refused("malformed");
+                }
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

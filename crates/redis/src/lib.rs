@@ -322,3 +322,175 @@ pub fn spawn_anycable_ingress(
         }
     }))
 }
+
+/// The entries of a stream reply (`[[id, [field, value, …]], …]`): each id and its `payload`.
+fn stream_entries(entries: &redis::Value) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    let redis::Value::Array(entries) = entries else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .filter_map(|entry| {
+            let redis::Value::Array(parts) = entry else {
+                return None;
+            };
+            let (Some(redis::Value::BulkString(id)), Some(redis::Value::Array(fields))) =
+                (parts.first(), parts.get(1))
+            else {
+                return None;
+            };
+            let payload = fields.chunks(2).find_map(|kv| match kv {
+                [redis::Value::BulkString(k), redis::Value::BulkString(v)] if k == b"payload" => {
+                    Some(v.clone())
+                }
+                _ => None,
+            });
+            Some((id.clone(), payload))
+        })
+        .collect()
+}
+
+/// Reads AnyCable publications from the Redis Stream `stream` (`__anycable__`, anycable-rails'
+/// `redisx` adapter: `XADD __anycable__ * payload <json>`) in the consumer group `group`, so
+/// that each publication is taken by one node, which broadcasts it to every node (bus and
+/// history included). Each entry is acknowledged and deleted once delivered; entries another
+/// consumer left pending for longer than the read block are claimed (a crashed node's).
+/// Reconnects with back-off.
+pub fn spawn_anycable_stream_ingress(
+    url: &str,
+    stream: &str,
+    group: &str,
+    node: ferrocable_node::Node,
+) -> Result<tokio::task::JoinHandle<()>, ferrocable_node::broker::ConnectError> {
+    let client = redis::Client::open(url).map_err(|e| {
+        ferrocable_node::broker::ConnectError::new(format!("invalid redis URL {url:?}"), e)
+    })?;
+    let stream = stream.to_owned();
+    let group = group.to_owned();
+    let consumer = ferrocable_node::broker::new_sid();
+    const BLOCK_MS: u64 = 2000;
+    Ok(tokio::spawn(async move {
+        let shutdown = node.shutdown_token();
+        let mut backoff = Duration::from_millis(100);
+        'connect: loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let connected = tokio::time::timeout(
+                Duration::from_secs(3),
+                client.get_multiplexed_async_connection(),
+            )
+            .await;
+            if let Ok(Ok(mut conn)) = connected {
+                let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(&stream)
+                    .arg(&group)
+                    .arg("$")
+                    .arg("MKSTREAM")
+                    .query_async(&mut conn)
+                    .await;
+                let ready = match created {
+                    Ok(()) => true,
+                    Err(e) => e.code() == Some("BUSYGROUP"),
+                };
+                let mut claimed_at = tokio::time::Instant::now();
+                if !ready {
+                    warn!(stream = %stream, group = %group, "redisx ingress: cannot create the consumer group");
+                }
+                while ready && !shutdown.is_cancelled() {
+                    let claim = claimed_at.elapsed() >= Duration::from_millis(BLOCK_MS);
+                    let reply: redis::RedisResult<redis::Value> = if claim {
+                        claimed_at = tokio::time::Instant::now();
+                        redis::cmd("XAUTOCLAIM")
+                            .arg(&stream)
+                            .arg(&group)
+                            .arg(&consumer)
+                            .arg(BLOCK_MS)
+                            .arg("0-0")
+                            .query_async(&mut conn)
+                            .await
+                    } else {
+                        let mut command = redis::cmd("XREADGROUP");
+                        command
+                            .arg("GROUP")
+                            .arg(&group)
+                            .arg(&consumer)
+                            .arg("COUNT")
+                            .arg(100)
+                            .arg("BLOCK")
+                            .arg(BLOCK_MS)
+                            .arg("STREAMS")
+                            .arg(&stream)
+                            .arg(">");
+                        let read = command.query_async(&mut conn);
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            r = read => r,
+                        }
+                    };
+                    let reply = match reply {
+                        Ok(v) => v,
+                        Err(e) => {
+                            warn!(error = %e, stream = %stream, "redisx ingress: read failed; reconnecting");
+                            break;
+                        }
+                    };
+                    backoff = Duration::from_millis(100);
+                    let entries = match (&reply, claim) {
+                        // XAUTOCLAIM: [next, entries, deleted]
+                        (redis::Value::Array(parts), true) => {
+                            parts.get(1).map(stream_entries).unwrap_or_default()
+                        }
+                        // XREADGROUP: [[stream, entries]] or nil
+                        (redis::Value::Array(streams), false) => streams
+                            .iter()
+                            .filter_map(|s| match s {
+                                redis::Value::Array(kv) => kv.get(1).map(stream_entries),
+                                _ => None,
+                            })
+                            .flatten()
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    for (id, payload) in entries {
+                        match payload.map(|p| ferrocable_node::ingress::decode_publications(&p)) {
+                            Some(Ok(list)) => {
+                                for p in &list {
+                                    let _ = node.publish(p, false);
+                                }
+                            }
+                            Some(Err(e)) => {
+                                warn!(error = %e, "redisx ingress: publication refused");
+                                node.metrics().ingress_refused("malformed");
+                            }
+                            None => node.metrics().ingress_refused("malformed"),
+                        }
+                        let acked: redis::RedisResult<()> = redis::pipe()
+                            .cmd("XACK")
+                            .arg(&stream)
+                            .arg(&group)
+                            .arg(&id)
+                            .ignore()
+                            .cmd("XDEL")
+                            .arg(&stream)
+                            .arg(&id)
+                            .ignore()
+                            .query_async(&mut conn)
+                            .await;
+                        if let Err(e) = acked {
+                            warn!(error = %e, "redisx ingress: ack failed; reconnecting");
+                            continue 'connect;
+                        }
+                    }
+                }
+            }
+            node.metrics().pubsub_errors.inc();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }))
+}

@@ -122,9 +122,40 @@ pub(crate) fn ingress(config: &ServeConfig, node: &Node) -> Result<(), StartErro
     for adapter in &config.broadcast_adapter {
         match adapter.as_str() {
             "http" | "redis" => {}
+            "redisx" => {
+                let url = config
+                    .redis_url
+                    .clone()
+                    .filter(|u| !u.is_empty())
+                    .unwrap_or_else(|| "redis://localhost:6379".to_owned());
+                #[cfg(feature = "redis")]
+                ferrocable_redis::spawn_anycable_stream_ingress(
+                    &url,
+                    &config.broadcast_redis_channel,
+                    &config.redis_group,
+                    node.clone(),
+                )
+                .map_err(StartError::PubSub)?;
+                #[cfg(not(feature = "redis"))]
+                return Err(not_built(
+                    format!("broadcast adapter redisx {url}"),
+                    "redis",
+                ));
+            }
+            "nats" => {
+                let url = config
+                    .nats_servers
+                    .clone()
+                    .filter(|u| !u.is_empty())
+                    .unwrap_or_else(|| "nats://127.0.0.1:4222".to_owned());
+                #[cfg(feature = "nats")]
+                ferrocable_nats::spawn_anycable_ingress(&url, &config.nats_channel, node.clone());
+                #[cfg(not(feature = "nats"))]
+                return Err(not_built(format!("broadcast adapter nats {url}"), "nats"));
+            }
             other => {
                 return Err(StartError::UnknownBackend {
-                    role: "broadcast adapter (http or redis)",
+                    role: "broadcast adapter (http, redis, redisx or nats)",
                     url: other.to_owned(),
                 });
             }

@@ -144,12 +144,20 @@ pub struct ServeConfig {
     /// Deadline of a whole RPC call (slot, attempts, back-off) in milliseconds.
     pub rpc_call_timeout: u64,
     /// Where Rails broadcasts arrive besides `POST /_broadcast` (`ANYCABLE_BROADCAST_ADAPTER`,
-    /// comma-separated): `http` (always on) and `redis` (the `__anycable__` channel at
-    /// `redis_url`).
+    /// comma-separated): `http` (always on), `redis` (the `__anycable__` channel at
+    /// `redis_url`), `redisx` (the `__anycable__` Redis Stream, consumer group `redis_group`)
+    /// and `nats` (the `__anycable__` subject at `nats_servers`).
     #[serde(deserialize_with = "list")]
     pub broadcast_adapter: Vec<String>,
     /// Redis of the `redis` broadcast adapter (`ANYCABLE_REDIS_URL`).
     pub redis_url: Option<String>,
+    /// The consumer group of the `redisx` broadcast adapter (`ANYCABLE_REDIS_GROUP`).
+    pub redis_group: String,
+    /// NATS of the `nats` broadcast adapter (`ANYCABLE_NATS_SERVERS`; default
+    /// `nats://127.0.0.1:4222`).
+    pub nats_servers: Option<String>,
+    /// The subject of the `nats` broadcast adapter (`ANYCABLE_NATS_CHANNEL`).
+    pub nats_channel: String,
     /// Secret used to sign session cookies (env `SECRET_KEY_BASE`). When absent, one is
     /// generated once and kept in `data_dir`.
     pub secret_key_base: Option<String>,
@@ -216,6 +224,9 @@ impl Default for ServeConfig {
             rpc_call_timeout: 3000,
             broadcast_adapter: vec!["http".into()],
             redis_url: None,
+            nats_servers: None,
+            nats_channel: "__anycable__".into(),
+            redis_group: "bx".into(),
         }
     }
 }
@@ -278,6 +289,9 @@ const ENV_KEYS: &[&str] = &[
     "rpc_call_timeout",
     "broadcast_adapter",
     "redis_url",
+    "nats_servers",
+    "nats_channel",
+    "redis_group",
 ];
 
 /// anycable-go's environment names (`ANYCABLE_*`) and the keys they set. ferrocable's own
@@ -296,6 +310,9 @@ const ANYCABLE_KEYS: &[(&str, &str)] = &[
     ("broadcast_adapter", "broadcast_adapter"),
     ("redis_url", "redis_url"),
     ("redis_channel", "broadcast_redis_channel"),
+    ("nats_servers", "nats_servers"),
+    ("redis_group", "redis_group"),
+    ("nats_channel", "nats_channel"),
 ];
 
 /// A list given as a list, or as one comma-separated string (how environment variables and
@@ -565,12 +582,16 @@ mod tests {
             jail.set_env("ANYCABLE_PATH", "/ws");
             jail.set_env("ANYCABLE_BROADCAST_ADAPTER", "http,redis");
             jail.set_env("ANYCABLE_REDIS_URL", "redis://cache:6379/1");
+            jail.set_env("ANYCABLE_NATS_SERVERS", "nats://bus:4222");
+            jail.set_env("ANYCABLE_REDIS_GROUP", "g1");
             let c = ServeConfig::load(None, serde_json::json!({})).unwrap();
             assert_eq!(c.bind.to_string(), "0.0.0.0:8080");
             assert_eq!(c.mount_path, "/ws");
             assert_eq!(c.allowed_origins, ["https://a.example", "*.b.example"]);
             assert_eq!(c.broadcast_adapter, ["http", "redis"]);
             assert_eq!(c.redis_url.as_deref(), Some("redis://cache:6379/1"));
+            assert_eq!(c.nats_servers.as_deref(), Some("nats://bus:4222"));
+            assert_eq!(c.redis_group, "g1");
             let rpc = c.rpc_config().unwrap();
             assert_eq!(rpc.host, "http://app:3000/_anycable");
             assert_eq!(

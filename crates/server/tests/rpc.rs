@@ -426,6 +426,102 @@ async fn broadcasts_over_the_redis_adapter_reach_the_stream(t: Transport) {
     assert_eq!(got["message"], json!({"text":"r","via":"redis"}));
 }
 
+async fn broadcasts_over_the_nats_adapter_reach_the_stream(t: Transport) {
+    let s = setup_with(t, |c| {
+        c.broadcast_adapter = vec!["http".into(), "nats".into()];
+        c.nats_servers = Some("nats://127.0.0.1:4222".into());
+    })
+    .await;
+    let room = format!(
+        r#"{{"channel":"ChatChannel","room":"nats-{}-{t:?}"}}"#,
+        std::process::id()
+    );
+    let mut c = as_user(s.server.local_addr(), "alice").await;
+    c.welcomed().await;
+    c.subscribe(&room).await;
+    // The ingress subscribes asynchronously: publish until one arrives.
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            c.send(&message(&room, json!({"action":"publish_nats","text":"n"})))
+                .await;
+            if let Ok(f) =
+                tokio::time::timeout(std::time::Duration::from_millis(300), c.frame()).await
+            {
+                return f;
+            }
+        }
+    })
+    .await
+    .expect("a NATS broadcast arrives");
+    assert_eq!(got["message"], json!({"text":"n","via":"nats"}));
+}
+
+async fn broadcasts_over_the_redisx_adapter_reach_the_stream_once(t: Transport) {
+    let s = setup_with(t, |c| {
+        c.broadcast_adapter = vec!["http".into(), "redisx".into()];
+        c.redis_url = Some("redis://127.0.0.1:6379".into());
+        // A group of this test's own: other runs' ferrocables on the same Redis stay apart.
+        c.redis_group = format!("test-{}-{t:?}", std::process::id());
+        c.broadcast_redis_channel = format!("__anycable__{}{t:?}", std::process::id());
+    })
+    .await;
+    s.app.redis_at("127.0.0.1:6379".into());
+    let room = format!(
+        r#"{{"channel":"ChatChannel","room":"redisx-{}-{t:?}"}}"#,
+        std::process::id()
+    );
+    let mut c = as_user(s.server.local_addr(), "alice").await;
+    c.welcomed().await;
+    c.subscribe(&room).await;
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let key = format!("__anycable__{}{t:?}", std::process::id());
+            c.send(&message(
+                &room,
+                json!({"action":"publish_redisx","text":"x","key":key}),
+            ))
+            .await;
+            if let Ok(f) =
+                tokio::time::timeout(std::time::Duration::from_millis(500), c.frame()).await
+            {
+                return f;
+            }
+        }
+    })
+    .await
+    .expect("a Redis Stream broadcast arrives");
+    assert_eq!(got["message"], json!({"text":"x","via":"redisx"}));
+    // Taken once by the group, acknowledged and deleted: the stream is empty again.
+    let key = format!("__anycable__{}{t:?}", std::process::id());
+    let mut len = String::new();
+    // The ack follows the delivery: poll the condition for up to 2 s.
+    for _ in 0..200 {
+        len = redis_cli(&["XLEN", &key]).await;
+        if len == ":0" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(len, ":0", "every entry acknowledged and deleted");
+    fake_rails::redis_command("127.0.0.1:6379", &["DEL", &key]).await;
+}
+
+/// One Redis command's reply line.
+async fn redis_cli(args: &[&str]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect("127.0.0.1:6379")
+        .await
+        .unwrap();
+    let mut command = format!("*{}\r\n", args.len());
+    for a in args {
+        command.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    stream.write_all(command.as_bytes()).await.unwrap();
+    let mut reply = [0u8; 64];
+    let n = stream.read(&mut reply).await.unwrap();
+    String::from_utf8_lossy(&reply[..n]).trim().to_owned()
+}
+
 /// Each scenario above, over HTTP RPC and over gRPC.
 macro_rules! over_both {
     ($($name:ident),* $(,)?) => {
@@ -445,6 +541,8 @@ macro_rules! over_both {
 }
 
 over_both!(
+    broadcasts_over_the_redisx_adapter_reach_the_stream_once,
+    broadcasts_over_the_nats_adapter_reach_the_stream,
     connect_goes_to_the_app_with_the_request_and_is_welcomed,
     a_connection_the_app_rejects_gets_its_disconnect_and_a_normal_close,
     an_app_exception_at_connect_closes_with_1011,

@@ -444,6 +444,28 @@ async fn perform(app: &FakeRails, body: &Value, identifier: &str, ints: bool) ->
             }
             json!({"status": ok})
         }
+        Some("publish_nats") => {
+            let stream = format!("chat_{}", room.as_str().unwrap_or_default());
+            let message = json!({"text": data["text"], "via": "nats"}).to_string();
+            nats_publish(
+                "127.0.0.1:4222",
+                "__anycable__",
+                &json!({"stream": stream, "data": message}).to_string(),
+            )
+            .await;
+            json!({"status": ok})
+        }
+        Some("publish_redisx") => {
+            let stream = format!("chat_{}", room.as_str().unwrap_or_default());
+            let message = json!({"text": data["text"], "via": "redisx"}).to_string();
+            let payload = json!({"stream": stream, "data": message}).to_string();
+            let addr = app.redis.lock().clone();
+            if let Some(addr) = addr {
+                let key = data["key"].as_str().unwrap_or("__anycable__");
+                redis_command(&addr, &["XADD", key, "*", "payload", &payload]).await;
+            }
+            json!({"status": ok})
+        }
         Some("stop") => json!({"status": ok, "stop_streams": true}),
         Some("forget") => json!({"status": ok, "env": {"istate": {"room": ""}}}),
         Some("boom") => json!({"error_msg": "undefined method `boom' for ChatChannel"}),
@@ -494,5 +516,48 @@ pub async fn redis_publish(addr: &str, channel: &str, message: &str) {
         reply[..n].starts_with(b":"),
         "PUBLISH failed: {:?}",
         &reply[..n]
+    );
+}
+
+/// `PUB subject` in the NATS text protocol (anycable-rails' NATS adapter), confirmed by a
+/// `PING`/`PONG` round trip.
+pub async fn nats_publish(addr: &str, subject: &str, message: &str) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("nats up");
+    let command = format!(
+        "CONNECT {{\"verbose\":false}}\r\nPUB {subject} {}\r\n{message}\r\nPING\r\n",
+        message.len()
+    );
+    stream.write_all(command.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("PONG") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "nats closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        !String::from_utf8_lossy(&seen).contains("-ERR"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+}
+
+/// One Redis command in RESP (anycable-rails' `redisx` adapter's `XADD`); the reply is not an
+/// error.
+pub async fn redis_command(addr: &str, args: &[&str]) {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("redis up");
+    let mut command = format!("*{}\r\n", args.len());
+    for a in args {
+        command.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    stream.write_all(command.as_bytes()).await.unwrap();
+    let mut reply = [0u8; 256];
+    let n = stream.read(&mut reply).await.unwrap();
+    assert!(
+        n > 0 && reply[0] != b'-',
+        "redis: {}",
+        String::from_utf8_lossy(&reply[..n])
     );
 }
