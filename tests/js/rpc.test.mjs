@@ -24,23 +24,26 @@ afterEach(async () => {
 });
 
 /** Starts the fake app; resolves its base URL once it listens. */
+/** Starts the fake app; resolves its HTTP base URL and its gRPC address once it listens. */
 async function startFakeApp(ferrocablePort) {
   const child = spawn(FAKE_APP, ['0', `http://127.0.0.1:${ferrocablePort}/_broadcast`, BROADCAST_KEY], {
     stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, FAKE_RAILS_REDIS: '127.0.0.1:6379' },
   });
   cleanups.push(async () => { child.kill('SIGKILL'); });
-  const addr = await withTimeout(new Promise((resolve, reject) => {
+  const [grpc, addr] = await withTimeout(new Promise((resolve, reject) => {
     let out = '';
     child.stdout.setEncoding('utf8');
     child.stdout.on('data', (d) => {
       out += d;
+      const g = out.match(/grpc on (\S+)/);
       const m = out.match(/listening on (\S+)/);
-      if (m) resolve(m[1]);
+      if (g && m) resolve([g[1], m[1]]);
     });
     child.once('error', reject);
     child.once('exit', (code) => reject(new Error(`fake app exited with ${code}`)));
   }), 10000, 'the fake app to listen');
-  return `http://${addr}`;
+  return { appUrl: `http://${addr}`, grpc };
 }
 
 async function calls(appUrl) {
@@ -48,44 +51,61 @@ async function calls(appUrl) {
   return JSON.parse(r.body);
 }
 
-/** The fake app, then ferrocable pointed at it with anycable-go's settings. */
-async function setup() {
+/**
+ * The fake app, then ferrocable pointed at it with anycable-go's settings, over HTTP RPC or
+ * gRPC, with the Redis and NATS broadcast adapters on.
+ */
+async function setup(transport) {
   const scope = new Scope();
   cleanups.push(() => scope.dispose());
   const port = await freePort();
-  const appUrl = await startFakeApp(port);
+  const { appUrl, grpc } = await startFakeApp(port);
   const server = await scope.startServer({
     port,
     bench: false,
     env: {
-      ANYCABLE_RPC_HOST: `${appUrl}/_anycable`,
+      ANYCABLE_RPC_HOST: transport === 'grpc' ? grpc : `${appUrl}/_anycable`,
       ANYCABLE_HTTP_RPC_SECRET: RPC_SECRET,
       ANYCABLE_BROADCAST_KEY: BROADCAST_KEY,
+      ANYCABLE_BROADCAST_ADAPTER: 'http,redis,nats',
+      ANYCABLE_REDIS_URL: 'redis://127.0.0.1:6379',
+      ANYCABLE_NATS_SERVERS: 'nats://127.0.0.1:4222',
     },
   });
   return { scope, server, appUrl };
 }
 
-test('@rails/actioncable: connect, subscribe, perform, app broadcasts and rejections go through the app', async () => {
-  const { scope, server, appUrl } = await setup();
+for (const transport of ['http', 'grpc']) {
+
+test(`${transport}: @rails/actioncable: connect, subscribe, perform, app broadcasts (HTTP, Redis, NATS) and rejections go through the app`, async () => {
+  const { scope, server, appUrl } = await setup(transport);
   const consumer = scope.consumer(`${server.cableUrl}?user=alice`);
-  const { subscription, events } = subscribe(consumer, { channel: 'ChatChannel', room: '1' });
+  const room = `js-${transport}-${process.pid}`;
+  const { subscription, events } = subscribe(consumer, { channel: 'ChatChannel', room });
   await events.waitFor((e) => e.type === 'connected', { what: 'confirmed subscription' });
 
   subscription.perform('speak', { text: 'hello' });
   const spoken = await events.waitFor((e) => e.type === 'received' && e.message.text === 'hello');
-  assert.deepEqual(spoken.message, { text: 'hello', user: 'alice', room: '1', count: 0 });
+  assert.deepEqual(spoken.message, { text: 'hello', user: 'alice', room, count: 0 });
   subscription.perform('speak', { text: 'again' });
   const again = await events.waitFor((e) => e.type === 'received' && e.message.text === 'again');
   assert.equal(again.message.count, 1, 'connection state kept between commands');
 
   // The app broadcasts through POST /_broadcast, as anycable-rails' HTTP adapter does.
   const other = scope.consumer(`${server.cableUrl}?user=bob`);
-  const bob = subscribe(other, { channel: 'ChatChannel', room: '1' });
+  const bob = subscribe(other, { channel: 'ChatChannel', room });
   await bob.events.waitFor((e) => e.type === 'connected');
   subscription.perform('broadcast', { text: 'to all' });
   const got = await bob.events.waitFor((e) => e.type === 'received' && e.message.text === 'to all');
   assert.deepEqual(got.message, { text: 'to all', from: 'alice' });
+  // The same through anycable-rails' Redis and NATS adapters (the ingresses subscribe
+  // asynchronously after start: publish until one arrives).
+  for (const [action, via] of [['publish_redis', 'redis'], ['publish_nats', 'nats']]) {
+    await waitUntil(() => {
+      subscription.perform(action, { text: via });
+      return bob.events.items.some((e) => e.type === 'received' && e.message.via === via);
+    }, 10000, `a broadcast over ${via}`, 300);
+  }
 
   const secret = subscribe(consumer, { channel: 'ChatChannel', room: 'secret' });
   await secret.events.waitFor((e) => e.type === 'rejected', { what: 'rejected subscription' });
@@ -100,8 +120,8 @@ test('@rails/actioncable: connect, subscribe, perform, app broadcasts and reject
   assert.equal(sub.body.env.headers.REMOTE_ADDR, '127.0.0.1');
 });
 
-test('@rails/actioncable: a connection the app rejects is told unauthorized and does not reconnect', async () => {
-  const { scope, server } = await setup();
+test(`${transport}: @rails/actioncable: a connection the app rejects is told unauthorized and does not reconnect`, async () => {
+  const { scope, server } = await setup(transport);
   const consumer = scope.consumer(server.cableUrl);
   const { events } = subscribe(consumer, { channel: 'ChatChannel', room: '1' });
   consumer.connect();
@@ -109,8 +129,8 @@ test('@rails/actioncable: a connection the app rejects is told unauthorized and 
   assert.equal(events.items.filter((e) => e.type === 'connected').length, 0);
 });
 
-test('@anycable/core (extended protocol): session id, perform round trip, disconnect call on close and at SIGTERM', async () => {
-  const { server, appUrl } = await setup();
+test(`${transport}: @anycable/core (extended protocol): session id, perform round trip, disconnect call at SIGTERM`, async () => {
+  const { server, appUrl } = await setup(transport);
   class PageSocket extends WebSocket {
     constructor(url, protocols, options = {}) {
       super(url, protocols, { ...options, headers: { Origin: server.sameOrigin } });
@@ -140,3 +160,5 @@ test('@anycable/core (extended protocol): session id, perform round trip, discon
   assert.equal(disconnects[0].body.env.cstate.count, '1');
   cable.disconnect();
 });
+
+}
