@@ -522,6 +522,64 @@ async fn redis_cli(args: &[&str]) -> String {
     String::from_utf8_lossy(&reply[..n]).trim().to_owned()
 }
 
+async fn rust_channels_live_beside_the_apps_and_see_its_identity(t: Transport) {
+    let app = FakeRails::new();
+    let (app_addr, _task) = start_app(t, app.clone()).await;
+    let server = start_with(
+        rpc_config(t, app_addr),
+        ferrocable_node::NodeBuilder::default().channel("RoomChannel", RoomChannel),
+    )
+    .await;
+    let mut c = as_user(server.local_addr(), "alice").await;
+    c.welcomed().await;
+    let room = r#"{"channel":"RoomChannel","room":5}"#;
+    c.subscribe_with_greeting(room).await;
+    // Served in-process, with the identity the app gave at connect.
+    c.send(&message(room, json!({"action":"whoami"}))).await;
+    assert_eq!(c.frame().await["message"], json!({"user":"alice"}));
+    c.subscribe(CHAT).await;
+    c.send(&message(CHAT, speak("x"))).await;
+    assert_eq!(c.frame().await["message"]["user"], "alice");
+    let commands: Vec<_> = app
+        .calls()
+        .into_iter()
+        .filter(|c| c["path"] == "command")
+        .map(|c| {
+            c["body"]["identifier"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        commands.iter().all(|i| i == CHAT),
+        "RoomChannel never went to the app: {commands:?}"
+    );
+}
+
+async fn a_slow_app_times_out_with_an_error_and_is_counted(t: Transport) {
+    let s = setup_with(t, |c| c.rpc_call_timeout = 500).await;
+    let addr = s.server.local_addr();
+    let mut c = as_user(addr, "alice").await;
+    c.welcomed().await;
+    c.subscribe(CHAT).await;
+    s.app.set_mode(Mode::Slow);
+    let sent = std::time::Instant::now();
+    c.send(&message(CHAT, speak("late"))).await;
+    let f = c.frame().await;
+    assert_eq!(f["type"], "error", "{f}");
+    assert_eq!(f["reason"], "rpc_error");
+    assert!(
+        sent.elapsed() < std::time::Duration::from_secs(3),
+        "answered at the deadline, not after the app's 5 s"
+    );
+    let text = metrics(addr).await;
+    assert!(
+        metric(&text, "ferrocable_rpc_timeouts_total").unwrap() >= 1.0,
+        "{text}"
+    );
+}
+
 /// Each scenario above, over HTTP RPC and over gRPC.
 macro_rules! over_both {
     ($($name:ident),* $(,)?) => {
@@ -541,6 +599,8 @@ macro_rules! over_both {
 }
 
 over_both!(
+    rust_channels_live_beside_the_apps_and_see_its_identity,
+    a_slow_app_times_out_with_an_error_and_is_counted,
     broadcasts_over_the_redisx_adapter_reach_the_stream_once,
     broadcasts_over_the_nats_adapter_reach_the_stream,
     connect_goes_to_the_app_with_the_request_and_is_welcomed,
