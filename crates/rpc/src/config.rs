@@ -36,6 +36,9 @@ pub struct RpcConfig {
     pub drain_concurrency: usize,
     /// The HTTP transport's circuit breaker.
     pub breaker: BreakerPolicy,
+    /// PEM root certificates that an `https://` RPC host's certificate must chain to
+    /// (`ANYCABLE_RPC_TLS_ROOT_CA`); `None`: the webpki roots.
+    pub tls_root_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for RpcConfig {
@@ -53,6 +56,7 @@ impl Default for RpcConfig {
             disconnect_backlog: 4096,
             drain_concurrency: 16,
             breaker: BreakerPolicy::default(),
+            tls_root_ca: None,
         }
     }
 }

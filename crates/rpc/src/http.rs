@@ -13,10 +13,16 @@ use hyper_util::rt::TokioExecutor;
 /// Largest reply body read (a reply carries the app's transmissions, rendered HTML included).
 pub(crate) const MAX_REPLY_BYTES: usize = 8 * 1024 * 1024;
 
+/// What the client dials with: TCP, and TLS for `https://` when built with the `tls` feature.
+#[cfg(feature = "tls")]
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+#[cfg(not(feature = "tls"))]
+type Connector = HttpConnector;
+
 /// A pooled HTTP/1.1 client for one RPC base URL.
 #[derive(Debug)]
 pub(crate) struct HttpTransport {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
     /// `http://app:3000/_anycable`, without a trailing slash.
     base: String,
     /// The `Authorization: Bearer` value, if a secret is set.
@@ -24,10 +30,16 @@ pub(crate) struct HttpTransport {
 }
 
 impl HttpTransport {
-    pub(crate) fn new(base: &str, secret: Option<&str>) -> Result<Self, crate::RpcError> {
+    pub(crate) fn new(
+        base: &str,
+        secret: Option<&str>,
+        root_ca: Option<&std::path::Path>,
+    ) -> Result<Self, crate::RpcError> {
+        #[cfg(not(feature = "tls"))]
         if base.starts_with("https://") {
+            let _ = root_ca;
             return Err(crate::RpcError::Unsupported(
-                "https:// RPC hosts (put the app's RPC on http:// inside the private network)",
+                "https:// RPC hosts in a build without the `tls` feature",
             ));
         }
         let bearer = secret
@@ -37,6 +49,8 @@ impl HttpTransport {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
+        #[cfg(feature = "tls")]
+        let connector = tls_connector(connector, root_ca)?;
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
@@ -94,4 +108,44 @@ impl HttpTransport {
             Err(_) => Err(CallError::Timeout),
         }
     }
+}
+
+/// TLS for `https://` hosts (plain TCP stays for `http://`): the deployment's root CA when
+/// given, else the webpki roots; ring, TLS 1.2 and 1.3.
+#[cfg(feature = "tls")]
+fn tls_connector(
+    mut http: HttpConnector,
+    root_ca: Option<&std::path::Path>,
+) -> Result<Connector, crate::RpcError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    http.enforce_http(false);
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| crate::RpcError::Tls(e.to_string()))?;
+    let config = match root_ca {
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| crate::RpcError::Tls(format!("root CA {}: {e}", path.display())))?;
+            for cert in certs {
+                roots.add(cert).map_err(|e| {
+                    crate::RpcError::Tls(format!("root CA {}: {e}", path.display()))
+                })?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None => builder
+            .with_root_certificates(rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            })
+            .with_no_client_auth(),
+    };
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http))
 }

@@ -43,6 +43,9 @@ pub enum RpcError {
     /// The secret cannot travel in an HTTP header.
     #[error("the RPC secret is not a valid header value")]
     BadSecret,
+    /// The TLS settings of an `https://` host could not be used.
+    #[error("RPC TLS: {0}")]
+    Tls(String),
     /// The host is not a `host:port` gRPC can dial.
     #[error("RPC host {0:?} is not host:port")]
     BadHost(String),
@@ -99,6 +102,7 @@ impl RpcClient {
             transport::Transport::Http(Box::new(http::HttpTransport::new(
                 &config.host,
                 config.secret.as_deref(),
+                config.tls_root_ca.as_deref(),
             )?))
         } else {
             transport::Transport::Grpc(grpc::GrpcTransport::new(&config.host)?)

@@ -139,6 +139,9 @@ pub struct ServeConfig {
     pub proxy_cookies: Vec<String>,
     /// Calls to the app at once, shared by every kind (`ANYCABLE_RPC_CONCURRENCY`).
     pub rpc_concurrency: usize,
+    /// PEM root certificates for an `https://` RPC host (`ANYCABLE_RPC_TLS_ROOT_CA`; default:
+    /// the webpki roots).
+    pub rpc_tls_root_ca: Option<PathBuf>,
     /// Deadline of one RPC attempt in milliseconds (`ANYCABLE_RPC_REQUEST_TIMEOUT`).
     pub rpc_request_timeout: u64,
     /// Deadline of a whole RPC call (slot, attempts, back-off) in milliseconds.
@@ -220,6 +223,7 @@ impl Default for ServeConfig {
             headers: vec!["cookie".into()],
             proxy_cookies: Vec::new(),
             rpc_concurrency: 28,
+            rpc_tls_root_ca: None,
             rpc_request_timeout: 3000,
             rpc_call_timeout: 3000,
             broadcast_adapter: vec!["http".into()],
@@ -285,6 +289,7 @@ const ENV_KEYS: &[&str] = &[
     "headers",
     "proxy_cookies",
     "rpc_concurrency",
+    "rpc_tls_root_ca",
     "rpc_request_timeout",
     "rpc_call_timeout",
     "broadcast_adapter",
@@ -303,6 +308,7 @@ const ANYCABLE_KEYS: &[(&str, &str)] = &[
     ("headers", "headers"),
     ("proxy_cookies", "proxy_cookies"),
     ("rpc_concurrency", "rpc_concurrency"),
+    ("rpc_tls_root_ca", "rpc_tls_root_ca"),
     ("rpc_request_timeout", "rpc_request_timeout"),
     ("broadcast_key", "broadcast_key"),
     ("allowed_origins", "allowed_origins"),
@@ -456,6 +462,7 @@ impl ServeConfig {
             concurrency: self.rpc_concurrency.max(1),
             request_timeout: Duration::from_millis(self.rpc_request_timeout.max(1)),
             call_timeout: Duration::from_millis(self.rpc_call_timeout.max(1)),
+            tls_root_ca: self.rpc_tls_root_ca.clone(),
             ..ferrocable_rpc::RpcConfig::default()
         })
     }

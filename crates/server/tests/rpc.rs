@@ -580,6 +580,57 @@ async fn a_slow_app_times_out_with_an_error_and_is_counted(t: Transport) {
     );
 }
 
+/// A Rails app behind `https://`: reached over TLS when its certificate chains to the
+/// configured root CA; refused (1011, nothing sent in the clear) when it does not.
+#[tokio::test]
+async fn https_rpc_hosts_are_reached_over_tls_and_checked() {
+    let dir = std::env::temp_dir().join(format!("ferrocable-rpc-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let der = rustls::pki_types::CertificateDer::from(cert.cert.der().to_vec());
+    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![der], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    let app = FakeRails::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _task = tokio::spawn(fake_rails::serve_tls(app.clone(), listener, acceptor));
+    let https = |root: Option<std::path::PathBuf>| ServeConfig {
+        rpc_host: Some(format!("https://localhost:{port}/_anycable")),
+        http_rpc_secret: Some(fake_rails::SECRET.into()),
+        rpc_tls_root_ca: root,
+        ..config()
+    };
+
+    let server = start(https(Some(ca))).await;
+    let mut c = as_user(server.local_addr(), "alice").await;
+    c.welcomed().await;
+    c.subscribe(CHAT).await;
+    c.send(&message(CHAT, speak("tls"))).await;
+    assert_eq!(c.frame().await["message"]["text"], "tls");
+
+    let untrusting = start(https(None)).await;
+    let mut refused = as_user(untrusting.local_addr(), "bob").await;
+    assert_eq!(refused.closed().await.0, Some(1011));
+    assert!(
+        !app.calls()
+            .iter()
+            .any(|c| c["body"]["env"]["headers"]["cookie"]
+                .as_str()
+                .is_some_and(|k| k.contains("bob"))),
+        "nothing reached an untrusted host"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Each scenario above, over HTTP RPC and over gRPC.
 macro_rules! over_both {
     ($($name:ident),* $(,)?) => {

@@ -120,6 +120,34 @@ pub async fn serve(app: Arc<FakeRails>, listener: tokio::net::TcpListener) {
         .expect("fake app serves");
 }
 
+/// Serves the fake app over TLS (a Rails app behind `https://`), HTTP/1.1, until dropped.
+#[cfg(feature = "tls")]
+pub async fn serve_tls(
+    app: Arc<FakeRails>,
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+) {
+    let router = Router::new()
+        .route("/_anycable/{method}", post(rpc))
+        .with_state(app);
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            return;
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(router);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}
+
 /// Starts the fake app on a free port; returns its address and the task (abort it to take
 /// the app down with its port closed).
 pub async fn start(app: Arc<FakeRails>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
