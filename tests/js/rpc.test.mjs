@@ -107,6 +107,30 @@ test(`${transport}: @rails/actioncable: connect, subscribe, perform, app broadca
     }, 10000, `a broadcast over ${via}`, 300);
   }
 
+  // stop_streams: after the app's reply, a broadcast to the room no longer reaches alice;
+  // a broadcast on her second room afterwards is the sentinel that it would have by now.
+  const room2 = `${room}-2`;
+  const second = subscribe(consumer, { channel: 'ChatChannel', room: room2 });
+  await second.events.waitFor((e) => e.type === 'connected');
+  subscription.perform('stop', {});
+  await waitUntil(async () => (await calls(appUrl)).some((c) => c.body.data === JSON.stringify({ action: 'stop' })), 5000, 'the stop command');
+  second.subscription.perform('speak', { text: 'ordered' });
+  await second.events.waitFor((e) => e.type === 'received' && e.message.text === 'ordered');
+  bob.subscription.perform('broadcast', { text: 'after stop' });
+  await bob.events.waitFor((e) => e.type === 'received' && e.message.text === 'after stop');
+  second.subscription.perform('broadcast', { text: 'sentinel' });
+  await second.events.waitFor((e) => e.type === 'received' && e.message.text === 'sentinel');
+  assert.equal(events.items.filter((e) => e.type === 'received' && e.message.text === 'after stop').length, 0,
+    'the stopped room delivered nothing');
+
+  // An app build that sends statuses as integers works the same.
+  const ints = scope.consumer(`${server.cableUrl}?user=int`);
+  const int = subscribe(ints, { channel: 'ChatChannel', room });
+  await int.events.waitFor((e) => e.type === 'connected');
+  int.subscription.perform('speak', { text: 'int' });
+  const intReply = await int.events.waitFor((e) => e.type === 'received' && e.message.text === 'int');
+  assert.equal(intReply.message.user, 'int');
+
   const secret = subscribe(consumer, { channel: 'ChatChannel', room: 'secret' });
   await secret.events.waitFor((e) => e.type === 'rejected', { what: 'rejected subscription' });
 
