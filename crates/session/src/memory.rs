@@ -21,6 +21,9 @@ struct Inner {
     next_version: u64,
 }
 
+/// Expired sessions removed from the least-recently-used end on each save, at most.
+const SWEEP_PER_SAVE: usize = 8;
+
 /// Bounded in-memory session store.
 pub struct MemoryStore {
     inner: Mutex<Inner>,
@@ -134,6 +137,19 @@ impl SessionStore for MemoryStore {
                 None => break,
             }
         }
+        // The sweep: expired sessions at the least-recently-used end go now, a few per save
+        // (amortised, under the lock already held), so sessions of visitors who never came
+        // back do not wait for the count or byte bound to push them out.
+        for _ in 0..SWEEP_PER_SAVE {
+            match inner.entries.peek_lru() {
+                Some((_, e)) if e.expires_at <= now => {
+                    if let Some((_, e)) = inner.entries.pop_lru() {
+                        inner.bytes -= e.bytes.len();
+                    }
+                }
+                _ => break,
+            }
+        }
         Ok(version)
     }
 
@@ -188,5 +204,31 @@ mod tests {
             "evicted to stay under 10 bytes"
         );
         assert_eq!(s.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn expired_sessions_are_swept_by_later_saves() {
+        let now = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(1_000_000));
+        let t = now.clone();
+        let clock: Clock = std::sync::Arc::new(move || t.load(std::sync::atomic::Ordering::SeqCst));
+        let s = MemoryStore::with_clock(1000, 1 << 20, clock);
+        for i in 0..20 {
+            s.save(&format!("old{i}"), b"x", 0, Duration::from_secs(1))
+                .await
+                .unwrap();
+        }
+        s.save("long", b"x", 0, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        assert_eq!(s.len(), 21);
+        now.fetch_add(2_000, std::sync::atomic::Ordering::SeqCst);
+        // Each save sweeps up to 8 expired ones: three saves clear the 20, never the live one.
+        for i in 0..3 {
+            s.save(&format!("new{i}"), b"x", 0, Duration::from_secs(1))
+                .await
+                .unwrap();
+        }
+        assert_eq!(s.len(), 4, "20 expired swept, long and the 3 new kept");
+        assert!(s.load("long").await.unwrap().is_some());
     }
 }
