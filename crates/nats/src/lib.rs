@@ -23,14 +23,19 @@ use tracing::warn;
 enum Command {
     Subscribe(String),
     Unsubscribe(String),
-    Publish(String, String),
 }
+
+/// Messages waiting to be published before new ones are dropped (and counted in the pubsub
+/// errors): while NATS is away, the client's own buffer fills and this queue holds the rest,
+/// never more.
+const PUBLISH_QUEUE: usize = 65_536;
 
 /// The NATS bus for one node.
 pub struct NatsPubSub {
     url: String,
     prefix: String,
     commands: Mutex<Option<mpsc::UnboundedSender<Command>>>,
+    publish: Mutex<Option<mpsc::Sender<(String, String)>>>,
     hooks: Mutex<Option<PubSubHooks>>,
 }
 
@@ -50,6 +55,7 @@ impl NatsPubSub {
             url: url.to_owned(),
             prefix: prefix.trim_end_matches('.').to_owned(),
             commands: Mutex::new(None),
+            publish: Mutex::new(None),
             hooks: Mutex::new(None),
         }
     }
@@ -64,6 +70,7 @@ async fn run(
     prefix: String,
     hooks: PubSubHooks,
     mut commands: mpsc::UnboundedReceiver<Command>,
+    mut publishes: mpsc::Receiver<(String, String)>,
 ) {
     let events = hooks.clone();
     let options = async_nats::ConnectOptions::new()
@@ -95,9 +102,15 @@ async fn run(
     };
     hooks.connected.set(1);
     let mut readers: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
-    while let Some(cmd) = commands.recv().await {
-        match cmd {
-            Command::Publish(stream, envelope) => {
+    loop {
+        let cmd = tokio::select! {
+            biased;
+            c = commands.recv() => match c {
+                Some(c) => c,
+                None => return,
+            },
+            p = publishes.recv() => {
+                let Some((stream, envelope)) = p else { return };
                 if client
                     .publish(subject(&prefix, &stream), envelope.into())
                     .await
@@ -105,7 +118,10 @@ async fn run(
                 {
                     hooks.errors.inc();
                 }
+                continue;
             }
+        };
+        match cmd {
             Command::Subscribe(stream) => {
                 if readers.contains_key(&stream) {
                     continue;
@@ -156,14 +172,22 @@ async fn run(
 impl PubSub for NatsPubSub {
     fn start(&self, hooks: PubSubHooks) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (ptx, prx) = mpsc::channel(PUBLISH_QUEUE);
         *self.commands.lock() = Some(tx);
+        *self.publish.lock() = Some(ptx);
         *self.hooks.lock() = Some(hooks.clone());
-        tokio::spawn(run(self.url.clone(), self.prefix.clone(), hooks, rx));
+        tokio::spawn(run(self.url.clone(), self.prefix.clone(), hooks, rx, prx));
     }
 
     fn publish(&self, stream: &str, envelope: String) {
-        if let Some(tx) = self.commands.lock().as_ref() {
-            let _ = tx.send(Command::Publish(stream.to_owned(), envelope));
+        let Some(hooks) = self.hooks.lock().clone() else {
+            return;
+        };
+        if let Some(tx) = self.publish.lock().as_ref()
+            && tx.try_send((stream.to_owned(), envelope)).is_err()
+        {
+            // The queue is full (NATS away for long) or closed: drop and count.
+            hooks.errors.inc();
         }
     }
 
