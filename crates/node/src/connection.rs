@@ -1079,25 +1079,13 @@ impl Connection {
             self.broadcast_all(&effects);
             return;
         }
-        let mut sub = Subscription {
-            handler: Handler::Local(channel),
-            params,
-            streams: Vec::new(),
-        };
-        if history.is_some() {
-            // Live frames wait until the replay is queued, so they follow it in offset order.
-            self.replay()
-                .gates
-                .insert(identifier.clone(), Instant::now());
-        }
         // Streams are attached before the confirmation is queued: once the client reads
         // `confirm_subscription`, broadcasts to those streams reach it.
-        apply_streams(
-            &self.node,
-            self.id,
-            &self.outbox,
+        let sub = self.open_subscription(
             &identifier,
-            &mut sub.streams,
+            Handler::Local(channel),
+            params,
+            history.is_some(),
             &effects,
         );
         self.transmit_all(&identifier, &effects);
@@ -1115,6 +1103,37 @@ impl Connection {
             self.history(identifier, history).await;
         }
         self.commit().await;
+    }
+
+    /// A new subscription with its first streams attached; with `gated`, its live frames wait
+    /// until the history the client asked for is queued, so they follow it in offset order.
+    fn open_subscription(
+        &mut self,
+        identifier: &Identifier,
+        handler: Handler,
+        params: Arc<Map<String, Value>>,
+        gated: bool,
+        effects: &Effects,
+    ) -> Subscription {
+        let mut sub = Subscription {
+            handler,
+            params,
+            streams: Vec::new(),
+        };
+        if gated {
+            self.replay()
+                .gates
+                .insert(identifier.clone(), Instant::now());
+        }
+        apply_streams(
+            &self.node,
+            self.id,
+            &self.outbox,
+            identifier,
+            &mut sub.streams,
+            effects,
+        );
+        sub
     }
 
     /// Replays what the client missed on every stream of a subscription: all of it, in
@@ -1446,22 +1465,11 @@ impl Connection {
         let mut confirmed = false;
         match kind {
             CommandKind::Subscribe if success && !self.subscriptions.contains_key(&identifier) => {
-                let mut sub = Subscription {
-                    handler: Handler::Remote(State::new()),
-                    params: params.unwrap_or_default(),
-                    streams: Vec::new(),
-                };
-                if history.is_some() {
-                    self.replay()
-                        .gates
-                        .insert(identifier.clone(), Instant::now());
-                }
-                apply_streams(
-                    &self.node,
-                    self.id,
-                    &self.outbox,
+                let mut sub = self.open_subscription(
                     &identifier,
-                    &mut sub.streams,
+                    Handler::Remote(State::new()),
+                    params.unwrap_or_default(),
+                    history.is_some(),
                     &effects,
                 );
                 if let Handler::Remote(istate) = &mut sub.handler {

@@ -9,8 +9,8 @@ use ferrocable_node::remote::{
 use http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::call::{Payload, Reply};
 use crate::proto;
-use crate::transport::{Payload, Reply};
 
 /// A lazily connected gRPC channel to the app.
 #[derive(Debug, Clone)]

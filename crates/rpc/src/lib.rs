@@ -9,6 +9,7 @@
 //! connections cancelled, and a rate-limited, bounded disconnect queue drained at shutdown.
 
 mod breaker;
+mod call;
 mod config;
 mod env;
 mod grpc;

@@ -80,6 +80,23 @@ async fn setup(t: Transport) -> Setup {
     setup_with(t, |_| {}).await
 }
 
+/// Performs `data` on `room` until a frame arrives (an ingress subscribes asynchronously after
+/// start), within 10 s; returns that frame.
+async fn until_broadcast(c: &mut Client<tokio::net::TcpStream>, room: &str, data: Value) -> Value {
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            c.send(&message(room, data.clone())).await;
+            if let Ok(f) =
+                tokio::time::timeout(std::time::Duration::from_millis(500), c.frame()).await
+            {
+                return f;
+            }
+        }
+    })
+    .await
+    .expect("a broadcast through the adapter arrives")
+}
+
 async fn as_user(addr: SocketAddr, user: &str) -> Client<tokio::net::TcpStream> {
     connect_with(
         addr,
@@ -406,23 +423,7 @@ async fn broadcasts_over_the_redis_adapter_reach_the_stream(t: Transport) {
     let mut c = as_user(s.server.local_addr(), "alice").await;
     c.welcomed().await;
     c.subscribe(&room).await;
-    // The ingress subscribes asynchronously: publish until one arrives.
-    let got = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        loop {
-            c.send(&message(
-                &room,
-                json!({"action":"publish_redis","text":"r"}),
-            ))
-            .await;
-            if let Ok(f) =
-                tokio::time::timeout(std::time::Duration::from_millis(300), c.frame()).await
-            {
-                return f;
-            }
-        }
-    })
-    .await
-    .expect("a Redis broadcast arrives");
+    let got = until_broadcast(&mut c, &room, json!({"action":"publish_redis","text":"r"})).await;
     assert_eq!(got["message"], json!({"text":"r","via":"redis"}));
 }
 
@@ -439,20 +440,7 @@ async fn broadcasts_over_the_nats_adapter_reach_the_stream(t: Transport) {
     let mut c = as_user(s.server.local_addr(), "alice").await;
     c.welcomed().await;
     c.subscribe(&room).await;
-    // The ingress subscribes asynchronously: publish until one arrives.
-    let got = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        loop {
-            c.send(&message(&room, json!({"action":"publish_nats","text":"n"})))
-                .await;
-            if let Ok(f) =
-                tokio::time::timeout(std::time::Duration::from_millis(300), c.frame()).await
-            {
-                return f;
-            }
-        }
-    })
-    .await
-    .expect("a NATS broadcast arrives");
+    let got = until_broadcast(&mut c, &room, json!({"action":"publish_nats","text":"n"})).await;
     assert_eq!(got["message"], json!({"text":"n","via":"nats"}));
 }
 
@@ -473,26 +461,11 @@ async fn broadcasts_over_the_redisx_adapter_reach_the_stream_once(t: Transport) 
     let mut c = as_user(s.server.local_addr(), "alice").await;
     c.welcomed().await;
     c.subscribe(&room).await;
-    let got = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        loop {
-            let key = format!("__anycable__{}{t:?}", std::process::id());
-            c.send(&message(
-                &room,
-                json!({"action":"publish_redisx","text":"x","key":key}),
-            ))
-            .await;
-            if let Ok(f) =
-                tokio::time::timeout(std::time::Duration::from_millis(500), c.frame()).await
-            {
-                return f;
-            }
-        }
-    })
-    .await
-    .expect("a Redis Stream broadcast arrives");
+    let key = format!("__anycable__{}{t:?}", std::process::id());
+    let data = json!({"action":"publish_redisx","text":"x","key":key});
+    let got = until_broadcast(&mut c, &room, data).await;
     assert_eq!(got["message"], json!({"text":"x","via":"redisx"}));
     // Taken once by the group, acknowledged and deleted: the stream is empty again.
-    let key = format!("__anycable__{}{t:?}", std::process::id());
     let mut len = String::new();
     // The ack follows the delivery: poll the condition for up to 2 s.
     for _ in 0..200 {
