@@ -176,6 +176,23 @@ pub async fn deployment_checks(config: &ServeConfig) -> Vec<Advice> {
             advice.extend(session_redis_checks(&sessions).await);
         }
     }
+    #[cfg(feature = "postgres")]
+    {
+        let sessions = config.session_store_url();
+        if (sessions.starts_with("postgres://") || sessions.starts_with("postgresql://"))
+            && let Ok(Some(false)) =
+                ferrocable_session::sql::SqlStore::postgres_expiry_index(&sessions).await
+        {
+            advice.push(Advice {
+                check: "sql_expiry_index",
+                message: "the PostgreSQL sessions table has no index on expires_at: every sweep \
+                          and expiry check scans the whole table; create it with \
+                          `CREATE INDEX ferrocable_sessions_expires_at ON ferrocable_sessions (expires_at)` \
+                          (ferrocable migrate creates it with a new table)"
+                    .into(),
+            });
+        }
+    }
     advice
 }
 

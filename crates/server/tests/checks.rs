@@ -1,5 +1,6 @@
 //! Boot-time deployment checks against real Redis servers configured the ways that lose
-//! sessions, and `strict`, which turns the warnings into a refusal to start.
+//! sessions, a real PostgreSQL sessions table without its expiry index, and `strict`, which
+//! turns the warnings into a refusal to start.
 #![allow(missing_docs)]
 
 mod common;
@@ -79,4 +80,61 @@ async fn sessions_in_the_bus_redis_are_refused_under_strict() {
     let text = err.to_string();
     assert!(text.contains("shared_session_redis"), "{text}");
     assert!(text.contains("own Redis instance"), "{text}");
+}
+
+/// Runs one SQL statement on the real PostgreSQL with `psql`, as an operator would.
+fn psql(database: &str, sql: &str) {
+    let status = std::process::Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            database,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-q",
+            "-c",
+            sql,
+        ])
+        .env("PGOPTIONS", "-c client_min_messages=warning")
+        .status()
+        .expect("psql runs");
+    assert!(status.success(), "psql {sql:?} failed");
+}
+
+#[tokio::test]
+async fn a_postgres_sessions_table_without_its_expiry_index_is_named() {
+    let db = format!("ferrocable_checks_{}", std::process::id());
+    psql("test", &format!("DROP DATABASE IF EXISTS {db}"));
+    psql("test", &format!("CREATE DATABASE {db}"));
+    let cfg = ServeConfig {
+        session_store: format!("postgres://postgres@127.0.0.1:5432/{db}"),
+        ..config()
+    };
+    let named = |advice: &[ferrocable_server::checks::Advice]| {
+        advice.iter().any(|a| a.check == "sql_expiry_index")
+    };
+    assert!(
+        !named(&deployment_checks(&cfg).await),
+        "no table yet: the migration makes it with its index"
+    );
+    psql(
+        &db,
+        "CREATE TABLE ferrocable_sessions (id TEXT PRIMARY KEY, data BYTEA NOT NULL, \
+         version BIGINT NOT NULL, expires_at BIGINT NOT NULL)",
+    );
+    let advice = deployment_checks(&cfg).await;
+    assert!(named(&advice), "{advice:?}");
+    assert!(
+        advice.iter().any(|a| a.message.contains("CREATE INDEX")),
+        "the fix is named: {advice:?}"
+    );
+    psql(
+        &db,
+        "CREATE INDEX ferrocable_sessions_expires_at ON ferrocable_sessions (expires_at)",
+    );
+    assert!(!named(&deployment_checks(&cfg).await));
+    psql("test", &format!("DROP DATABASE {db}"));
 }

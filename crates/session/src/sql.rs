@@ -107,6 +107,37 @@ impl SqlStore {
         Ok(store)
     }
 
+    /// Whether the PostgreSQL sessions table at `url` has its expiry index (`None`: there is
+    /// no table yet, which the migration creates with its index). Without it, every sweep and
+    /// every expired-session check scans the whole table.
+    #[cfg(feature = "postgres")]
+    pub async fn postgres_expiry_index(url: &str) -> Result<Option<bool>, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(2))
+            .connect(url)
+            .await
+            .map_err(unavailable)?;
+        let table: Option<String> =
+            sqlx::query_scalar("SELECT to_regclass('ferrocable_sessions')::text")
+                .fetch_one(&pool)
+                .await
+                .map_err(unavailable)?;
+        if table.is_none() {
+            pool.close().await;
+            return Ok(None);
+        }
+        let indexed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_indexes WHERE tablename = 'ferrocable_sessions' \
+             AND indexdef LIKE '%(expires_at)%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .map_err(unavailable)?;
+        pool.close().await;
+        Ok(Some(indexed > 0))
+    }
+
     /// Replaces the clock (tests).
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;

@@ -57,7 +57,10 @@ pub async fn open_store(
         return Err(not_built(url, "postgres"));
         #[cfg(feature = "postgres")]
         {
-            let store = crate::sql::SqlStore::postgres(url, 10).await?;
+            // Never fewer connections than runtime workers (each may hold one in a load or
+            // save at once), and at least 10.
+            let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+            let store = crate::sql::SqlStore::postgres(url, workers.max(10)).await?;
             store.spawn_sweeper(Duration::from_secs(60));
             return Ok(Arc::new(store));
         }
