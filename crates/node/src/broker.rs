@@ -283,11 +283,31 @@ pub fn select_after<'a>(
         .collect())
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Ring {
     last_offset: u64,
     entries: VecDeque<HistoryEntry>,
+    /// The epoch of this ring's offsets: the broker's, or, for a ring made after its shard
+    /// forgot idle ones, the broker's with that generation, so a position from a forgotten
+    /// ring of the same name can never be taken for one of this ring's.
+    epoch: std::sync::Arc<str>,
 }
+
+/// One shard of rings, with its sweep bookkeeping.
+#[derive(Debug, Default)]
+struct Shard {
+    rings: HashMap<String, Ring>,
+    /// Appends since the last sweep.
+    appends: u32,
+    /// How many sweeps forgot rings; new rings take it into their epoch.
+    generation: u64,
+    /// The epoch new rings get (the broker's until the first forgetting sweep).
+    epoch: Option<std::sync::Arc<str>>,
+}
+
+/// A shard's idle rings are looked for once every this many appends to it: a ring whose
+/// messages have all expired is forgotten (its stream has nothing left to replay).
+const SWEEP_EVERY: u32 = 1024;
 
 /// In-memory history ring per stream and session cache: a single node's broker.
 #[derive(Debug)]
@@ -296,8 +316,10 @@ pub struct MemoryBroker {
     limits: HistoryLimits,
     /// Rings by stream, sharded like the hub so appends to different streams do not queue
     /// on one lock (an append runs on every broadcast).
-    streams: Box<[Mutex<HashMap<String, Ring>>]>,
+    streams: Box<[Mutex<Shard>]>,
     hasher: std::collections::hash_map::RandomState,
+    /// The next shard a sweep visits besides the busy one.
+    sweep_cursor: std::sync::atomic::AtomicUsize,
     sessions: Mutex<HashMap<String, (Bytes, Instant)>>,
 }
 
@@ -307,8 +329,9 @@ impl MemoryBroker {
         MemoryBroker {
             epoch: random_token(4),
             limits,
-            streams: (0..64).map(|_| Mutex::new(HashMap::new())).collect(),
+            streams: (0..64).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
+            sweep_cursor: std::sync::atomic::AtomicUsize::new(0),
             sessions: Mutex::new(HashMap::new()),
         }
     }
@@ -318,7 +341,7 @@ impl MemoryBroker {
         &self.epoch
     }
 
-    fn shard(&self, stream: &str) -> &Mutex<HashMap<String, Ring>> {
+    fn shard(&self, stream: &str) -> &Mutex<Shard> {
         use std::hash::BuildHasher;
         let h = self.hasher.hash_one(stream);
         &self.streams[(h % self.streams.len() as u64) as usize]
@@ -335,12 +358,68 @@ impl MemoryBroker {
         }
     }
 
+    /// Forgets the idle rings of one shard: those with no unexpired message left.
+    fn sweep_shard(&self, shard: &mut Shard, now_ms: u64) {
+        shard.appends = 0;
+        let before = shard.rings.len();
+        shard.rings.retain(|_, ring| {
+            self.evict(ring, now_ms);
+            !ring.entries.is_empty()
+        });
+        if shard.rings.len() < before {
+            shard.generation += 1;
+            shard.epoch = Some(format!("{}.{}", self.epoch, shard.generation).into());
+        }
+    }
+
+    /// Forgets every idle ring now (appends do it as they go; for tests and tools).
+    pub fn sweep_at(&self, now_ms: u64) {
+        for shard in self.streams.iter() {
+            self.sweep_shard(&mut shard.lock(), now_ms);
+        }
+    }
+
+    /// Streams with a ring held.
+    pub fn streams_held(&self) -> usize {
+        self.streams.iter().map(|s| s.lock().rings.len()).sum()
+    }
+
     /// Stores `message` for `stream` at time `now_ms`; returns its position.
     pub fn append_at(&self, stream: &str, message: Bytes, now_ms: u64) -> StreamPosition {
-        let mut streams = self.shard(stream).lock();
-        let ring = match streams.get_mut(stream) {
+        let position = self.append_in_shard(stream, message, now_ms);
+        if position.1 {
+            // The busy shard was swept: sweep one other in turn too, so shards that get no
+            // appends any more are swept as long as any shard does (one lock at a time).
+            let next = self
+                .sweep_cursor
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.sweep_shard(&mut self.streams[next % self.streams.len()].lock(), now_ms);
+        }
+        position.0
+    }
+
+    fn append_in_shard(&self, stream: &str, message: Bytes, now_ms: u64) -> (StreamPosition, bool) {
+        let mut shard = self.shard(stream).lock();
+        shard.appends += 1;
+        let swept = shard.appends >= SWEEP_EVERY;
+        if swept {
+            self.sweep_shard(&mut shard, now_ms);
+        }
+        let shard = &mut *shard;
+        let ring = match shard.rings.get_mut(stream) {
             Some(r) => r,
-            None => streams.entry(stream.to_owned()).or_default(),
+            None => {
+                // Only a new ring takes the shard's epoch (no allocation per append).
+                let epoch = shard
+                    .epoch
+                    .clone()
+                    .unwrap_or_else(|| std::sync::Arc::from(self.epoch.as_str()));
+                shard.rings.entry(stream.to_owned()).or_insert(Ring {
+                    last_offset: 0,
+                    entries: VecDeque::new(),
+                    epoch,
+                })
+            }
         };
         ring.last_offset += 1;
         let offset = ring.last_offset;
@@ -350,10 +429,11 @@ impl MemoryBroker {
             message,
         });
         self.evict(ring, now_ms);
-        StreamPosition {
-            epoch: self.epoch.clone(),
+        let position = StreamPosition {
+            epoch: ring.epoch.to_string(),
             offset,
-        }
+        };
+        (position, swept)
     }
 
     /// Every stored message after `position` (exclusive), or a rejection.
@@ -363,20 +443,28 @@ impl MemoryBroker {
         position: &StreamPosition,
         now_ms: u64,
     ) -> Result<Vec<HistoryEntry>, HistoryError> {
-        let mut streams = self.shard(stream).lock();
-        match streams.get_mut(stream) {
+        let mut shard = self.shard(stream).lock();
+        match shard.rings.get_mut(stream) {
             None => select_after(&self.epoch, 0, [], position),
             Some(ring) => {
                 self.evict(ring, now_ms);
-                select_after(&self.epoch, ring.last_offset, ring.entries.iter(), position)
+                select_after(&ring.epoch, ring.last_offset, ring.entries.iter(), position)
             }
+        }
+    }
+
+    /// The epoch of `stream`'s offsets now.
+    fn epoch_of(&self, stream: &str) -> String {
+        match self.shard(stream).lock().rings.get(stream) {
+            Some(ring) => ring.epoch.to_string(),
+            None => self.epoch.clone(),
         }
     }
 
     /// Every stored message at or after `since_ms`.
     pub fn since_time(&self, stream: &str, since_ms: u64, now_ms: u64) -> Vec<HistoryEntry> {
-        let mut streams = self.shard(stream).lock();
-        let Some(ring) = streams.get_mut(stream) else {
+        let mut shard = self.shard(stream).lock();
+        let Some(ring) = shard.rings.get_mut(stream) else {
             return Vec::new();
         };
         self.evict(ring, now_ms);
@@ -406,7 +494,7 @@ impl Broker for MemoryBroker {
         let r = self
             .since_position(stream, position, now_ms())
             .map(|entries| History {
-                epoch: self.epoch.clone(),
+                epoch: self.epoch_of(stream),
                 entries,
             })
             .map_err(BrokerError::from);
@@ -420,7 +508,7 @@ impl Broker for MemoryBroker {
     ) -> BoxFuture<'a, Result<History, BrokerError>> {
         let entries = self.since_time(stream, since_secs.saturating_mul(1000), now_ms());
         Box::pin(std::future::ready(Ok(History {
-            epoch: self.epoch.clone(),
+            epoch: self.epoch_of(stream),
             entries,
         })))
     }
@@ -537,6 +625,56 @@ mod tests {
             b.since_position("a", &future, 1000),
             Err(HistoryError::EpochMismatch)
         );
+    }
+
+    #[test]
+    fn idle_rings_are_forgotten_and_a_recreated_stream_cannot_be_confused_with_the_old() {
+        let b = MemoryBroker::new(HistoryLimits {
+            ttl: Duration::from_secs(10),
+            ..HistoryLimits::default()
+        });
+        for i in 0..3 {
+            b.append_at("a", msg(&i.to_string()), 0);
+        }
+        let old = b.append_at("keep", msg("k"), 0);
+        b.append_at("keep", msg("k2"), 15_000);
+        let held = b.since_position("a", &b.append_at("a", msg("3"), 0), 0);
+        assert_eq!(held, Ok(Vec::new()));
+        let old_a = StreamPosition {
+            epoch: b.epoch().into(),
+            offset: 3,
+        };
+        assert_eq!(b.streams_held(), 2);
+        b.sweep_at(20_000);
+        assert_eq!(b.streams_held(), 1, "a's messages all expired: forgotten");
+        // Re-created: offsets start again, under another epoch.
+        let mut last = None;
+        for i in 0..5 {
+            last = Some(b.append_at("a", msg(&format!("new{i}")), 20_000));
+        }
+        let last = last.unwrap();
+        assert_eq!(last.offset, 5);
+        assert_ne!(last.epoch, old_a.epoch);
+        assert_eq!(
+            b.since_position("a", &old_a, 20_000),
+            Err(HistoryError::EpochMismatch),
+            "offset 3 of the forgotten ring is not offset 3 of the new one"
+        );
+        // A stream that was never forgotten keeps its epoch and its positions.
+        let newer = b.since_position("keep", &old, 20_000).unwrap();
+        assert_eq!(newer.iter().map(|e| e.offset).collect::<Vec<_>>(), vec![2]);
+        // Appends sweep by themselves: a shard's idle rings go after SWEEP_EVERY appends.
+        let b = MemoryBroker::new(HistoryLimits {
+            ttl: Duration::from_secs(10),
+            ..HistoryLimits::default()
+        });
+        for i in 0..500 {
+            b.append_at(&format!("reply-{i}"), msg("r"), 0);
+        }
+        for _ in 0..(SWEEP_EVERY as usize * 64) {
+            b.append_at("busy", msg("b"), 60_000);
+        }
+        assert_eq!(b.streams_held(), 1, "only the busy stream is held");
     }
 
     #[test]
