@@ -24,8 +24,13 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mount_path: Option<String>,
-    /// An allowed Origin besides the same origin (repeatable): exact, `*` wildcard or `/regex/`.
-    #[arg(long = "allowed-origin")]
+    /// An allowed Origin besides the same origin (repeatable, or comma-separated as
+    /// anycable-go's `--allowed_origins`): exact, `*` wildcard or `/regex/`.
+    #[arg(
+        long = "allowed-origin",
+        alias = "allowed_origins",
+        value_delimiter = ','
+    )]
     #[serde(rename = "allowed_origins", skip_serializing_if = "Vec::is_empty")]
     pub allowed_origins: Vec<String>,
     /// Accept any Origin: turns CSRF protection for the cable off.
@@ -116,6 +121,14 @@ pub struct ServeArgs {
     #[arg(long = "redis_url", alias = "redis-url")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
+    /// NATS of the nats broadcast adapter [env: ANYCABLE_NATS_SERVERS].
+    #[arg(long = "nats_servers", alias = "nats-servers")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_servers: Option<String>,
+    /// PEM root certificates for an https:// RPC host [env: ANYCABLE_RPC_TLS_ROOT_CA].
+    #[arg(long = "rpc_tls_root_ca", alias = "rpc-tls-root-ca")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpc_tls_root_ca: Option<PathBuf>,
     /// Bearer key of POST /_broadcast [env: ANYCABLE_BROADCAST_KEY].
     #[arg(long = "broadcast_key", alias = "broadcast-key")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -189,5 +202,59 @@ impl ServeArgs {
             config.mount_path = path.clone();
         }
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn anycable_go_flags_parse_as_anycable_go_spells_them() {
+        use clap::Parser;
+        figment::Jail::expect_with(|_| {
+            let cli = Cli::try_parse_from([
+                "ferrocable",
+                "--rpc_host",
+                "http://app:3000/_anycable",
+                "--allowed_origins",
+                "https://a.example,https://b.example",
+                "--host",
+                "0.0.0.0",
+                "--port",
+                "8080",
+                "--path",
+                "/ws",
+                "--headers",
+                "cookie,x-api-token",
+                "--broadcast_adapter",
+                "http,nats",
+                "--nats_servers",
+                "nats://bus:4222",
+            ])
+            .expect("anycable-go's flags parse");
+            let config = cli.serve.load().expect("they make a configuration");
+            assert_eq!(config.bind.to_string(), "0.0.0.0:8080");
+            assert_eq!(config.mount_path, "/ws");
+            assert_eq!(
+                config.allowed_origins,
+                ["https://a.example", "https://b.example"]
+            );
+            assert_eq!(config.headers, ["cookie", "x-api-token"]);
+            assert_eq!(config.broadcast_adapter, ["http", "nats"]);
+            assert_eq!(config.nats_servers.as_deref(), Some("nats://bus:4222"));
+            assert_eq!(
+                config.rpc_host.as_deref(),
+                Some("http://app:3000/_anycable")
+            );
+            Ok(())
+        });
     }
 }
