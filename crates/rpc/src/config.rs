@@ -70,8 +70,8 @@ impl RpcConfig {
 
 /// A secret derived from the application secret as AnyCable does: lower-case hex of
 /// HMAC-SHA256(key = `secret`, message = `purpose`), e.g. `"rpc-cable"` or `"broadcast-cable"`.
-pub fn derive_secret(secret: &str, purpose: &str) -> String {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+pub fn derive_secret(secret: impl AsRef<[u8]>, purpose: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_ref());
     let tag = ring::hmac::sign(&key, purpose.as_bytes());
     tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -217,16 +217,6 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
-/// AnyCable's key derivation: hex(HMAC-SHA256(secret, purpose)).
-fn derived_key(secret: &[u8], purpose: &[u8]) -> String {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
-    ring::hmac::sign(&key, purpose)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// Opens the configured session store.
 pub async fn open_sessions(
     config: &ServeConfig,
@@ -421,8 +411,8 @@ pub async fn start(
             .filter(|k| !k.is_empty())
             .unwrap_or_else(
                 || match config.secret.as_deref().filter(|s| !s.is_empty()) {
-                    Some(anycable) => derived_key(anycable.as_bytes(), b"broadcast-cable"),
-                    None => derived_key(&secret, b"broadcast-cable"),
+                    Some(anycable) => ferrocable_rpc::derive_secret(anycable, "broadcast-cable"),
+                    None => ferrocable_rpc::derive_secret(&secret, "broadcast-cable"),
                 },
             )
             .into(),
