@@ -47,12 +47,12 @@ impl GrpcTransport {
                 Payload::Connect(call) => {
                     let r: proto::ConnectionResponse =
                         self.unary(proto::path::CONNECT, connect(call), sid).await?;
-                    Ok(Reply::Connect(connect_reply(r)))
+                    Ok(Reply::Connect(connect_reply(r)?))
                 }
                 Payload::Command(call) => {
                     let r: proto::CommandResponse =
                         self.unary(proto::path::COMMAND, command(call), sid).await?;
-                    Ok(Reply::Command(command_reply(r)))
+                    Ok(Reply::Command(command_reply(r)?))
                 }
                 Payload::Disconnect(call) => {
                     let r: proto::DisconnectResponse = self
@@ -150,21 +150,23 @@ fn status(n: i32) -> Result<ferrocable_node::remote::Status, CallError> {
     }
 }
 
-fn connect_reply(r: proto::ConnectionResponse) -> ConnectReply {
+/// A reply with a status outside the enum is refused (`BadReply`), as the HTTP transport
+/// refuses one, never read as some other status.
+fn connect_reply(r: proto::ConnectionResponse) -> Result<ConnectReply, CallError> {
     let env = r.env.unwrap_or_default();
-    ConnectReply {
-        status: status(r.status).unwrap_or(ferrocable_node::remote::Status::Error),
+    Ok(ConnectReply {
+        status: status(r.status)?,
         identifiers: r.identifiers,
         transmissions: r.transmissions,
         cstate: env.cstate,
         error: (!r.error_msg.is_empty()).then_some(r.error_msg),
-    }
+    })
 }
 
-fn command_reply(r: proto::CommandResponse) -> CommandReply {
+fn command_reply(r: proto::CommandResponse) -> Result<CommandReply, CallError> {
     let env = r.env.unwrap_or_default();
-    CommandReply {
-        status: status(r.status).unwrap_or(ferrocable_node::remote::Status::Error),
+    Ok(CommandReply {
+        status: status(r.status)?,
         disconnect: r.disconnect,
         stop_streams: r.stop_streams,
         streams: r.streams,
@@ -173,7 +175,7 @@ fn command_reply(r: proto::CommandResponse) -> CommandReply {
         cstate: env.cstate,
         istate: env.istate,
         error: (!r.error_msg.is_empty()).then_some(r.error_msg),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -206,12 +208,20 @@ mod tests {
         }
         .encode_to_vec();
         assert_eq!(bytes[0], 0x42);
-        let r = command_reply(proto::CommandResponse::decode(&bytes[..]).unwrap());
+        let r = command_reply(proto::CommandResponse::decode(&bytes[..]).unwrap()).unwrap();
         assert_eq!(r.stopped_streams, ["s"]);
         assert_eq!(
             r.status,
             ferrocable_node::remote::Status::Error,
             "0 = ERROR"
+        );
+        let odd = proto::CommandResponse {
+            status: 7,
+            ..Default::default()
+        };
+        assert!(
+            matches!(command_reply(odd), Err(CallError::BadReply(_))),
+            "an unknown status is refused, not read as ERROR"
         );
     }
 }
