@@ -627,13 +627,23 @@ impl Node {
         json: &str,
     ) -> Result<BroadcastReport, BroadcastError> {
         let raw: &RawValue = serde_json::from_str(json).map_err(|_| BroadcastError::InvalidJson)?;
-        let report = self.inner.hub.broadcast(stream, raw, None);
+        Ok(self.deliver_here(stream, raw, None))
+    }
+
+    /// To this node's subscribers only (no history, no bus), counted.
+    fn deliver_here(
+        &self,
+        stream: &str,
+        raw: &RawValue,
+        except: Option<ConnId>,
+    ) -> BroadcastReport {
+        let report = self.inner.hub.broadcast(stream, raw, except);
         self.inner.metrics.broadcasts.inc();
         self.inner
             .metrics
             .broadcast_deliveries
             .inc_by(report.delivered as u64);
-        Ok(report)
+        report
     }
 
     /// Delivers a publication from the ingress with its `meta`: `transient` is not stored,
@@ -654,13 +664,7 @@ impl Node {
             .and_then(|sid| self.inner.sids.lock().get(sid).copied());
         let stream = &publication.stream;
         Ok(if local {
-            let report = self.inner.hub.broadcast(stream, raw, except);
-            self.inner.metrics.broadcasts.inc();
-            self.inner
-                .metrics
-                .broadcast_deliveries
-                .inc_by(report.delivered as u64);
-            report
+            self.deliver_here(stream, raw, except)
         } else if publication.meta.transient {
             self.inner.broadcast_transient(stream, raw, except)
         } else {
