@@ -186,7 +186,16 @@ pub(crate) async fn run(o: FleetOptions) -> anyhow::Result<()> {
     let connect_ms = started.elapsed().as_secs_f64() * 1000.0;
     let ready_total: usize = connected.iter().sum();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut connect_times = Vec::with_capacity(ready_total);
     for r in ready.iter().flatten() {
+        if let Some(times) = r["connect_tenth_ms"].as_array() {
+            connect_times.extend(
+                times
+                    .iter()
+                    .filter_map(Value::as_u64)
+                    .map(|t| t as f64 / 10.0),
+            );
+        }
         if let Some(map) = r["errors"].as_object() {
             for (k, v) in map {
                 *errors.entry(k.clone()).or_default() += v.as_u64().unwrap_or(0);
@@ -282,7 +291,8 @@ pub(crate) async fn run(o: FleetOptions) -> anyhow::Result<()> {
         "tool": "ferrocable-bench", "scenario": "fleet", "label": o.label, "n": o.n,
         "targets": addrs, "workers": workers_needed, "source_ips": o.source_ips, "rounds": o.rounds, "payload_size": o.payload_size,
         "connect": {"ready": ready_total, "failed": o.n - ready_total, "errors": errors,
-                    "total_ms": connect_ms.round(), "rate_per_s": (ready_total as f64 / (connect_ms / 1000.0)).round()},
+                    "total_ms": connect_ms.round(), "rate_per_s": (ready_total as f64 / (connect_ms / 1000.0)).round(),
+                    "concurrency_per_worker": o.concurrency, "time_ms": percentiles(connect_times)},
         "idle": {"hold_s": o.hold.as_secs(), "server_rss_kib_before": mem_before.0, "server_rss_kib": mem_idle.0,
                  "server_pss_kib": mem_idle.1, "rss_per_conn_kb": per_conn(mem_idle.0, mem_before.0),
                  "pss_per_conn_kb": per_conn(mem_idle.1, mem_before.1), "pings": pings, "dropped": dropped},
@@ -312,7 +322,8 @@ enum Event {
 pub(crate) async fn worker(o: WorkerOptions) -> anyhow::Result<()> {
     let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
     let limit = Arc::new(Semaphore::new(o.concurrency.max(1)));
-    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Result<(), String>>();
+    // Each connection reports its connect + upgrade + confirmation time (µs), or its error.
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Result<u64, String>>();
     for i in 0..o.n {
         let addr = o.addrs[(o.first + i) % o.addrs.len()];
         // Client sockets spread over 127.0.0.1..=127.0.0.K: each source address has its own
@@ -321,7 +332,9 @@ pub(crate) async fn worker(o: WorkerOptions) -> anyhow::Result<()> {
         let (events_tx, limit, ready_tx) = (events_tx.clone(), limit.clone(), ready_tx.clone());
         tokio::spawn(async move {
             let permit = limit.acquire_owned().await;
+            let began = Instant::now();
             let connected = crate::client::connect_subscribed(addr, source, BENCH).await;
+            let took_us = began.elapsed().as_micros() as u64;
             drop(permit);
             let mut ws = match connected {
                 Ok(ws) => ws,
@@ -330,7 +343,7 @@ pub(crate) async fn worker(o: WorkerOptions) -> anyhow::Result<()> {
                     return;
                 }
             };
-            let _ = ready_tx.send(Ok(()));
+            let _ = ready_tx.send(Ok(took_us));
             drop(ready_tx);
             let mut seen = HashSet::new();
             while let Some(Ok(m)) = ws.next().await {
@@ -368,10 +381,14 @@ pub(crate) async fn worker(o: WorkerOptions) -> anyhow::Result<()> {
     let mut out = tokio::io::stdout();
     let say = |v: Value| format!("{v}\n");
     let (mut ok, mut errors) = (0usize, BTreeMap::<String, u64>::new());
+    let mut connect_tenth_ms = Vec::with_capacity(o.n);
     let mut last_report = Instant::now();
     while ok + (errors.values().sum::<u64>() as usize) < o.n {
         match ready_rx.recv().await {
-            Some(Ok(())) => ok += 1,
+            Some(Ok(us)) => {
+                ok += 1;
+                connect_tenth_ms.push(us / 100);
+            }
             Some(Err(e)) => *errors.entry(e).or_default() += 1,
             None => break,
         }
@@ -382,8 +399,11 @@ pub(crate) async fn worker(o: WorkerOptions) -> anyhow::Result<()> {
             last_report = Instant::now();
         }
     }
-    out.write_all(say(json!({"ready": ok, "errors": errors})).as_bytes())
-        .await?;
+    out.write_all(
+        say(json!({"ready": ok, "errors": errors, "connect_tenth_ms": connect_tenth_ms}))
+            .as_bytes(),
+    )
+    .await?;
     out.flush().await?;
 
     // Counters and per-round receptions, fed by the connections.

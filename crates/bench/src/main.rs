@@ -14,6 +14,7 @@ mod churn;
 mod client;
 mod fleet;
 mod rpc;
+mod soak;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -101,6 +102,12 @@ enum Scenario {
         #[command(flatten)]
         fleet: FleetArgs,
     },
+    /// AnyCable's avalanche: N clients connect and subscribe all at once (no concurrency
+    /// bound) against the targets; all must connect; connect-time percentiles.
+    Avalanche {
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
     /// Hold N subscribed connections for T seconds: server RSS/PSS per connection, pings
     /// received, drops.
     Idle {
@@ -144,6 +151,49 @@ enum Scenario {
         /// Server process to read CPU time from.
         #[arg(long)]
         server_pid: Option<u32>,
+        /// Label copied into the result.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Fresh visitors (new session, reflexes, leave) in a loop beside held idle connections,
+    /// for minutes: does the server's RSS stay flat?
+    Soak {
+        /// Server address (loopback only).
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        addr: SocketAddr,
+        /// Seconds of visitors.
+        #[arg(long, default_value_t = 600)]
+        duration: u64,
+        /// Subscribed connections held idle meanwhile.
+        #[arg(long, default_value_t = 10_000)]
+        idle: usize,
+        /// Visitors at once (each a loop of fresh sessions).
+        #[arg(long, default_value_t = 20)]
+        visitors: usize,
+        /// Reflexes per visit.
+        #[arg(long, default_value_t = 10)]
+        reflexes: usize,
+        /// Pause after each reflex reply, in milliseconds.
+        #[arg(long, default_value_t = 20)]
+        think_ms: u64,
+        /// Reflex target.
+        #[arg(long, default_value = "Counter#increment")]
+        target: String,
+        /// Seconds between RSS samples.
+        #[arg(long, default_value_t = 5)]
+        sample_secs: u64,
+        /// The sample the end is compared with, in seconds from the start of the visitors.
+        #[arg(long, default_value_t = 60)]
+        baseline_secs: u64,
+        /// Largest accepted end RSS / baseline RSS.
+        #[arg(long, default_value_t = 1.1)]
+        max_growth: f64,
+        /// Server process whose RSS is sampled.
+        #[arg(long)]
+        server_pid: u32,
+        /// Shell command run half-way through (e.g. restarting the session Redis).
+        #[arg(long)]
+        midway: Option<String>,
         /// Label copied into the result.
         #[arg(long, default_value = "")]
         label: String,
@@ -245,6 +295,16 @@ async fn session_cookie(addr: SocketAddr) -> anyhow::Result<String> {
         .context("no session cookie")
 }
 
+/// The `message` command StimulusReflex 3.5.5 sends for a click on `target`, with reflex id
+/// `id` from tab `tab`.
+fn reflex_frame(addr: SocketAddr, target: &str, selector: &str, id: &str, tab: usize) -> String {
+    let data = json!({"id": id, "target": target, "args": [], "url": format!("http://{addr}/"), "selectors": [selector],
+        "formData": "", "version": "3.5.5", "attrs": {"id": "reset", "tag_name": "BUTTON"},
+        "dataset": {"dataset": {}, "datasetAll": {}}, "reflexController": "stimulus-reflex",
+        "permanentAttributeName": "data-reflex-permanent", "tabId": format!("tab-{tab}")});
+    json!({"command": "message", "identifier": SR, "data": data.to_string()}).to_string()
+}
+
 struct Outcome {
     latencies: Vec<Duration>,
     errors: u64,
@@ -272,12 +332,7 @@ async fn client(
     while Instant::now() < end {
         seq += 1;
         let id = format!("bench-{n}-{seq}");
-        let data = json!({"id": id, "target": target, "args": [], "url": format!("http://{addr}/"), "selectors": [selector],
-            "formData": "", "version": "3.5.5", "attrs": {"id": "reset", "tag_name": "BUTTON"},
-            "dataset": {"dataset": {}, "datasetAll": {}}, "reflexController": "stimulus-reflex",
-            "permanentAttributeName": "data-reflex-permanent", "tabId": format!("tab-{n}")});
-        let frame =
-            json!({"command": "message", "identifier": SR, "data": data.to_string()}).to_string();
+        let frame = reflex_frame(addr, &target, &selector, &id, n);
         let sent = Instant::now();
         ws.send(Message::text(frame)).await?;
         loop {
@@ -414,6 +469,10 @@ fn main() -> anyhow::Result<()> {
             hold_secs,
         } => rt.block_on(fleet::run(fleet.options(rounds, hold_secs))),
         Scenario::Connect { fleet } => rt.block_on(fleet::run(fleet.options(0, 0))),
+        Scenario::Avalanche { mut fleet } => {
+            fleet.concurrency = fleet.per_worker.max(1);
+            rt.block_on(fleet::run(fleet.options(0, 0)))
+        }
         Scenario::Idle { fleet, hold_secs } => rt.block_on(fleet::run(fleet.options(0, hold_secs))),
         Scenario::Worker {
             addrs,
@@ -443,6 +502,35 @@ fn main() -> anyhow::Result<()> {
             concurrency,
             duration: Duration::from_secs(duration),
             server_pid,
+            label,
+        })),
+        Scenario::Soak {
+            addr,
+            duration,
+            idle,
+            visitors,
+            reflexes,
+            think_ms,
+            target,
+            sample_secs,
+            baseline_secs,
+            max_growth,
+            server_pid,
+            midway,
+            label,
+        } => rt.block_on(soak::run(soak::Options {
+            addr,
+            duration: Duration::from_secs(duration),
+            idle,
+            visitors,
+            reflexes,
+            think: Duration::from_millis(think_ms),
+            sample: Duration::from_secs(sample_secs.max(1)),
+            baseline: Duration::from_secs(baseline_secs),
+            max_growth,
+            target,
+            server_pid,
+            midway,
             label,
         })),
         Scenario::Reflex {
