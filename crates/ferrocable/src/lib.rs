@@ -82,6 +82,10 @@ pub use ferrocable_server::{
     Assets, Cable, RunningServer, ServeConfig, Services, SessionChannel, SessionFailure,
 };
 pub use ferrocable_session::{SessionData, Sessions};
+pub use ferrocable_streams::{
+    MessageVerifier, PubSubChannel, TurboAction, TurboStream, TurboStreamsChannel,
+    broadcast_turbo_streams,
+};
 
 /// The session of the current page request (an axum extractor). The same session reaches
 /// reflexes through [`ReflexContext::session`] and [`ReflexContext::update_session`].

@@ -36,6 +36,9 @@ pub struct Effects {
     /// Messages to broadcast without storing them in history (see
     /// [`ChannelContext::broadcast_transient`]).
     pub transient: Vec<(String, Box<RawValue>)>,
+    /// The stream this subscription's `whisper` commands go to (see
+    /// [`ChannelContext::allow_whisper`]).
+    pub whisper: Option<String>,
 }
 
 /// Everything a channel callback can read, and the effects it records.
@@ -152,6 +155,13 @@ impl ChannelContext {
         let raw = serde_json::value::to_raw_value(message)?;
         self.effects.transient.push((stream.into(), raw));
         Ok(())
+    }
+
+    /// Lets this subscription whisper: its clients' `whisper` commands (typing indicators,
+    /// cursors) are broadcast to `stream` for everyone else subscribed to it, never back to
+    /// the sender and never stored in history (AnyCable's istate `$w`).
+    pub fn allow_whisper(&mut self, stream: impl Into<String>) {
+        self.effects.whisper = Some(stream.into());
     }
 
     /// Refuses the subscription (Rails' `reject`); the client gets `reject_subscription`.

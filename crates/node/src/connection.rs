@@ -56,6 +56,9 @@ struct SavedSubscription {
     /// The channel state of a subscription the app serves (`None`: a Rust channel's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     istate: Option<State>,
+    /// The whisper stream a Rust channel allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    whisper: Option<String>,
 }
 
 /// What a connection identified by an app behind RPC keeps for its later calls: the app's
@@ -170,6 +173,8 @@ struct Subscription {
     handler: Handler,
     params: Arc<Map<String, Value>>,
     streams: Vec<String>,
+    /// Where a Rust channel lets `whisper` go (the app's istate `$w` for RPC channels).
+    whisper: Option<Box<str>>,
 }
 
 /// Who serves a subscription.
@@ -765,6 +770,7 @@ impl Connection {
                 handler,
                 params: Arc::new(parsed.params),
                 streams: Vec::new(),
+                whisper: saved.whisper.map(Into::into),
             };
             let effects = Effects {
                 stream_from: saved.streams,
@@ -808,6 +814,7 @@ impl Connection {
                         Handler::Local(_) => None,
                         Handler::Remote(istate) => Some(istate.clone()),
                     },
+                    whisper: sub.whisper.as_deref().map(str::to_owned),
                 })
                 .collect(),
             app: self.app.as_deref().cloned(),
@@ -1004,6 +1011,7 @@ impl Connection {
             }) => self.subscribe(identifier, history).await,
             Ok(ClientCommand::Unsubscribe { identifier }) => self.unsubscribe(identifier).await,
             Ok(ClientCommand::Message { identifier, data }) => self.perform(identifier, data),
+            Ok(ClientCommand::Whisper { identifier, data }) => self.whisper(&identifier, data),
             Ok(ClientCommand::History {
                 identifier,
                 history,
@@ -1119,6 +1127,7 @@ impl Connection {
             handler,
             params,
             streams: Vec::new(),
+            whisper: effects.whisper.as_deref().map(Into::into),
         };
         if gated {
             self.replay()
@@ -1283,6 +1292,35 @@ impl Connection {
     }
 
     /// Starts the action; [`Connection::finish_perform`] applies what it did once it ends.
+    /// Broadcasts a `whisper`'s data to the subscription's whisper stream: everyone else
+    /// subscribed to it gets `{"identifier":…,"message":data}`; never the sender, never stored.
+    fn whisper(&mut self, identifier: &Identifier, data: String) {
+        let Some(sub) = self.subscriptions.get(identifier) else {
+            warn!(conn = self.id, %identifier, "whisper for unknown subscription");
+            self.refuse(
+                "unknown_subscription",
+                "no subscription with this identifier",
+            );
+            return;
+        };
+        let stream = match &sub.handler {
+            Handler::Local(_) => sub.whisper.as_deref(),
+            Handler::Remote(istate) => istate.get("$w").map(String::as_str),
+        };
+        let Some(stream) = stream else {
+            debug!(conn = self.id, %identifier, "whisper refused: not a whispering subscription");
+            self.refuse("whisper_not_allowed", "this subscription may not whisper");
+            return;
+        };
+        // The decoder checked `data` is a JSON object.
+        let Ok(raw) = serde_json::value::RawValue::from_string(data) else {
+            self.refuse("malformed_whisper", "whisper data is not JSON");
+            return;
+        };
+        self.node.metrics.whispers.inc();
+        self.node.broadcast_transient(stream, &raw, Some(self.id));
+    }
+
     fn perform(&mut self, identifier: Identifier, raw: String) {
         let Some(sub) = self.subscriptions.get(&identifier) else {
             warn!(conn = self.id, %identifier, "message for unknown subscription");
@@ -1347,8 +1385,12 @@ impl Connection {
         } = *done;
         let streams_changed = !effects.stream_from.is_empty()
             || !effects.stop_stream_from.is_empty()
-            || effects.stop_all_streams;
+            || effects.stop_all_streams
+            || effects.whisper.is_some();
         if let Some(sub) = self.subscriptions.get_mut(&identifier) {
+            if let Some(w) = &effects.whisper {
+                sub.whisper = Some(w.as_str().into());
+            }
             apply_streams(
                 &self.node,
                 self.id,

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub disconnects: Family<ReasonLabel, Counter>,
     /// Subscriptions refused (unknown channel, bad identifier, channel rejection).
     pub rejected_subscriptions: Counter,
+    /// `whisper` commands broadcast to a whisper stream.
+    pub whispers: Counter,
     /// Upgrade requests refused before upgrading (origin, bad request), by reason.
     pub refused_upgrades: Family<ReasonLabel, Counter>,
     /// Failed calls to a backing store (sessions today), by store and operation.
@@ -88,6 +90,7 @@ impl Default for Metrics {
             bad_frames: Family::default(),
             disconnects: Family::default(),
             rejected_subscriptions: Counter::default(),
+            whispers: Counter::default(),
             refused_upgrades: Family::default(),
             store_errors: Family::default(),
             pubsub_errors: Counter::default(),
@@ -142,6 +145,11 @@ impl Default for Metrics {
             "ferrocable_rejected_subscriptions",
             "Subscriptions refused",
             m.rejected_subscriptions.clone(),
+        );
+        registry.register(
+            "ferrocable_whispers",
+            "Whisper commands broadcast to a whisper stream",
+            m.whispers.clone(),
         );
         registry.register(
             "ferrocable_refused_upgrades",

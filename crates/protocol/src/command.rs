@@ -58,6 +58,14 @@ pub enum ClientCommand {
         /// What to replay.
         history: HistoryRequest,
     },
+    /// `{"command":"whisper","identifier":…,"data":{…}}`: a transient message to the other
+    /// clients of the subscription's whisper stream (extended protocol; typing indicators).
+    Whisper {
+        /// The subscription key.
+        identifier: Identifier,
+        /// The `data` object, as its JSON text (unlike `message`, not a string).
+        data: String,
+    },
     /// `{"command":"pong"}`: the client answers a `ping` (extended protocol).
     Pong,
     /// `{"command":"ping"}`: the client checks the server is alive; answered with `pong`.
@@ -71,6 +79,7 @@ impl ClientCommand {
             ClientCommand::Subscribe { identifier, .. }
             | ClientCommand::Unsubscribe { identifier }
             | ClientCommand::Message { identifier, .. }
+            | ClientCommand::Whisper { identifier, .. }
             | ClientCommand::History { identifier, .. } => Some(identifier),
             ClientCommand::Pong | ClientCommand::Ping => None,
         }
@@ -177,6 +186,7 @@ pub fn decode_command(frame: &[u8], max_len: usize) -> Result<ClientCommand, Dec
         "unsubscribe" => 1,
         "message" => 2,
         "history" => 3,
+        "whisper" => 4,
         "pong" => return Ok(ClientCommand::Pong),
         "ping" => return Ok(ClientCommand::Ping),
         _ => return Err(DecodeError::UnknownCommand),
@@ -201,9 +211,16 @@ pub fn decode_command(frame: &[u8], max_len: usize) -> Result<ClientCommand, Dec
             identifier,
             data: string_field(raw.data, DecodeError::MissingData)?,
         },
-        _ => ClientCommand::History {
+        3 => ClientCommand::History {
             identifier,
             history: history_field(raw.history)?,
+        },
+        _ => ClientCommand::Whisper {
+            identifier,
+            data: match raw.data {
+                Some(d) if d.get().starts_with('{') => d.get().to_owned(),
+                _ => return Err(DecodeError::MalformedWhisper),
+            },
         },
     })
 }
@@ -240,6 +257,32 @@ mod tests {
             Ok(ClientCommand::Unsubscribe {
                 identifier: Identifier::new(r#"{"channel":"ChatChannel","room":42}"#)
             })
+        );
+    }
+
+    #[test]
+    fn golden_whisper_and_malformed_ones() {
+        let f = r#"{"command":"whisper","identifier":"{\"channel\":\"$pubsub\",\"stream_name\":\"x\"}","data":{"typing":true}}"#;
+        match decode(f) {
+            Ok(ClientCommand::Whisper { identifier, data }) => {
+                assert_eq!(
+                    identifier.as_str(),
+                    r#"{"channel":"$pubsub","stream_name":"x"}"#
+                );
+                assert_eq!(data, r#"{"typing":true}"#);
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            r#"{"command":"whisper","identifier":"x","data":"{\"typing\":true}"}"#,
+            r#"{"command":"whisper","identifier":"x","data":[1]}"#,
+            r#"{"command":"whisper","identifier":"x"}"#,
+        ] {
+            assert_eq!(decode(bad), Err(DecodeError::MalformedWhisper), "{bad}");
+        }
+        assert_eq!(
+            decode(r#"{"command":"whisper","data":{}}"#),
+            Err(DecodeError::MissingIdentifier)
         );
     }
 

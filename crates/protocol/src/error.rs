@@ -43,6 +43,9 @@ pub enum DecodeError {
     /// A binary frame arrived on a JSON subprotocol.
     #[error("binary frames are not accepted on a JSON subprotocol")]
     BinaryFrame,
+    /// A `whisper` command has no `data` object.
+    #[error("whisper needs a \"data\" object")]
+    MalformedWhisper,
 }
 
 impl DecodeError {
@@ -59,6 +62,7 @@ impl DecodeError {
             DecodeError::MissingHistory => "missing_history",
             DecodeError::MalformedHistory => "malformed_history",
             DecodeError::BinaryFrame => "binary_frame",
+            DecodeError::MalformedWhisper => "malformed_whisper",
         }
     }
 }

@@ -164,6 +164,21 @@ pub struct ServeConfig {
     /// Secret used to sign session cookies (env `SECRET_KEY_BASE`). When absent, one is
     /// generated once and kept in `data_dir`.
     pub secret_key_base: Option<String>,
+    /// The key of `$pubsub` signed stream names (`ANYCABLE_STREAMS_SECRET`; default:
+    /// `secret`, else one derived from the secret key base).
+    pub streams_secret: Option<String>,
+    /// Accept `$pubsub` subscriptions by unsigned `stream_name` (`ANYCABLE_PUBLIC_STREAMS`).
+    pub public_streams: bool,
+    /// Let `$pubsub` signed-stream subscribers whisper (`ANYCABLE_STREAMS_WHISPER`; public
+    /// streams always may).
+    pub streams_whisper: bool,
+    /// Serve `Turbo::StreamsChannel` here, not through the app behind RPC
+    /// (`ANYCABLE_TURBO_STREAMS`). Without an app behind it is always served.
+    pub turbo_streams: bool,
+    /// The key of Turbo signed stream names, the Rails app's
+    /// `config.turbo.signed_stream_verifier_key` (`ANYCABLE_TURBO_STREAMS_SECRET`; default:
+    /// the streams key).
+    pub turbo_streams_secret: Option<String>,
 }
 
 impl Default for ServeConfig {
@@ -231,6 +246,11 @@ impl Default for ServeConfig {
             nats_servers: None,
             nats_channel: "__anycable__".into(),
             redis_group: "bx".into(),
+            streams_secret: None,
+            public_streams: false,
+            streams_whisper: false,
+            turbo_streams: false,
+            turbo_streams_secret: None,
         }
     }
 }
@@ -297,6 +317,11 @@ const ENV_KEYS: &[&str] = &[
     "nats_servers",
     "nats_channel",
     "redis_group",
+    "streams_secret",
+    "public_streams",
+    "streams_whisper",
+    "turbo_streams",
+    "turbo_streams_secret",
 ];
 
 /// anycable-go's environment names (`ANYCABLE_*`) and the keys they set. ferrocable's own
@@ -319,6 +344,11 @@ const ANYCABLE_KEYS: &[(&str, &str)] = &[
     ("nats_servers", "nats_servers"),
     ("redis_group", "redis_group"),
     ("nats_channel", "nats_channel"),
+    ("streams_secret", "streams_secret"),
+    ("public_streams", "public_streams"),
+    ("streams_whisper", "streams_whisper"),
+    ("turbo_streams", "turbo_streams"),
+    ("turbo_streams_secret", "turbo_streams_secret"),
 ];
 
 /// A list given as a list, or as one comma-separated string (how environment variables and
@@ -434,6 +464,29 @@ impl ServeConfig {
             scheme: self.default_url_scheme.clone(),
             host: self.default_url_host.clone(),
             port: Some(self.default_url_port.unwrap_or(self.bind.port())),
+        }
+    }
+
+    /// The key of `$pubsub` signed stream names: `streams_secret`, else AnyCable's `secret`
+    /// (as anycable-go uses them, verbatim), else a key derived from the secret key base for
+    /// this purpose only (a Rust app with no AnyCable settings).
+    pub fn streams_key(&self, secret_key_base: &[u8]) -> Vec<u8> {
+        let given = |s: &Option<String>| s.as_deref().filter(|s| !s.is_empty()).map(str::to_owned);
+        given(&self.streams_secret)
+            .or_else(|| given(&self.secret))
+            .unwrap_or_else(|| ferrocable_rpc::derive_secret(secret_key_base, "signed-streams"))
+            .into_bytes()
+    }
+
+    /// The key of Turbo signed stream names: `turbo_streams_secret`, else the streams key.
+    pub fn turbo_streams_key(&self, secret_key_base: &[u8]) -> Vec<u8> {
+        match self
+            .turbo_streams_secret
+            .as_deref()
+            .filter(|s| !s.is_empty())
+        {
+            Some(s) => s.as_bytes().to_vec(),
+            None => self.streams_key(secret_key_base),
         }
     }
 
@@ -571,6 +624,36 @@ mod tests {
             let c = ServeConfig::load(Some(Path::new("f.toml")), serde_json::json!({})).unwrap();
             let mine: Mine = c.app_settings().unwrap();
             assert_eq!((mine.greeting.as_str(), mine.limit), ("hello", 9));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn stream_keys_follow_anycable_settings() {
+        figment::Jail::expect_with(|jail| {
+            let base = b"secret key base";
+            let c = ServeConfig::load(None, serde_json::json!({})).unwrap();
+            let derived = c.streams_key(base);
+            assert_eq!(
+                derived,
+                ferrocable_rpc::derive_secret(base, "signed-streams").into_bytes()
+            );
+            assert_eq!(c.turbo_streams_key(base), derived);
+            assert!(!c.public_streams && !c.streams_whisper && !c.turbo_streams);
+            jail.set_env("ANYCABLE_SECRET", "app secret");
+            let c = ServeConfig::load(None, serde_json::json!({})).unwrap();
+            assert_eq!(c.streams_key(base), b"app secret");
+            jail.set_env("ANYCABLE_STREAMS_SECRET", "streams");
+            jail.set_env("ANYCABLE_PUBLIC_STREAMS", "true");
+            jail.set_env("ANYCABLE_STREAMS_WHISPER", "true");
+            jail.set_env("ANYCABLE_TURBO_STREAMS", "true");
+            let c = ServeConfig::load(None, serde_json::json!({})).unwrap();
+            assert_eq!(c.streams_key(base), b"streams");
+            assert_eq!(c.turbo_streams_key(base), b"streams");
+            assert!(c.public_streams && c.streams_whisper && c.turbo_streams);
+            jail.set_env("ANYCABLE_TURBO_STREAMS_SECRET", "turbo");
+            let c = ServeConfig::load(None, serde_json::json!({})).unwrap();
+            assert_eq!(c.turbo_streams_key(base), b"turbo");
             Ok(())
         });
     }

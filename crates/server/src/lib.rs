@@ -40,6 +40,10 @@ pub struct Services {
     pub sessions: Arc<ferrocable_session::Sessions>,
     /// Signs `CableReady::Stream` names (the key derives from the secret key base).
     pub signer: ferrocable_reflex::StreamSigner,
+    /// Signs `$pubsub` stream names (the streams key, see [`ServeConfig::streams_key`]).
+    pub streams: ferrocable_streams::MessageVerifier,
+    /// Signs Turbo stream names (see [`ServeConfig::turbo_streams_key`]).
+    pub turbo: ferrocable_streams::MessageVerifier,
     /// The configuration the server runs with.
     pub config: Arc<ServeConfig>,
 }
@@ -343,6 +347,8 @@ pub async fn start(
     let services = Services {
         sessions: sessions.clone(),
         signer: ferrocable_reflex::StreamSigner::new(&secret),
+        streams: ferrocable_streams::MessageVerifier::new(config.streams_key(&secret)),
+        turbo: ferrocable_streams::MessageVerifier::new(config.turbo_streams_key(&secret)),
         config: Arc::new(config.clone()),
     };
     for step in std::mem::take(&mut app.deferred) {
@@ -350,6 +356,8 @@ pub async fn start(
     }
     let site = Arc::new(page::Site {
         signer: services.signer.clone(),
+        streams: services.streams.clone(),
+        turbo: services.turbo.clone(),
         cable_url: config
             .cable_url
             .clone()
@@ -386,6 +394,20 @@ pub async fn start(
                 "CableReady::Stream",
                 ferrocable_reflex::CableReadyStreamChannel::new(services.signer.clone()),
             );
+    }
+    // `$pubsub` is anycable-go's own channel, never the app's; Turbo::StreamsChannel is the
+    // app's (over RPC) unless `turbo_streams` asks for it here, or there is no app behind.
+    builder = builder.default_channel(
+        ferrocable_streams::PUBSUB_CHANNEL,
+        ferrocable_streams::PubSubChannel::new(services.streams.clone())
+            .public_streams(config.public_streams)
+            .whisper_on_signed(config.streams_whisper),
+    );
+    if config.turbo_streams || config.rpc_config().is_none() {
+        builder = builder.default_channel(
+            ferrocable_streams::TURBO_STREAMS_CHANNEL,
+            ferrocable_streams::TurboStreamsChannel::new(services.turbo.clone()),
+        );
     }
     if config.bench_channel {
         builder = builder.channel("BenchmarkChannel", bench_channel::BenchmarkChannel);

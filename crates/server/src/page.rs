@@ -31,6 +31,8 @@ pub struct Cable {
 /// The parts of a [`Cable`] that do not depend on the node: fixed when the server starts.
 pub(crate) struct Site {
     pub(crate) signer: StreamSigner,
+    pub(crate) streams: ferrocable_streams::MessageVerifier,
+    pub(crate) turbo: ferrocable_streams::MessageVerifier,
     pub(crate) cable_url: Arc<str>,
     pub(crate) import_map: String,
 }
@@ -74,6 +76,29 @@ impl Cable {
     /// can listen to a stream a client could not pick by itself.
     pub fn signed_stream(&self, stream: &str) -> String {
         self.site.signer.sign(stream)
+    }
+
+    /// `stream` signed for a `$pubsub` subscription
+    /// (`{"channel":"$pubsub","signed_stream_name":…}`, `@anycable/web`'s
+    /// `cable.streamFromSigned(…)`), with the streams key (`ANYCABLE_STREAMS_SECRET`).
+    pub fn signed_pubsub_stream(&self, stream: &str) -> String {
+        self.site.streams.generate(stream)
+    }
+
+    /// The `<turbo-cable-stream-source>` tag that subscribes the page to `streamables`
+    /// (turbo-rails' `turbo_stream_from`), signed with the Turbo key; broadcast to it with
+    /// [`Cable::broadcast_turbo_streams`].
+    pub fn turbo_stream_from(&self, streamables: &[&str]) -> String {
+        ferrocable_streams::turbo_stream_from(&self.site.turbo, streamables)
+    }
+
+    /// Sends `<turbo-stream>` actions to every page subscribed to `streamables`.
+    pub fn broadcast_turbo_streams(
+        &self,
+        streamables: &[&str],
+        streams: &[ferrocable_streams::TurboStream],
+    ) -> ferrocable_node::BroadcastReport {
+        ferrocable_streams::broadcast_turbo_streams(&self.node, streamables, streams)
     }
 
     /// Where the browser opens the cable (`<meta name="action-cable-url">`).
