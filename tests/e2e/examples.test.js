@@ -90,3 +90,31 @@ test('dashboard example: the node\'s own figures and chart update through CableR
     await context.close();
   });
 });
+
+test('turbo example: <turbo-cable-stream-source> with a signed name; a post reaches every browser as <turbo-stream> actions', async () => {
+  await withServer(example('turbo'), async (server) => {
+    const a = await openPage(browser, `${server.url}/`);
+    const b = await openPage(browser, `${server.url}/`);
+    for (const p of [a, b]) {
+      // turbo-rails marks the element once Turbo::StreamsChannel confirmed the subscription.
+      await p.page.waitForSelector('turbo-cable-stream-source[connected]', { state: 'attached', timeout: 15000 });
+    }
+    await a.page.fill('#text', 'hello <i>turbo</i>');
+    await a.page.click('#send');
+    for (const p of [a, b]) {
+      await p.page.waitForFunction(() => document.querySelector('#messages').textContent.includes('hello <i>turbo</i>'));
+      await p.page.waitForFunction(() => document.querySelector('#count').textContent === '1');
+    }
+    assert.equal(await b.page.locator('#messages i').count(), 0, 'user text is escaped');
+    // The poster's form came back empty from the POST's own turbo-stream response.
+    await a.page.waitForFunction(() => document.querySelector('#text').value === '');
+    await b.page.fill('#text', 'second');
+    await b.page.click('#send');
+    await a.page.waitForFunction(() => document.querySelectorAll('#messages li').length === 2);
+    // A page opened later subscribes to the same stream and sees what was kept.
+    const c = await openPage(browser, `${server.url}/`);
+    assert.equal(await c.page.locator('#messages li').count(), 2);
+    assert.deepEqual([...a.page.errors, ...b.page.errors, ...c.page.errors], []);
+    for (const p of [a, b, c]) await p.context.close();
+  });
+});

@@ -605,6 +605,58 @@ async fn admit(
             None,
         );
     }
+    if let Some(jwt) = &node.jwt {
+        match jwt.token_of(request).map(|t| jwt.verify(&t)) {
+            Some(Ok(identifiers)) => {
+                let identity = Identity {
+                    identifiers: identifiers_of(&identifiers),
+                    session: node.session_of.as_ref().and_then(|f| f(request)),
+                };
+                // The app behind learns who it is from these identifiers on every call, as
+                // if its connect had returned them.
+                let app = node.remote.as_ref().map(|remote| {
+                    Box::new(AppConnection {
+                        identifiers: Arc::from(identifiers),
+                        env: Arc::new(remote.env(request)),
+                        cstate: State::new(),
+                    })
+                });
+                node.metrics.jwt("accepted");
+                return Admission::Accepted(identity, app, None);
+            }
+            Some(Err(crate::jwt::JwtError::Expired)) => {
+                info!(conn = id, remote = ?request.remote_addr, "connection rejected: token expired");
+                node.metrics.jwt("expired");
+                node.metrics
+                    .disconnect(DisconnectReason::TokenExpired.as_str());
+                let bye = ServerFrame::Disconnect {
+                    reason: DisconnectReason::TokenExpired,
+                    reconnect: false,
+                }
+                .encode();
+                return Admission::Refused(Vec::new(), Some(bye), CloseCode::NORMAL_CLOSURE);
+            }
+            Some(Err(e)) => {
+                info!(conn = id, remote = ?request.remote_addr, error = %e, "connection rejected: bad token");
+                node.metrics.jwt("refused");
+                return Admission::Refused(
+                    Vec::new(),
+                    Some(unauthorized()),
+                    CloseCode::NORMAL_CLOSURE,
+                );
+            }
+            None if jwt.is_enforced() => {
+                info!(conn = id, remote = ?request.remote_addr, "connection rejected: no token");
+                node.metrics.jwt("missing");
+                return Admission::Refused(
+                    Vec::new(),
+                    Some(unauthorized()),
+                    CloseCode::NORMAL_CLOSURE,
+                );
+            }
+            None => {}
+        }
+    }
     if node.remote.is_some() {
         let connected = tokio::select! {
             r = connect_remote(node, request, sid) => r,

@@ -15,6 +15,7 @@ pub mod conformance;
 mod connection;
 pub mod hub;
 pub mod ingress;
+pub mod jwt;
 pub mod metrics;
 mod node;
 pub mod outbox;
@@ -24,6 +25,7 @@ pub mod remote;
 pub use auth::{AllowAll, Authenticator, ConnectRequest, Identity, Unauthorized};
 pub use channel::{Channel, ChannelContext, Effects, PerformError};
 pub use hub::{BroadcastReport, ConnId, Hub};
+pub use jwt::{JwtError, JwtIdentifier};
 pub use metrics::Metrics;
 pub use node::{
     BroadcastError, CommandRate, Node, NodeBuilder, NodeConfig, SessionOf, ShutdownReport,

@@ -62,6 +62,9 @@ pub struct Metrics {
     pub pubsub_received: Counter,
     /// Commands refused by a per-connection limit, by limit (`subscriptions`, `rate`).
     pub limited: Family<ReasonLabel, Counter>,
+    /// Connections that came with a token, by outcome (`accepted`, `expired`, `refused`,
+    /// `missing` when tokens are enforced).
+    pub jwt: Family<ReasonLabel, Counter>,
     /// How long reflexes take, from payload to reply (observe with [`Metrics::reflex_ran`]).
     pub reflex_duration: Histogram,
     /// Reflexes run and their total time in microseconds, readable in process (the histogram
@@ -102,6 +105,7 @@ impl Default for Metrics {
             pubsub_received: Counter::default(),
             // 0.5 ms … 4 s: a reflex that re-renders a page is a few milliseconds here.
             limited: Family::default(),
+            jwt: Family::default(),
             reflex_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             reflex_totals: Default::default(),
             registry: Registry::default(),
@@ -197,6 +201,11 @@ impl Default for Metrics {
             m.ingress_refused.clone(),
         );
         registry.register(
+            "ferrocable_jwt",
+            "Connections identified by a token, by outcome",
+            m.jwt.clone(),
+        );
+        registry.register(
             "ferrocable_limited",
             "Commands refused by a per-connection limit, by limit",
             m.limited.clone(),
@@ -211,7 +220,16 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Counts one command refused by the per-connection `limit`.
+    /// Counts one connection that came with a token, by `outcome`.
+    pub fn jwt(&self, outcome: &str) {
+        self.jwt
+            .get_or_create(&ReasonLabel {
+                reason: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one command refused by a per-connection limit.
     pub fn limited(&self, limit: &str) {
         self.limited
             .get_or_create(&ReasonLabel {

@@ -107,6 +107,8 @@ pub(crate) struct Inner {
     pub(crate) session_of: Option<SessionOf>,
     /// The app behind RPC, if any: it identifies connections and serves unregistered channels.
     pub(crate) remote: Option<Arc<dyn DynRemoteApp>>,
+    /// Identifies connections that carry a token (see [`NodeBuilder::jwt`]).
+    pub(crate) jwt: Option<crate::jwt::JwtIdentifier>,
     pub(crate) metrics: Metrics,
     pub(crate) shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -375,6 +377,7 @@ pub struct NodeBuilder {
     auth_set: bool,
     session_of: Option<SessionOf>,
     remote: Option<Arc<dyn DynRemoteApp>>,
+    jwt: Option<crate::jwt::JwtIdentifier>,
 }
 
 /// Finds the page session of a connection from its upgrade request (see
@@ -400,6 +403,7 @@ impl Default for NodeBuilder {
             auth_set: false,
             session_of: None,
             remote: None,
+            jwt: None,
         }
     }
 }
@@ -468,6 +472,15 @@ impl NodeBuilder {
         self
     }
 
+    /// Identifies connections that carry a JWT from the token alone (AnyCable's JWT
+    /// identification): no authenticator run, no connect call to the app behind. A bad token
+    /// is refused with `unauthorized`, an expired one with `token_expired`; a connection
+    /// without a token goes the usual way unless the identifier enforces tokens.
+    pub fn jwt(mut self, jwt: crate::jwt::JwtIdentifier) -> Self {
+        self.jwt = Some(jwt);
+        self
+    }
+
     /// Registers `channel` under `name` unless a channel of that name exists.
     pub fn default_channel(self, name: impl Into<String>, channel: impl Channel) -> Self {
         let name = name.into();
@@ -496,6 +509,7 @@ impl NodeBuilder {
             auth: self.auth,
             session_of: self.session_of,
             remote: self.remote,
+            jwt: self.jwt,
             metrics: Metrics::default(),
             shutdown: shutdown.clone(),
             tracker: TaskTracker::new(),

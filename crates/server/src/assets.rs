@@ -31,6 +31,11 @@ const SINGLE_FILES: &[(&str, &str, &str)] = &[
         "@hotwired/turbo/dist/turbo.es2017-esm.js",
     ),
     (
+        "@hotwired/turbo-rails",
+        "turbo-rails.js",
+        "@hotwired/turbo-rails/app/assets/javascripts/turbo.js",
+    ),
+    (
         "@rails/actioncable",
         "actioncable.esm.js",
         "@rails/actioncable/app/assets/javascripts/actioncable.esm.js",

@@ -179,6 +179,16 @@ pub struct ServeConfig {
     /// `config.turbo.signed_stream_verifier_key` (`ANYCABLE_TURBO_STREAMS_SECRET`; default:
     /// the streams key).
     pub turbo_streams_secret: Option<String>,
+    /// The key of JWT identification (`ANYCABLE_JWT_SECRET`; default: `secret`). With
+    /// neither, tokens are not looked at.
+    pub jwt_secret: Option<String>,
+    /// The query parameter (and `x-<param>` header) carrying the token
+    /// (`ANYCABLE_JWT_PARAM`).
+    pub jwt_param: String,
+    /// The claim holding the identifiers (anycable-rb writes `ext`).
+    pub jwt_claim: String,
+    /// Refuse connections without a token (`ANYCABLE_ENFORCE_JWT`).
+    pub enforce_jwt: bool,
 }
 
 impl Default for ServeConfig {
@@ -251,6 +261,10 @@ impl Default for ServeConfig {
             streams_whisper: false,
             turbo_streams: false,
             turbo_streams_secret: None,
+            jwt_secret: None,
+            jwt_param: "jid".into(),
+            jwt_claim: "ext".into(),
+            enforce_jwt: false,
         }
     }
 }
@@ -322,6 +336,10 @@ const ENV_KEYS: &[&str] = &[
     "streams_whisper",
     "turbo_streams",
     "turbo_streams_secret",
+    "jwt_secret",
+    "jwt_param",
+    "jwt_claim",
+    "enforce_jwt",
 ];
 
 /// anycable-go's environment names (`ANYCABLE_*`) and the keys they set. ferrocable's own
@@ -349,6 +367,9 @@ const ANYCABLE_KEYS: &[(&str, &str)] = &[
     ("streams_whisper", "streams_whisper"),
     ("turbo_streams", "turbo_streams"),
     ("turbo_streams_secret", "turbo_streams_secret"),
+    ("jwt_secret", "jwt_secret"),
+    ("jwt_param", "jwt_param"),
+    ("enforce_jwt", "enforce_jwt"),
 ];
 
 /// A list given as a list, or as one comma-separated string (how environment variables and
@@ -488,6 +509,20 @@ impl ServeConfig {
             Some(s) => s.as_bytes().to_vec(),
             None => self.streams_key(secret_key_base),
         }
+    }
+
+    /// JWT identification as configured: with `jwt_secret` (else `secret`), or `None` when
+    /// neither is set (tokens are then not looked at).
+    pub fn jwt(&self) -> Option<ferrocable_node::JwtIdentifier> {
+        let secret = [&self.jwt_secret, &self.secret]
+            .into_iter()
+            .find_map(|s| s.as_deref().filter(|s| !s.is_empty()))?;
+        Some(
+            ferrocable_node::JwtIdentifier::new(secret)
+                .param(self.jwt_param.clone())
+                .claim(self.jwt_claim.clone())
+                .enforce(self.enforce_jwt),
+        )
     }
 
     /// The RPC settings this configuration implies (`None` without an `rpc_host`).
@@ -640,6 +675,7 @@ mod tests {
             );
             assert_eq!(c.turbo_streams_key(base), derived);
             assert!(!c.public_streams && !c.streams_whisper && !c.turbo_streams);
+            assert!(c.jwt().is_none(), "no secret, no JWT identification");
             jail.set_env("ANYCABLE_SECRET", "app secret");
             let c = ServeConfig::load(None, serde_json::json!({})).unwrap();
             assert_eq!(c.streams_key(base), b"app secret");
@@ -654,6 +690,17 @@ mod tests {
             jail.set_env("ANYCABLE_TURBO_STREAMS_SECRET", "turbo");
             let c = ServeConfig::load(None, serde_json::json!({})).unwrap();
             assert_eq!(c.turbo_streams_key(base), b"turbo");
+            // JWT: on with the app secret; its own secret, parameter and enforcement.
+            let minted = ferrocable_node::JwtIdentifier::new("app secret")
+                .mint(&serde_json::Map::new(), std::time::Duration::from_secs(60));
+            assert!(c.jwt().unwrap().verify(&minted).is_ok());
+            jail.set_env("ANYCABLE_JWT_SECRET", "jwt");
+            jail.set_env("ANYCABLE_JWT_PARAM", "token");
+            jail.set_env("ANYCABLE_ENFORCE_JWT", "true");
+            let c = ServeConfig::load(None, serde_json::json!({})).unwrap();
+            let jwt = c.jwt().unwrap();
+            assert!(jwt.verify(&minted).is_err() && jwt.is_enforced());
+            assert_eq!(c.jwt_param, "token");
             Ok(())
         });
     }

@@ -421,6 +421,9 @@ pub async fn start(
         }
         None => None,
     };
+    if let Some(jwt) = config.jwt() {
+        builder = builder.jwt(jwt);
+    }
     builder = backends::pubsub(config, builder)?;
     builder = backends::broker(config, builder).await?;
     let node = builder.build();

@@ -209,6 +209,51 @@ async fn perform_transmits_and_state_survives_between_commands(t: Transport) {
     assert_eq!(f["message"]["count"], 2);
 }
 
+async fn a_valid_token_skips_the_connect_call(t: Transport) {
+    let s = setup_with(t, |c| c.jwt_secret = Some("jwt secret".into())).await;
+    let addr = s.server.local_addr();
+    let token = ferrocable_node::JwtIdentifier::new("jwt secret").mint(
+        json!({"user": "zoe"}).as_object().unwrap(),
+        std::time::Duration::from_secs(60),
+    );
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut c = connect_on(
+        stream,
+        &format!("ws://{addr}/cable?jid={token}"),
+        &[("sec-websocket-protocol", "actioncable-v1-json")],
+    )
+    .await;
+    c.welcomed().await;
+    c.subscribe(CHAT).await;
+    c.send(&message(CHAT, speak("hi"))).await;
+    assert_eq!(c.frame().await["message"]["user"], "zoe");
+    let command = s.app.wait_for(|c| c["body"]["command"] == "message").await;
+    assert_eq!(
+        command["body"]["connection_identifiers"],
+        r#"{"user":"zoe"}"#
+    );
+    assert!(
+        s.app.calls().iter().all(|c| c["path"] != "connect"),
+        "no connect call: {:#?}",
+        s.app.calls()
+    );
+    // A forged token is refused here, without asking the app either.
+    let forged = ferrocable_node::JwtIdentifier::new("guess").mint(
+        json!({"user": "admin"}).as_object().unwrap(),
+        std::time::Duration::from_secs(60),
+    );
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut c = connect_on(
+        stream,
+        &format!("ws://{addr}/cable?jid={forged}"),
+        &[("sec-websocket-protocol", "actioncable-v1-json")],
+    )
+    .await;
+    let (_, frames) = c.closed().await;
+    assert_eq!(frames[0]["reason"], "unauthorized");
+    assert!(s.app.calls().iter().all(|c| c["path"] != "connect"));
+}
+
 async fn integer_statuses_work_like_names(t: Transport) {
     let s = setup(t).await;
     let mut c = as_user(s.server.local_addr(), "int").await;
@@ -623,6 +668,7 @@ macro_rules! over_both {
 }
 
 over_both!(
+    a_valid_token_skips_the_connect_call,
     rust_channels_live_beside_the_apps_and_see_its_identity,
     a_slow_app_times_out_with_an_error_and_is_counted,
     broadcasts_over_the_redisx_adapter_reach_the_stream_once,
