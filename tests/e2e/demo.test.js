@@ -134,7 +134,7 @@ test('chat: a message typed in one browser appears in another', async () => {
       await connected(page);
     }
     // Both pages' reflex and CableReady stream subscriptions are in place before the message.
-    await live(server, 2, 4);
+    await live(server, 2, 6);
     await a.page.fill('#chat-name', 'Ada');
     await a.page.fill('#chat-text', 'Hello from A');
     await a.page.click('#chat-send');
@@ -142,6 +142,33 @@ test('chat: a message typed in one browser appears in another', async () => {
     assert.match(await text(b.page, '#messages'), /Ada\s+Hello from A/);
     await a.page.waitForFunction(() => document.querySelector('#messages').textContent.includes('Hello from A'));
     await b.page.screenshot({ path: path.join(ARTIFACTS, 'chat.png') });
+    await a.context.close();
+    await b.context.close();
+  });
+});
+
+test('chat: typing shows "… is typing" to everyone else (a whisper), never to the typist', async () => {
+  await withServer(async (server) => {
+    const a = await newPage(server);
+    const b = await newPage(server);
+    for (const { page } of [a, b]) {
+      await page.goto(`${server.url}/chat`);
+      await connected(page);
+    }
+    await live(server, 2, 6);
+    await a.page.fill('#chat-name', 'Ada');
+    await a.page.type('#chat-text', 'hel');
+    await b.page.waitForFunction(() => document.querySelector('#chat-typing').textContent === 'Ada is typing…', null, { timeout: 10000 });
+    await b.page.screenshot({ path: path.join(ARTIFACTS, 'chat-typing.png') });
+    // Bob types after Ada: whispers on one stream arrive in order, so once Ada's page shows
+    // Bob, an echo of her own whisper would already have arrived before it.
+    await b.page.fill('#chat-name', 'Bob');
+    await b.page.type('#chat-text', 'yo');
+    await a.page.waitForFunction(() => document.querySelector('#chat-typing').textContent === 'Bob is typing…', null, { timeout: 10000 });
+    assert.deepEqual(await a.page.evaluate(() => window.typingSeen), ['Bob']);
+    assert.deepEqual(await b.page.evaluate(() => window.typingSeen), ['Ada']);
+    assert.equal(await server.metric('ferrocable_whispers_total'), 2);
+    assert.deepEqual([...a.page.errors, ...b.page.errors], []);
     await a.context.close();
     await b.context.close();
   });
@@ -196,7 +223,7 @@ for (const client of ['anycable', 'actioncable']) {
         const writer = await newPage(server);
         await writer.page.goto(`${server.url}/chat`);
         await connected(writer.page);
-        await live(server, 2, 4);
+        await live(server, 2, 6);
         const say = async (words) => {
           await writer.page.fill('#chat-name', 'Bob');
           await writer.page.fill('#chat-text', words);
@@ -210,7 +237,7 @@ for (const client of ['anycable', 'actioncable']) {
 
         proxy.cut();
         // The server has seen the reader's connection go: only the writer's is left.
-        await live(server, 1, 2);
+        await live(server, 1, 3);
         await say('sent while offline');
         assert.equal(await seen('sent while offline'), false, 'not delivered while the network is down');
         proxy.resume();

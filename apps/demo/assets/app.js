@@ -33,4 +33,40 @@ document.addEventListener("stimulus-reflex:after", (event) => {
   if (form && form.id !== "chat-form") form.reset()
   if (form && form.id === "chat-form") { const t = form.querySelector("#chat-text"); if (t) t.value = "" }
 })
+// The chat's typing indicator: a whisper to everyone else on `TypingChannel` (never echoed to
+// the typist, never stored), at most one a second while typing; shown for 3 s. Set up on every
+// page that has it (Turbo navigation included) and dropped when the page goes.
+window.typingSeen = []
+let typing = null
+function setUpTyping() {
+  const element = document.getElementById("chat-typing")
+  if (typing && typing.element === element) return
+  if (typing) typing.subscription.unsubscribe()
+  typing = null
+  if (!element) return
+  let hide
+  const subscription = consumer.subscriptions.create({ channel: "TypingChannel" }, {
+    received(message) {
+      if (!message || typeof message.typing !== "string") return
+      window.typingSeen.push(message.typing)
+      element.textContent = `${message.typing} is typing…`
+      clearTimeout(hide)
+      hide = setTimeout(() => { element.textContent = "" }, 3000)
+    },
+  })
+  typing = { element, subscription }
+  // @anycable/web's subscriptions whisper themselves; @rails/actioncable sends the command.
+  const whisper = (data) => subscription.whisper
+    ? subscription.whisper(data)
+    : consumer.send({ command: "whisper", identifier: subscription.identifier, data })
+  let last = 0
+  document.getElementById("chat-text").addEventListener("input", () => {
+    if (Date.now() - last < 1000) return
+    last = Date.now()
+    const name = document.getElementById("chat-name").value.trim() || "Someone"
+    whisper({ typing: name.slice(0, 40) })
+  })
+}
+setUpTyping()
+document.addEventListener("turbo:load", setUpTyping)
 window.ferrocable = { application, consumer, client: anycable ? "@anycable/web" : "@rails/actioncable" }

@@ -13,8 +13,8 @@ use ferrocable::axum::routing::{get, post};
 use ferrocable::axum::{Json, Router};
 use ferrocable::serde_json::{Map, Value, json};
 use ferrocable::{
-    App, Cable, Halt, Operation, Reflex, ReflexContext, ReflexError, Session, SessionChannel,
-    SessionFailure,
+    App, Cable, Channel, ChannelContext, Halt, Operation, PerformError, Reflex, ReflexContext,
+    ReflexError, Session, SessionChannel, SessionFailure,
 };
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -85,6 +85,7 @@ pub fn app() -> App {
         .channel_with("SessionChannel", |services| {
             SessionChannel::new(services.sessions.clone(), &["count", "name"])
         })
+        .channel("TypingChannel", TypingChannel)
         .browser_packages(DEFAULT_ASSETS_DIR)
         .asset(
             "/assets/app.css",
@@ -206,6 +207,29 @@ async fn chat_page(
         messages,
         name,
     }))
+}
+
+/// The chat's typing indicator: everyone on the chat page subscribes; a client's `whisper`
+/// ("Ada is typing") reaches everyone else, never the typist, and is never stored.
+pub struct TypingChannel;
+
+/// The stream typing whispers go to.
+pub const TYPING_STREAM: &str = "chat:typing";
+
+impl Channel for TypingChannel {
+    async fn subscribed(&self, ctx: &mut ChannelContext) {
+        ctx.stream_from(TYPING_STREAM);
+        ctx.allow_whisper(TYPING_STREAM);
+    }
+
+    async fn perform(
+        &self,
+        _ctx: &mut ChannelContext,
+        action: &str,
+        _data: Value,
+    ) -> Result<(), PerformError> {
+        Err(PerformError::UnknownAction(action.to_owned()))
+    }
 }
 
 /// `Counter#…`: increment (page morph), reset (selector morph), guarded (halt or forbid from
