@@ -71,7 +71,7 @@ pub use serde_json;
 
 pub use ferrocable_node::{
     AllowAll, Authenticator, BroadcastReport, Channel, ChannelContext, ConnectRequest, Identity,
-    Metrics, Node, PerformError, Unauthorized,
+    JwtIdentifier, Metrics, Node, PerformError, Unauthorized,
 };
 pub use ferrocable_reflex::{
     Element, Halt, Operation, Reflex, ReflexContext, ReflexError, StreamSigner, UrlOptions,
