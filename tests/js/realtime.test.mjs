@@ -190,3 +190,38 @@ test('@anycable/core tokenRefresher: token_expired gets a fresh token and the cl
   assert.equal(await server.metric('ferrocable_jwt_total', { reason: 'expired' }), 1);
   assert.equal(await server.metric('ferrocable_jwt_total', { reason: 'accepted' }), 1);
 });
+
+for (const bus of ['redis', 'nats']) {
+  test(`@anycable/core presence across two nodes on ${bus}: join, info, one record for two tabs, leave`, { timeout: 40000 }, async () => {
+    const scope = new Scope(); scopes.add(scope);
+    const url = bus === 'redis' ? 'redis://127.0.0.1:6379/0' : 'nats://127.0.0.1:4222';
+    const [a, b] = await startNodes(scope, 2, {
+      ANYCABLE_PUBLIC_STREAMS: 'true',
+      FERROCABLE_PUBSUB_PREFIX: `presence-test-${randomUUID()}:`,
+    }, ['--pubsub', url]);
+    const room = `room-${randomUUID()}`;
+    const adaTab1 = cableFor(a).streamFrom(room);
+    const adaTab2 = cableFor(b).streamFrom(room);
+    const bob = cableFor(b).streamFrom(room);
+    const events = [];
+    bob.on('presence', (ev) => events.push(ev));
+    await Promise.all([adaTab1, adaTab2, bob].map((c) => c.ensureSubscribed()));
+
+    // Ada joins on node A; Bob, on node B, sees the event and then the record.
+    await adaTab1.presence.join('ada', { name: 'Ada' });
+    await waitUntil(() => events.some((e) => e.type === 'join' && e.id === 'ada'), 10000, `Ada's join on node B over ${bus}`);
+    assert.deepEqual(await bob.presence.info(), { ada: { name: 'Ada' } });
+    // Her second tab, on node B: still one record, no second join.
+    await adaTab2.presence.join('ada', { name: 'Ada' });
+    await bob.presence.join('bob', { name: 'Bob' });
+    await waitUntil(() => events.some((e) => e.type === 'join' && e.id === 'bob'), 5000, "Bob's own join");
+    assert.deepEqual(await bob.presence.info(), { ada: { name: 'Ada' }, bob: { name: 'Bob' } });
+    // The first tab leaves: she is still present through the second; then the second leaves.
+    await adaTab1.presence.leave();
+    await adaTab2.presence.leave();
+    await waitUntil(() => events.some((e) => e.type === 'leave' && e.id === 'ada'), 10000, "Ada's leave");
+    assert.equal(events.filter((e) => e.id === 'ada' && e.type === 'join').length, 1, 'one join for two tabs');
+    assert.equal(events.filter((e) => e.id === 'ada' && e.type === 'leave').length, 1, 'one leave, after the last tab');
+    assert.deepEqual(await bob.presence.info(), { bob: { name: 'Bob' } });
+  });
+}

@@ -145,6 +145,7 @@ pub(crate) async fn run(o: FleetOptions) -> anyhow::Result<()> {
             .args(["worker", "--addrs", &addrs.join(","), "--n", &n.to_string()])
             .args(["--first", &first.to_string()])
             .args(["--concurrency", &o.concurrency.to_string()])
+            .args(["--source-ips", &o.source_ips.to_string()])
             .args([
                 "--round-timeout-ms",
                 &o.round_timeout.as_millis().to_string(),

@@ -39,6 +39,8 @@ pub struct Effects {
     /// The stream this subscription's `whisper` commands go to (see
     /// [`ChannelContext::allow_whisper`]).
     pub whisper: Option<String>,
+    /// The presence stream of this subscription (see [`ChannelContext::allow_presence`]).
+    pub presence: Option<String>,
 }
 
 /// Everything a channel callback can read, and the effects it records.
@@ -162,6 +164,13 @@ impl ChannelContext {
     /// the sender and never stored in history (AnyCable's istate `$w`).
     pub fn allow_whisper(&mut self, stream: impl Into<String>) {
         self.effects.whisper = Some(stream.into());
+    }
+
+    /// Gives this subscription a presence stream: its clients may `join` (one record per
+    /// presence id, across tabs and nodes), `leave` and ask who is `presence`; every
+    /// subscriber gets the join and leave events (AnyCable's istate `$p`).
+    pub fn allow_presence(&mut self, stream: impl Into<String>) {
+        self.effects.presence = Some(stream.into());
     }
 
     /// Refuses the subscription (Rails' `reject`); the client gets `reject_subscription`.

@@ -59,6 +59,9 @@ struct SavedSubscription {
     /// The whisper stream a Rust channel allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     whisper: Option<String>,
+    /// The presence stream a Rust channel allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    presence: Option<String>,
 }
 
 /// What a connection identified by an app behind RPC keeps for its later calls: the app's
@@ -175,6 +178,15 @@ struct Subscription {
     streams: Vec<String>,
     /// Where a Rust channel lets `whisper` go (the app's istate `$w` for RPC channels).
     whisper: Option<Box<str>>,
+    /// Presence: the internal ops stream of the subscription's presence stream, and the id
+    /// this connection joined with (boxed: most subscriptions have none).
+    presence: Option<Box<PresenceState>>,
+}
+
+/// A subscription's presence stream and what this connection joined it as.
+struct PresenceState {
+    ops: String,
+    joined: Option<String>,
 }
 
 /// Who serves a subscription.
@@ -823,7 +835,14 @@ impl Connection {
                 params: Arc::new(parsed.params),
                 streams: Vec::new(),
                 whisper: saved.whisper.map(Into::into),
+                presence: None,
             };
+            if let Some(stream) = saved.presence {
+                let ops = crate::presence::ops_stream(&stream);
+                self.node
+                    .attach_presence(&ops, self.id, &identifier, &self.outbox);
+                sub.presence = Some(Box::new(PresenceState { ops, joined: None }));
+            }
             let effects = Effects {
                 stream_from: saved.streams,
                 ..Effects::default()
@@ -867,6 +886,12 @@ impl Connection {
                         Handler::Remote(istate) => Some(istate.clone()),
                     },
                     whisper: sub.whisper.as_deref().map(str::to_owned),
+                    presence: sub.presence.as_ref().map(|p| {
+                        p.ops
+                            .strip_prefix(crate::presence::PRESENCE_PREFIX)
+                            .unwrap_or(&p.ops)
+                            .to_owned()
+                    }),
                 })
                 .collect(),
             app: self.app.as_deref().cloned(),
@@ -1060,10 +1085,25 @@ impl Connection {
             Ok(ClientCommand::Subscribe {
                 identifier,
                 history,
-            }) => self.subscribe(identifier, history).await,
+                presence,
+            }) => {
+                self.subscribe(identifier.clone(), history).await;
+                if let Some((id, info)) = presence
+                    && self.subscriptions.contains_key(&identifier)
+                {
+                    self.join(&identifier, &id, &info);
+                }
+            }
             Ok(ClientCommand::Unsubscribe { identifier }) => self.unsubscribe(identifier).await,
             Ok(ClientCommand::Message { identifier, data }) => self.perform(identifier, data),
             Ok(ClientCommand::Whisper { identifier, data }) => self.whisper(&identifier, data),
+            Ok(ClientCommand::Join {
+                identifier,
+                id,
+                info,
+            }) => self.join(&identifier, &id, &info),
+            Ok(ClientCommand::Leave { identifier }) => self.leave(&identifier),
+            Ok(ClientCommand::Presence { identifier }) => self.presence_info(&identifier),
             Ok(ClientCommand::History {
                 identifier,
                 history,
@@ -1180,6 +1220,12 @@ impl Connection {
             params,
             streams: Vec::new(),
             whisper: effects.whisper.as_deref().map(Into::into),
+            presence: effects.presence.as_deref().map(|stream| {
+                let ops = crate::presence::ops_stream(stream);
+                self.node
+                    .attach_presence(&ops, self.id, identifier, &self.outbox);
+                Box::new(PresenceState { ops, joined: None })
+            }),
         };
         if gated {
             self.replay()
@@ -1299,7 +1345,7 @@ impl Connection {
             Handler::Remote(istate) => Some(istate.clone()),
             Handler::Local(_) => None,
         };
-        self.end_subscription(identifier.clone(), sub).await;
+        self.end_subscription(identifier.clone(), sub, true).await;
         if let Some(istate) = remote_state {
             // Gone here at once (as anycable-go does); the app runs `unsubscribed` meanwhile.
             self.call_remote(
@@ -1316,7 +1362,25 @@ impl Connection {
 
     /// Detaches a subscription's streams; a Rust channel's `unsubscribed` runs first. (The
     /// app's channels learn of it from the unsubscribe or disconnect call.)
-    async fn end_subscription(&mut self, identifier: Identifier, mut sub: Subscription) {
+    async fn end_subscription(
+        &mut self,
+        identifier: Identifier,
+        mut sub: Subscription,
+        leaving: bool,
+    ) {
+        if let Some(p) = sub.presence.take() {
+            self.node.detach(&p.ops, self.id, &identifier);
+            if let Some(id) = &p.joined {
+                if leaving {
+                    let op = self.node.presence.leave_op(self.id, id);
+                    self.node.presence_publish(&p.ops, &op);
+                } else {
+                    // Gone without leaving: kept for the presence TTL, so a reconnect does
+                    // not show as leave + join.
+                    self.node.presence.dropped(&p.ops, self.id, id);
+                }
+            }
+        }
         let mut effects = Effects::default();
         if let Handler::Local(channel) = &sub.handler {
             let mut ctx = ChannelContext::new(
@@ -1339,11 +1403,10 @@ impl Connection {
     async fn unsubscribe_all(&mut self) {
         let subs: Vec<_> = self.subscriptions.drain().collect();
         for (identifier, sub) in subs {
-            self.end_subscription(identifier, sub).await;
+            self.end_subscription(identifier, sub, false).await;
         }
     }
 
-    /// Starts the action; [`Connection::finish_perform`] applies what it did once it ends.
     /// Broadcasts a `whisper`'s data to the subscription's whisper stream: everyone else
     /// subscribed to it gets `{"identifier":…,"message":data}`; never the sender, never stored.
     fn whisper(&mut self, identifier: &Identifier, data: String) {
@@ -1373,6 +1436,83 @@ impl Connection {
         self.node.broadcast_transient(stream, &raw, Some(self.id));
     }
 
+    /// `join`: this connection is present on the subscription's presence stream as `id` (a
+    /// connection joins once per subscription: a new id replaces the old).
+    fn join(&mut self, identifier: &Identifier, id: &str, info: &str) {
+        let Some(sub) = self.subscriptions.get_mut(identifier) else {
+            self.refuse(
+                "unknown_subscription",
+                "no subscription with this identifier",
+            );
+            return;
+        };
+        let Some(presence) = sub.presence.as_mut() else {
+            self.refuse(
+                "presence_not_allowed",
+                "this subscription has no presence stream",
+            );
+            return;
+        };
+        let node = &self.node;
+        if let Some(old) = presence.joined.take()
+            && old != id
+        {
+            node.presence_publish(&presence.ops, &node.presence.leave_op(self.id, &old));
+        }
+        match node.presence.join_op(&presence.ops, self.id, id, info) {
+            Ok(op) => {
+                node.presence_publish(&presence.ops, &op);
+                presence.joined = Some(id.to_owned());
+            }
+            Err(crate::presence::JoinRefused::Full) => {
+                node.metrics.limited("presence");
+                self.refuse(
+                    "presence_limit",
+                    "this stream holds the most presence records it may",
+                );
+            }
+        }
+    }
+
+    /// `leave`: this connection is no longer present (nothing if it never joined).
+    fn leave(&mut self, identifier: &Identifier) {
+        let Some(sub) = self.subscriptions.get_mut(identifier) else {
+            self.refuse(
+                "unknown_subscription",
+                "no subscription with this identifier",
+            );
+            return;
+        };
+        if let Some(presence) = sub.presence.as_mut()
+            && let Some(id) = presence.joined.take()
+        {
+            let op = self.node.presence.leave_op(self.id, &id);
+            self.node.presence_publish(&presence.ops, &op);
+        }
+    }
+
+    /// `presence`: who is present, as this node sees it, to this subscription only.
+    fn presence_info(&mut self, identifier: &Identifier) {
+        let message = match self.subscriptions.get(identifier) {
+            Some(sub) => match &sub.presence {
+                Some(p) => self.node.presence.info(&p.ops).get().to_owned(),
+                None => r#"{"type":"error"}"#.to_owned(),
+            },
+            None => {
+                self.refuse(
+                    "unknown_subscription",
+                    "no subscription with this identifier",
+                );
+                return;
+            }
+        };
+        self.queue(Bytes::from(format!(
+            r#"{{"type":"presence","identifier":{},"message":{message}}}"#,
+            ferrocable_protocol::encode_json_string(identifier.as_str())
+        )));
+    }
+
+    /// Starts the action; [`Connection::finish_perform`] applies what it did once it ends.
     fn perform(&mut self, identifier: Identifier, raw: String) {
         let Some(sub) = self.subscriptions.get(&identifier) else {
             warn!(conn = self.id, %identifier, "message for unknown subscription");

@@ -227,6 +227,38 @@ impl Hub {
         report
     }
 
+    /// Delivers `message` to every subscription of `stream` as a typed frame,
+    /// `{"type":T,"identifier":I,"message":M}` (presence events), encoded once per identifier.
+    pub(crate) fn broadcast_typed(
+        &self,
+        stream: &str,
+        frame_type: &str,
+        message: &RawValue,
+    ) -> BroadcastReport {
+        let mut report = BroadcastReport::default();
+        let shard = self.shard(stream).read();
+        let Some(groups) = shard.get(stream) else {
+            return report;
+        };
+        let type_literal = encode_json_string(frame_type);
+        for group in groups {
+            let bytes = Bytes::from(format!(
+                "{{\"type\":{type_literal},\"identifier\":{},\"message\":{}}}",
+                group.identifier_literal,
+                message.get()
+            ));
+            report.encoded += 1;
+            for outbox in group.members.values() {
+                match outbox.try_push(OutFrame::Plain(bytes.clone())) {
+                    Ok(()) => report.delivered += 1,
+                    Err(PushError::Overflow) => report.overflowed += 1,
+                    Err(PushError::Closed) => {}
+                }
+            }
+        }
+        report
+    }
+
     /// Subscriptions attached to `stream` (all identifiers).
     pub fn subscriber_count(&self, stream: &str) -> usize {
         self.shard(stream)

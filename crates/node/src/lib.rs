@@ -19,6 +19,7 @@ pub mod jwt;
 pub mod metrics;
 mod node;
 pub mod outbox;
+mod presence;
 pub mod pubsub;
 pub mod remote;
 

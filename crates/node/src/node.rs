@@ -56,6 +56,11 @@ pub struct NodeConfig {
     pub max_subscriptions: usize,
     /// How fast one connection may send commands (`None`: unlimited).
     pub command_rate: Option<CommandRate>,
+    /// How long a dropped connection's presence outlives it (`ANYCABLE_PRESENCE_TTL`), so a
+    /// reconnect does not show as leave + join.
+    pub presence_ttl: Duration,
+    /// Most presence records one stream holds; a join past it gets `presence_limit`.
+    pub max_presence_per_stream: usize,
 }
 
 /// A per-connection command budget: `per_sec` commands a second on average, `burst` at once.
@@ -94,6 +99,8 @@ impl Default for NodeConfig {
             pong_timeout: None,
             max_subscriptions: 1000,
             command_rate: Some(CommandRate::default()),
+            presence_ttl: Duration::from_secs(15),
+            max_presence_per_stream: 10_000,
         }
     }
 }
@@ -109,6 +116,8 @@ pub(crate) struct Inner {
     pub(crate) remote: Option<Arc<dyn DynRemoteApp>>,
     /// Identifies connections that carry a token (see [`NodeBuilder::jwt`]).
     pub(crate) jwt: Option<crate::jwt::JwtIdentifier>,
+    /// This node's view of the presence streams it listens to.
+    pub(crate) presence: crate::presence::PresenceRegistry,
     pub(crate) metrics: Metrics,
     pub(crate) shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -220,8 +229,81 @@ impl Inner {
         }
     }
 
+    /// Applies a presence op here and publishes it to the other nodes listening to `ops`.
+    pub(crate) fn presence_publish(&self, ops: &str, op: &str) {
+        self.presence_apply(ops, op);
+        if let Some(p) = &self.pubsub {
+            p.publish(ops, encode_envelope(self.node_id, ops, op, None));
+        }
+    }
+
+    /// Applies a presence op (ours or a peer's): an event for this node's subscribers of the
+    /// presence stream, or an answer to a peer's `sync`.
+    fn presence_apply(&self, ops: &str, op: &str) {
+        match self.presence.apply(ops, op) {
+            crate::presence::Applied::Event(event) => {
+                let report = self.hub.broadcast_typed(ops, "presence", &event);
+                self.metrics
+                    .broadcast_deliveries
+                    .inc_by(report.delivered as u64);
+            }
+            crate::presence::Applied::Answer(ops_list) => {
+                if let Some(p) = &self.pubsub {
+                    for answer in ops_list {
+                        p.publish(ops, encode_envelope(self.node_id, ops, &answer, None));
+                    }
+                }
+            }
+            crate::presence::Applied::Quiet => {}
+        }
+    }
+
+    /// Attaches a subscription to a presence stream's ops; the node's first listener asks the
+    /// other nodes for their records.
+    pub(crate) fn attach_presence(
+        &self,
+        ops: &str,
+        conn: ConnId,
+        identifier: &ferrocable_protocol::Identifier,
+        outbox: &Arc<Outbox>,
+    ) {
+        let (_, first) = self.hub.attach(ops, conn, identifier, outbox);
+        if first && let Some(p) = &self.pubsub {
+            p.subscribe(ops);
+            p.publish(
+                ops,
+                encode_envelope(self.node_id, ops, &self.presence.sync_op(), None),
+            );
+            self.presence.resync_later(ops);
+        }
+    }
+
+    /// Publishes the leave of every dropped connection whose presence TTL ran out, and forgets
+    /// streams nobody here listens to any more.
+    pub(crate) fn sweep_presence(&self) {
+        for (ops, conn, id) in self.presence.expired(std::time::Instant::now()) {
+            let op = self.presence.leave_op(conn, &id);
+            self.presence_publish(&ops, &op);
+        }
+        self.presence
+            .forget_unwatched(|ops| self.hub.subscriber_count(ops) == 0);
+        if let Some(p) = &self.pubsub {
+            for ops in self.presence.take_resync() {
+                p.publish(
+                    &ops,
+                    encode_envelope(self.node_id, &ops, &self.presence.sync_op(), None),
+                );
+            }
+        }
+    }
+
     /// A message from another node: local delivery only.
     fn deliver_remote(&self, stream: &str, message: &str, position: Option<&StreamPosition>) {
+        if stream.starts_with(crate::presence::PRESENCE_PREFIX) {
+            self.metrics.pubsub_received.inc();
+            self.presence_apply(stream, message);
+            return;
+        }
         match serde_json::from_str::<&RawValue>(message) {
             Ok(raw) => {
                 self.metrics.pubsub_received.inc();
@@ -499,6 +581,16 @@ impl NodeBuilder {
         let broker = self
             .broker
             .unwrap_or_else(|| Arc::new(MemoryBroker::new(self.config.history)));
+        // Random per process (the std hasher is seeded randomly), so two nodes never share one.
+        let node_id = std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            (std::process::id(), SystemTime::now()),
+        );
+        let presence = crate::presence::PresenceRegistry::new(
+            node_id,
+            self.config.max_presence_per_stream,
+            self.config.presence_ttl,
+        );
         let inner = Arc::new(Inner {
             broker,
             appends,
@@ -510,17 +602,14 @@ impl NodeBuilder {
             session_of: self.session_of,
             remote: self.remote,
             jwt: self.jwt,
+            presence,
             metrics: Metrics::default(),
             shutdown: shutdown.clone(),
             tracker: TaskTracker::new(),
             connections: Registry::new(64),
             sids: Mutex::new(HashMap::new()),
             pubsub: self.pubsub,
-            // Random per process (the std hasher is seeded randomly), so two nodes never share one.
-            node_id: std::hash::BuildHasher::hash_one(
-                &std::collections::hash_map::RandomState::new(),
-                (std::process::id(), SystemTime::now()),
-            ),
+            node_id,
             started: std::time::Instant::now(),
             next_id: AtomicU64::new(1),
         });
@@ -597,6 +686,7 @@ async fn heartbeat(node: std::sync::Weak<Inner>, period: Duration, shutdown: Can
                     // A full outbox already means "too slow"; the ping is not needed then.
                     let _ = outbox.try_push(frame.clone());
                 });
+                node.sweep_presence();
             }
         }
     }

@@ -37,6 +37,9 @@ pub enum ClientCommand {
         identifier: Identifier,
         /// History to replay once the subscription is confirmed (extended protocol).
         history: Option<HistoryRequest>,
+        /// A presence (id, info JSON) to join once confirmed (a client resubscribing after a
+        /// reconnect sends the one it had joined).
+        presence: Option<(String, String)>,
     },
     /// `{"command":"unsubscribe","identifier":…}`: detach a channel.
     Unsubscribe {
@@ -66,6 +69,26 @@ pub enum ClientCommand {
         /// The `data` object, as its JSON text (unlike `message`, not a string).
         data: String,
     },
+    /// `{"command":"join","identifier":…,"presence":{"id":…,"info":…}}`: this client is
+    /// present on the subscription's presence stream (extended protocol).
+    Join {
+        /// The subscription key.
+        identifier: Identifier,
+        /// The presence id (one record per id, whatever the number of tabs).
+        id: String,
+        /// What others see of it, as JSON text (`null` when absent).
+        info: String,
+    },
+    /// `{"command":"leave","identifier":…}`: this client is no longer present.
+    Leave {
+        /// The subscription key.
+        identifier: Identifier,
+    },
+    /// `{"command":"presence","identifier":…}`: who is present now.
+    Presence {
+        /// The subscription key.
+        identifier: Identifier,
+    },
     /// `{"command":"pong"}`: the client answers a `ping` (extended protocol).
     Pong,
     /// `{"command":"ping"}`: the client checks the server is alive; answered with `pong`.
@@ -80,6 +103,9 @@ impl ClientCommand {
             | ClientCommand::Unsubscribe { identifier }
             | ClientCommand::Message { identifier, .. }
             | ClientCommand::Whisper { identifier, .. }
+            | ClientCommand::Join { identifier, .. }
+            | ClientCommand::Leave { identifier }
+            | ClientCommand::Presence { identifier }
             | ClientCommand::History { identifier, .. } => Some(identifier),
             ClientCommand::Pong | ClientCommand::Ping => None,
         }
@@ -96,6 +122,45 @@ struct RawCommand<'a> {
     data: Option<&'a RawValue>,
     #[serde(borrow, default)]
     history: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    presence: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RawPresence<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    info: Option<&'a RawValue>,
+}
+
+/// Longest presence id accepted (bytes).
+pub(crate) const MAX_PRESENCE_ID: usize = 256;
+
+/// Reads a `join`'s `presence` object: an `id` (a string, or a number taken as its text) and
+/// any `info`.
+fn presence_field(raw: Option<&RawValue>) -> Result<(String, String), DecodeError> {
+    let raw = raw.ok_or(DecodeError::MalformedPresence)?;
+    if !raw.get().starts_with('{') {
+        return Err(DecodeError::MalformedPresence);
+    }
+    let p: RawPresence<'_> =
+        serde_json::from_str(raw.get()).map_err(|_| DecodeError::MalformedPresence)?;
+    let id = match p
+        .id
+        .map(|v| serde_json::from_str::<serde_json::Value>(v.get()))
+    {
+        Some(Ok(serde_json::Value::String(s))) => s,
+        Some(Ok(serde_json::Value::Number(n))) => n.to_string(),
+        _ => return Err(DecodeError::MalformedPresence),
+    };
+    if id.is_empty() || id.len() > MAX_PRESENCE_ID {
+        return Err(DecodeError::MalformedPresence);
+    }
+    let info = p
+        .info
+        .map_or_else(|| "null".to_owned(), |i| i.get().to_owned());
+    Ok((id, info))
 }
 
 #[derive(Deserialize)]
@@ -187,6 +252,9 @@ pub fn decode_command(frame: &[u8], max_len: usize) -> Result<ClientCommand, Dec
         "message" => 2,
         "history" => 3,
         "whisper" => 4,
+        "join" => 5,
+        "leave" => 6,
+        "presence" => 7,
         "pong" => return Ok(ClientCommand::Pong),
         "ping" => return Ok(ClientCommand::Ping),
         _ => return Err(DecodeError::UnknownCommand),
@@ -198,6 +266,11 @@ pub fn decode_command(frame: &[u8], max_len: usize) -> Result<ClientCommand, Dec
     Ok(match kind {
         0 => ClientCommand::Subscribe {
             identifier,
+            presence: match raw.presence {
+                None => None,
+                Some(p) if p.get() == "null" => None,
+                Some(p) => Some(presence_field(Some(p))?),
+            },
             // A subscribe's history that asks for nothing (no time, no positions) is no
             // history request, not an error: the subscription itself is valid.
             history: if raw_history_is_empty(raw.history) {
@@ -215,6 +288,16 @@ pub fn decode_command(frame: &[u8], max_len: usize) -> Result<ClientCommand, Dec
             identifier,
             history: history_field(raw.history)?,
         },
+        5 => {
+            let (id, info) = presence_field(raw.presence)?;
+            ClientCommand::Join {
+                identifier,
+                id,
+                info,
+            }
+        }
+        6 => ClientCommand::Leave { identifier },
+        7 => ClientCommand::Presence { identifier },
         _ => ClientCommand::Whisper {
             identifier,
             data: match raw.data {
@@ -244,6 +327,7 @@ mod tests {
             Ok(ClientCommand::Subscribe {
                 identifier: Identifier::new(r#"{"channel":"ChatChannel","room":42}"#),
                 history: None,
+                presence: None,
             })
         );
     }
@@ -284,6 +368,43 @@ mod tests {
             decode(r#"{"command":"whisper","data":{}}"#),
             Err(DecodeError::MissingIdentifier)
         );
+    }
+
+    #[test]
+    fn golden_presence_commands_and_malformed_joins() {
+        let id = r#""{\"channel\":\"$pubsub\",\"stream_name\":\"x\"}""#;
+        let f = format!(
+            r#"{{"command":"join","identifier":{id},"presence":{{"id":"42","info":{{"name":"Ada"}}}}}}"#
+        );
+        assert_eq!(
+            decode(&f),
+            Ok(ClientCommand::Join {
+                identifier: Identifier::new(r#"{"channel":"$pubsub","stream_name":"x"}"#),
+                id: "42".into(),
+                info: r#"{"name":"Ada"}"#.into(),
+            })
+        );
+        let f = format!(r#"{{"command":"join","identifier":{id},"presence":{{"id":7}}}}"#);
+        assert!(
+            matches!(decode(&f), Ok(ClientCommand::Join { id, info, .. }) if id == "7" && info == "null")
+        );
+        let f = format!(r#"{{"command":"leave","identifier":{id}}}"#);
+        assert!(matches!(decode(&f), Ok(ClientCommand::Leave { .. })));
+        let f = format!(r#"{{"command":"presence","identifier":{id},"data":{{}}}}"#);
+        assert!(matches!(decode(&f), Ok(ClientCommand::Presence { .. })));
+        let long = "x".repeat(MAX_PRESENCE_ID + 1);
+        for presence in [
+            "".to_owned(),
+            r#","presence":null"#.to_owned(),
+            r#","presence":[1]"#.to_owned(),
+            r#","presence":{"info":{}}"#.to_owned(),
+            r#","presence":{"id":""}"#.to_owned(),
+            r#","presence":{"id":{"a":1}}"#.to_owned(),
+            format!(r#","presence":{{"id":"{long}"}}"#),
+        ] {
+            let f = format!(r#"{{"command":"join","identifier":{id}{presence}}}"#);
+            assert_eq!(decode(&f), Err(DecodeError::MalformedPresence), "{f}");
+        }
     }
 
     #[test]
@@ -378,6 +499,7 @@ mod tests {
                     since: Some(1681828329),
                     streams: BTreeMap::new(),
                 }),
+                presence: None,
             })
         );
         // `@anycable/core` attaches an empty request to a first subscribe.
@@ -388,6 +510,7 @@ mod tests {
             Ok(ClientCommand::Subscribe {
                 identifier: Identifier::new("{}"),
                 history: None,
+                presence: None,
             })
         );
         assert_eq!(decode(r#"{"command":"pong"}"#), Ok(ClientCommand::Pong));

@@ -46,6 +46,9 @@ pub enum DecodeError {
     /// A `whisper` command has no `data` object.
     #[error("whisper needs a \"data\" object")]
     MalformedWhisper,
+    /// A `join` command has no `presence` object with a non-empty `id` (at most 256 bytes).
+    #[error("join needs a \"presence\" object with an \"id\"")]
+    MalformedPresence,
 }
 
 impl DecodeError {
@@ -63,6 +66,7 @@ impl DecodeError {
             DecodeError::MalformedHistory => "malformed_history",
             DecodeError::BinaryFrame => "binary_frame",
             DecodeError::MalformedWhisper => "malformed_whisper",
+            DecodeError::MalformedPresence => "malformed_presence",
         }
     }
 }

@@ -45,7 +45,7 @@ proptest! {
     fn subscribe_and_message_round_trip(id in identifier(), action in "[a-z_]{1,12}", n in any::<i64>()) {
         let frame = serde_json::json!({"command": "subscribe", "identifier": id}).to_string();
         match decode_command(frame.as_bytes(), 65_536) {
-            Ok(ClientCommand::Subscribe { identifier, history: None }) => prop_assert_eq!(identifier.as_str(), id.as_str()),
+            Ok(ClientCommand::Subscribe { identifier, history: None, .. }) => prop_assert_eq!(identifier.as_str(), id.as_str()),
             other => prop_assert!(false, "{frame} -> {other:?}"),
         }
         let data = serde_json::json!({"action": action, "n": n}).to_string();

@@ -189,6 +189,13 @@ pub struct ServeConfig {
     pub jwt_claim: String,
     /// Refuse connections without a token (`ANYCABLE_ENFORCE_JWT`).
     pub enforce_jwt: bool,
+    /// `$pubsub` signed streams have presence (`ANYCABLE_STREAMS_PRESENCE`; public streams
+    /// always do).
+    pub streams_presence: bool,
+    /// Seconds a dropped connection's presence outlives it (`ANYCABLE_PRESENCE_TTL`).
+    pub presence_ttl: u64,
+    /// Most presence records one stream holds.
+    pub max_presence_per_stream: usize,
 }
 
 impl Default for ServeConfig {
@@ -265,6 +272,9 @@ impl Default for ServeConfig {
             jwt_param: "jid".into(),
             jwt_claim: "ext".into(),
             enforce_jwt: false,
+            streams_presence: true,
+            presence_ttl: 15,
+            max_presence_per_stream: 10_000,
         }
     }
 }
@@ -340,6 +350,9 @@ const ENV_KEYS: &[&str] = &[
     "jwt_param",
     "jwt_claim",
     "enforce_jwt",
+    "streams_presence",
+    "presence_ttl",
+    "max_presence_per_stream",
 ];
 
 /// anycable-go's environment names (`ANYCABLE_*`) and the keys they set. ferrocable's own
@@ -370,6 +383,8 @@ const ANYCABLE_KEYS: &[(&str, &str)] = &[
     ("jwt_secret", "jwt_secret"),
     ("jwt_param", "jwt_param"),
     ("enforce_jwt", "enforce_jwt"),
+    ("streams_presence", "streams_presence"),
+    ("presence_ttl", "presence_ttl"),
 ];
 
 /// A list given as a list, or as one comma-separated string (how environment variables and
@@ -587,6 +602,8 @@ impl ServeConfig {
                     self.max_commands_per_sec
                 } as f32,
             }),
+            presence_ttl: Duration::from_secs(self.presence_ttl),
+            max_presence_per_stream: self.max_presence_per_stream,
             ..NodeConfig::default()
         }
     }

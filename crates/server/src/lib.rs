@@ -401,7 +401,8 @@ pub async fn start(
         ferrocable_streams::PUBSUB_CHANNEL,
         ferrocable_streams::PubSubChannel::new(services.streams.clone())
             .public_streams(config.public_streams)
-            .whisper_on_signed(config.streams_whisper),
+            .whisper_on_signed(config.streams_whisper)
+            .presence_on_signed(config.streams_presence),
     );
     if config.turbo_streams || config.rpc_config().is_none() {
         builder = builder.default_channel(

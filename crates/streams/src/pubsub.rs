@@ -19,6 +19,7 @@ pub struct PubSubChannel {
     verifier: MessageVerifier,
     public: bool,
     whisper_signed: bool,
+    presence_signed: bool,
 }
 
 impl PubSubChannel {
@@ -28,12 +29,20 @@ impl PubSubChannel {
             verifier,
             public: false,
             whisper_signed: false,
+            presence_signed: true,
         }
     }
 
     /// Also accept unsigned `stream_name` subscriptions (`ANYCABLE_PUBLIC_STREAMS=true`).
     pub fn public_streams(mut self, on: bool) -> Self {
         self.public = on;
+        self
+    }
+
+    /// Give signed streams presence (`ANYCABLE_STREAMS_PRESENCE`, on by default; public streams
+    /// always have it).
+    pub fn presence_on_signed(mut self, on: bool) -> Self {
+        self.presence_signed = on;
         self
     }
 
@@ -57,6 +66,9 @@ impl Channel for PubSubChannel {
                     if self.whisper_signed {
                         ctx.allow_whisper(stream.clone());
                     }
+                    if self.presence_signed {
+                        ctx.allow_presence(stream.clone());
+                    }
                     ctx.stream_from(stream);
                 }
                 Err(e) => {
@@ -65,9 +77,11 @@ impl Channel for PubSubChannel {
                 }
             }
         } else if let Some(Value::String(stream)) = params.get("stream_name") {
-            if self.public && !stream.is_empty() {
+            // `$presence:` names carry presence ops between nodes, never a client's stream.
+            if self.public && !stream.is_empty() && !stream.starts_with("$presence:") {
                 let stream = stream.clone();
                 ctx.allow_whisper(stream.clone());
+                ctx.allow_presence(stream.clone());
                 ctx.stream_from(stream);
             } else {
                 debug!("$pubsub subscription rejected: public streams are off");
