@@ -39,7 +39,7 @@ impl ReflexChannel {
     }
 
     /// How long, how many and how many bytes of reflex ids and replies are remembered for
-    /// de-duplication (default 120 s, 100,000 ids, 64 MiB).
+    /// de-duplication (default 120 s, 100,000 ids, 16 MiB).
     pub fn idempotency_window(
         mut self,
         window: std::time::Duration,

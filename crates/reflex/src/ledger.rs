@@ -79,8 +79,13 @@ pub struct ReflexLedger {
 }
 
 impl Default for ReflexLedger {
+    /// 120 s, 100,000 ids, 16 MiB of ids and replies. The byte bound is what a busy node
+    /// meets: in the soak (`bench/soak.sh`, ~900 page-morph reflexes/s of ~0.5 KiB replies)
+    /// 64 MiB took two minutes to fill and was a third of the node's RSS; 16 MiB fills in
+    /// ~35 s, so a busy node reaches its steady state within the first minute and still
+    /// answers a retry seconds after a reconnect (quieter nodes keep the full 120 s).
     fn default() -> Self {
-        ReflexLedger::new(Duration::from_secs(120), 100_000).max_bytes(64 * 1024 * 1024)
+        ReflexLedger::new(Duration::from_secs(120), 100_000).max_bytes(16 * 1024 * 1024)
     }
 }
 
