@@ -118,3 +118,31 @@ test('turbo example: <turbo-cable-stream-source> with a signed name; a post reac
     for (const p of [a, b, c]) await p.context.close();
   });
 });
+
+test('turbo example over SSE: <turbo-stream-source> on another origin reads /events (EventSource, CORS)', async () => {
+  const { freePort } = require('./server');
+  const port = await freePort();
+  const opts = {
+    ...example('turbo'),
+    port,
+    env: { FERROCABLE_SSE: 'true', FERROCABLE_APP_EVENTS_URL: `http://127.0.0.1:${port}`, ANYCABLE_ALLOWED_ORIGINS: `http://localhost:${port}` },
+  };
+  await withServer(opts, async (server) => {
+    // The page comes from localhost, its events from 127.0.0.1: a cross-origin EventSource.
+    const reader = await openPage(browser, `http://localhost:${port}/sse`);
+    const writer = await openPage(browser, `${server.url}/`);
+    await writer.page.waitForSelector('turbo-cable-stream-source[connected]', { state: 'attached', timeout: 15000 });
+    const deadline = Date.now() + 15000;
+    while ((await server.metric('ferrocable_sse_clients')) !== 1) {
+      assert.ok(Date.now() < deadline, 'the EventSource never connected');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await writer.page.fill('#text', 'over server-sent events');
+    await writer.page.click('#send');
+    await reader.page.waitForFunction(() => document.querySelector('#messages').textContent.includes('over server-sent events'), null, { timeout: 10000 });
+    await reader.page.waitForFunction(() => document.querySelector('#count').textContent === '1');
+    assert.deepEqual([...reader.page.errors, ...writer.page.errors], []);
+    await reader.context.close();
+    await writer.context.close();
+  });
+});

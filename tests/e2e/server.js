@@ -86,4 +86,4 @@ class Server {
   }
 }
 
-module.exports = { Server, sleep, BIN };
+module.exports = { Server, sleep, BIN, freePort };

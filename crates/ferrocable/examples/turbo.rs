@@ -3,6 +3,11 @@
 //! message posted from any browser is appended in every browser by a `<turbo-stream>`
 //! broadcast, and the poster's form is reset by the `<turbo-stream>` the POST answers with.
 //!
+//! `/sse` is the same page reading the stream as server-sent events instead
+//! (`<turbo-stream-source src=".../events?turbo_signed_stream_name=…">`, Turbo's EventSource
+//! source): run with `FERROCABLE_SSE=true`; `FERROCABLE_APP_EVENTS_URL` puts the events on
+//! another origin (allow the page's origin with `FERROCABLE_ALLOWED_ORIGINS`).
+//!
 //! `npm ci --prefix crates/ferrocable && cargo run --example turbo`, then open
 //! <http://127.0.0.1:3000/> in two windows.
 
@@ -46,7 +51,37 @@ const FORM: &str = r#"<form id="new_message" action="/messages" method="post">
   <button id="send">Send</button>
 </form>"#;
 
+/// The app's own settings.
+#[derive(serde::Deserialize, Default)]
+struct Settings {
+    /// Where the events are served (default: this origin).
+    #[serde(default)]
+    events_url: String,
+}
+
 async fn page(cable: Cable, State(messages): State<Messages>) -> Html<String> {
+    let source = cable.turbo_stream_from(ROOM);
+    render(&cable, &messages, &source)
+}
+
+/// The same page, reading the stream as server-sent events.
+async fn sse_page(
+    cable: Cable,
+    State((messages, events_url)): State<(Messages, Arc<str>)>,
+) -> Html<String> {
+    let src = format!(
+        "{events_url}/events?turbo_signed_stream_name={}",
+        form_urlencoded::byte_serialize(cable.turbo_signed_stream_name(ROOM).as_bytes())
+            .collect::<String>()
+    );
+    let source = format!(
+        r#"<turbo-stream-source src="{}"></turbo-stream-source>"#,
+        escape(&src)
+    );
+    render(&cable, &messages, &source)
+}
+
+fn render(cable: &Cable, messages: &Messages, source: &str) -> Html<String> {
     let (count, items) = {
         let room = messages.lock().unwrap_or_else(|p| p.into_inner());
         (
@@ -65,7 +100,6 @@ async fn page(cable: Cable, State(messages): State<Messages>) -> Html<String> {
 {FORM}
 </body></html>"#,
         meta = cable.meta_tags(),
-        source = cable.turbo_stream_from(ROOM),
     ))
 }
 
@@ -103,9 +137,21 @@ async fn create(cable: Cable, State(messages): State<Messages>, body: Bytes) -> 
 
 fn main() -> Result<(), ferrocable::Error> {
     let messages = Messages::default();
+    // The app's settings as `run` will read them (`FERROCABLE_APP_EVENTS_URL`).
+    let events_url: Arc<str> =
+        ferrocable::ServeConfig::load(None, ferrocable::serde_json::json!({}))?
+            .app_settings::<Settings>()
+            .unwrap_or_default()
+            .events_url
+            .trim_end_matches('/')
+            .into();
     App::new()
         .browser_packages(concat!(env!("CARGO_MANIFEST_DIR"), "/node_modules"))
         .route("/", get(page).with_state(messages.clone()))
+        .route(
+            "/sse",
+            get(sse_page).with_state((messages.clone(), events_url)),
+        )
         .route(
             "/messages",
             ferrocable::axum::routing::post(create).with_state(messages),

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub rejected_subscriptions: Counter,
     /// `whisper` commands broadcast to a whisper stream.
     pub whispers: Counter,
+    /// Clients reading a subscription over server-sent events now.
+    pub sse_clients: Gauge,
     /// Upgrade requests refused before upgrading (origin, bad request), by reason.
     pub refused_upgrades: Family<ReasonLabel, Counter>,
     /// Failed calls to a backing store (sessions today), by store and operation.
@@ -94,6 +96,7 @@ impl Default for Metrics {
             disconnects: Family::default(),
             rejected_subscriptions: Counter::default(),
             whispers: Counter::default(),
+            sse_clients: Gauge::default(),
             refused_upgrades: Family::default(),
             store_errors: Family::default(),
             pubsub_errors: Counter::default(),
@@ -149,6 +152,11 @@ impl Default for Metrics {
             "ferrocable_rejected_subscriptions",
             "Subscriptions refused",
             m.rejected_subscriptions.clone(),
+        );
+        registry.register(
+            "ferrocable_sse_clients",
+            "Clients reading a subscription over server-sent events",
+            m.sse_clients.clone(),
         );
         registry.register(
             "ferrocable_whispers",

@@ -21,8 +21,14 @@ pub(crate) fn router(
     pages: Router,
     cable: Cable,
 ) -> Router {
-    Router::new()
-        .route(&config.mount_path, get(crate::upgrade::cable))
+    let mut router = Router::new().route(&config.mount_path, get(crate::upgrade::cable));
+    if config.sse {
+        router = router.route(
+            &config.sse_path,
+            get(crate::sse::events).options(crate::sse::preflight),
+        );
+    }
+    router
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/_broadcast", post(broadcast_ingress))

@@ -196,6 +196,10 @@ pub struct ServeConfig {
     pub presence_ttl: u64,
     /// Most presence records one stream holds.
     pub max_presence_per_stream: usize,
+    /// Serve subscriptions as server-sent events (`ANYCABLE_SSE`).
+    pub sse: bool,
+    /// Where (`ANYCABLE_SSE_PATH`).
+    pub sse_path: String,
 }
 
 impl Default for ServeConfig {
@@ -275,6 +279,8 @@ impl Default for ServeConfig {
             streams_presence: true,
             presence_ttl: 15,
             max_presence_per_stream: 10_000,
+            sse: false,
+            sse_path: "/events".into(),
         }
     }
 }
@@ -353,6 +359,8 @@ const ENV_KEYS: &[&str] = &[
     "streams_presence",
     "presence_ttl",
     "max_presence_per_stream",
+    "sse",
+    "sse_path",
 ];
 
 /// anycable-go's environment names (`ANYCABLE_*`) and the keys they set. ferrocable's own
@@ -385,6 +393,8 @@ const ANYCABLE_KEYS: &[(&str, &str)] = &[
     ("enforce_jwt", "enforce_jwt"),
     ("streams_presence", "streams_presence"),
     ("presence_ttl", "presence_ttl"),
+    ("sse", "sse"),
+    ("sse_path", "sse_path"),
 ];
 
 /// A list given as a list, or as one comma-separated string (how environment variables and

@@ -16,7 +16,8 @@ pub mod listener;
 pub mod origin;
 pub mod page;
 pub mod session;
-pub mod state;
+mod sse;
+mod state;
 mod tls;
 pub mod upgrade;
 

@@ -92,6 +92,14 @@ impl Cable {
         ferrocable_streams::turbo_stream_from(&self.site.turbo, streamables)
     }
 
+    /// The signed name of `streamables` for Turbo, as `<turbo-stream-source>` puts it in the
+    /// URL of a server-sent events source (`/events?turbo_signed_stream_name=…`).
+    pub fn turbo_signed_stream_name(&self, streamables: &[&str]) -> String {
+        self.site
+            .turbo
+            .generate(&ferrocable_streams::stream_name_from(streamables))
+    }
+
     /// Sends `<turbo-stream>` actions to every page subscribed to `streamables`.
     pub fn broadcast_turbo_streams(
         &self,

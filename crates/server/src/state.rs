@@ -8,7 +8,7 @@ use crate::origin::OriginPolicy;
 
 /// Shared state of the server's own routes.
 #[derive(Clone)]
-pub struct ServerState {
+pub(crate) struct ServerState {
     /// The cable node.
     pub node: Node,
     /// Who may open the cable.
