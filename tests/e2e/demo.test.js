@@ -174,6 +174,31 @@ test('chat: typing shows "… is typing" to everyone else (a whisper), never to 
   });
 });
 
+test('chat: "here now" lists one entry per session, across tabs, and drops a visitor after the presence TTL', async () => {
+  const env = { FERROCABLE_PRESENCE_TTL: '1', FERROCABLE_PING_INTERVAL_MS: '250' };
+  await withServerOpts({ env }, async (server) => {
+    const names = (page) => page.evaluate(() => document.querySelector('#chat-present').textContent.split(', ').filter(Boolean).length);
+    // Two tabs of one browser (one session) and another browser.
+    const ada = await openPage(browser, `${server.url}/chat`);
+    const adaTab2 = await ada.context.newPage();
+    adaTab2.errors = [];
+    await adaTab2.goto(`${server.url}/chat`);
+    const bob = await openPage(browser, `${server.url}/chat`);
+    for (const page of [ada.page, adaTab2, bob.page]) await connected(page);
+    await live(server, 3, 9);
+    for (const page of [ada.page, adaTab2, bob.page]) {
+      await page.waitForFunction(() => document.querySelector('#chat-present').textContent.split(', ').filter(Boolean).length === 2, null, { timeout: 10000 });
+    }
+    await bob.page.screenshot({ path: path.join(ARTIFACTS, 'chat-presence.png') });
+    // Ada's browser goes away: after the TTL, Bob sees only himself.
+    await ada.context.close();
+    await bob.page.waitForFunction(() => document.querySelector('#chat-present').textContent.split(', ').filter(Boolean).length === 1, null, { timeout: 10000 });
+    assert.equal(await names(bob.page), 1);
+    assert.deepEqual(bob.page.errors, []);
+    await bob.context.close();
+  });
+});
+
 test('Turbo navigation keeps exactly one WebSocket', async () => {
   await withServer(async (server) => {
     const { context, page } = await newPage(server);

@@ -45,8 +45,35 @@ function setUpTyping() {
   typing = null
   if (!element) return
   let hide
+  // Presence: who is on the chat page (one entry per session), kept from the join and leave
+  // events after the first `info`.
+  const present = document.getElementById("chat-present")
+  const here = new Map()
+  const show = () => {
+    present.textContent = [...here.values()].map((i) => (i && i.name) || "Someone").sort().join(", ")
+  }
+  const onPresence = (event) => {
+    if (event.type === "info") {
+      here.clear()
+      for (const r of event.records || []) here.set(r.id, r.info)
+    } else if (event.type === "join") here.set(event.id, event.info)
+    else if (event.type === "leave") here.delete(event.id)
+    else return
+    show()
+  }
+  const me = {
+    id: present.dataset.presenceId,
+    info: { name: (document.getElementById("chat-name").value.trim() || "Someone").slice(0, 40) },
+  }
   const subscription = consumer.subscriptions.create({ channel: "TypingChannel" }, {
+    connected() {
+      // @rails/actioncable hands presence frames to `received`; the commands go as they are.
+      if (subscription.channel) return
+      consumer.send({ command: "join", identifier: subscription.identifier, presence: me })
+      consumer.send({ command: "presence", identifier: subscription.identifier, data: {} })
+    },
     received(message) {
+      if (message && ["join", "leave", "info"].includes(message.type)) return onPresence(message)
       if (!message || typeof message.typing !== "string") return
       window.typingSeen.push(message.typing)
       element.textContent = `${message.typing} is typing…`
@@ -55,6 +82,16 @@ function setUpTyping() {
     },
   })
   typing = { element, subscription }
+  if (subscription.channel) {
+    // @anycable/web: its channel speaks presence itself.
+    const channel = subscription.channel
+    channel.on("presence", onPresence)
+    channel.presence.join(me.id, me.info)
+    channel.presence.info().then((state) => {
+      for (const [id, info] of Object.entries(state || {})) here.set(id, info)
+      show()
+    }).catch(() => {})
+  }
   // @anycable/web's subscriptions whisper themselves; @rails/actioncable sends the command.
   const whisper = (data) => subscription.whisper
     ? subscription.whisper(data)

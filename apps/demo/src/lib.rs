@@ -132,6 +132,7 @@ struct ChatPage<'a> {
     stream: String,
     messages: Vec<ChatMessage>,
     name: String,
+    presence_id: String,
 }
 
 #[derive(Template)]
@@ -206,11 +207,23 @@ async fn chat_page(
         stream: cable.signed_stream(CHAT_STREAM),
         messages,
         name,
+        presence_id: presence_id(&session.id()),
     }))
 }
 
-/// The chat's typing indicator: everyone on the chat page subscribes; a client's `whisper`
-/// ("Ada is typing") reaches everyone else, never the typist, and is never stored.
+/// A visitor's presence id on the chat page: the same for every tab of a session, and not the
+/// session id itself (SipHash of it, with the standard library's fixed keys).
+fn presence_id(session: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    session.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// The chat's live side: everyone on the chat page subscribes. A client's `whisper` ("Ada is
+/// typing") reaches everyone else, never the typist, and is never stored; `join` puts the
+/// visitor in the "here now" list (one entry per session, whatever the tabs), which everyone
+/// sees change.
 pub struct TypingChannel;
 
 /// The stream typing whispers go to.
@@ -220,6 +233,7 @@ impl Channel for TypingChannel {
     async fn subscribed(&self, ctx: &mut ChannelContext) {
         ctx.stream_from(TYPING_STREAM);
         ctx.allow_whisper(TYPING_STREAM);
+        ctx.allow_presence(TYPING_STREAM);
     }
 
     async fn perform(
