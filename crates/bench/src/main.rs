@@ -13,6 +13,7 @@ mod broadcast;
 mod churn;
 mod client;
 mod fleet;
+mod realtime;
 mod rpc;
 mod soak;
 
@@ -194,6 +195,36 @@ enum Scenario {
         /// Shell command run half-way through (e.g. restarting the session Redis).
         #[arg(long)]
         midway: Option<String>,
+        /// Label copied into the result.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Presence across two nodes: a join on node A, timed until node B's client sees it.
+    Presence {
+        /// Node A (where the client joins), loopback only.
+        #[arg(long)]
+        a: SocketAddr,
+        /// Node B (where the watcher is), loopback only.
+        #[arg(long)]
+        b: SocketAddr,
+        /// Join + leave rounds.
+        #[arg(long, default_value_t = 200)]
+        rounds: usize,
+        /// Label copied into the result.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// N server-sent-events readers held on one node: server RSS per reader.
+    Sse {
+        /// Server address (loopback only).
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        addr: SocketAddr,
+        /// Readers.
+        #[arg(long, default_value_t = 1000)]
+        n: usize,
+        /// Server process to read RSS from.
+        #[arg(long)]
+        server_pid: u32,
         /// Label copied into the result.
         #[arg(long, default_value = "")]
         label: String,
@@ -504,6 +535,18 @@ fn main() -> anyhow::Result<()> {
             server_pid,
             label,
         })),
+        Scenario::Presence {
+            a,
+            b,
+            rounds,
+            label,
+        } => rt.block_on(realtime::presence(a, b, rounds, label)),
+        Scenario::Sse {
+            addr,
+            n,
+            server_pid,
+            label,
+        } => rt.block_on(realtime::sse(addr, n, server_pid, label)),
         Scenario::Soak {
             addr,
             duration,

@@ -857,6 +857,8 @@ impl Connection {
             );
             self.subscriptions.insert(identifier.clone(), sub);
             self.node.metrics.subscriptions.inc();
+            // An app channel's presence stream comes back with its istate.
+            self.remote_presence(&identifier, None);
             restored.push(identifier);
         }
         self.node.metrics.sessions_restored.inc();
@@ -1474,6 +1476,34 @@ impl Connection {
         }
     }
 
+    /// An app channel's presence: its stream is istate `$p` (attached the first time it
+    /// appears); the app's reply may join or leave the client there.
+    fn remote_presence(
+        &mut self,
+        identifier: &Identifier,
+        change: Option<crate::remote::PresenceChange>,
+    ) {
+        let Some(sub) = self.subscriptions.get_mut(identifier) else {
+            return;
+        };
+        let Handler::Remote(istate) = &sub.handler else {
+            return;
+        };
+        if sub.presence.is_none()
+            && let Some(stream) = istate.get("$p").filter(|s| !s.is_empty())
+        {
+            let ops = crate::presence::ops_stream(stream);
+            self.node
+                .attach_presence(&ops, self.id, identifier, &self.outbox);
+            sub.presence = Some(Box::new(PresenceState { ops, joined: None }));
+        }
+        match change {
+            Some(c) if c.join => self.join(identifier, &c.id, &c.info),
+            Some(_) => self.leave(identifier),
+            None => {}
+        }
+    }
+
     /// `leave`: this connection is no longer present (nothing if it never joined).
     fn leave(&mut self, identifier: &Identifier) {
         let Some(sub) = self.subscriptions.get_mut(identifier) else {
@@ -1736,6 +1766,10 @@ impl Connection {
         let transmitted = !reply.transmissions.is_empty();
         for frame in reply.transmissions {
             self.queue(Bytes::from(frame));
+        }
+        if success {
+            // After the confirmation: the presence stream (istate `$p`), then the app's change.
+            self.remote_presence(&identifier, reply.presence);
         }
         if !success {
             warn!(conn = self.id, %identifier, command = kind.as_str(), status = ?reply.status, error = ?reply.error, "the app refused a command");

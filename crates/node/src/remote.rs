@@ -140,6 +140,38 @@ pub struct CommandReply {
     pub istate: State,
     /// The app's error message, for the log and the client's `error` frame.
     pub error: Option<String>,
+    /// The app joined or left the client on the channel's presence stream (istate `$p`).
+    pub presence: Option<PresenceChange>,
+}
+
+/// A presence change the app asks for in a command reply (anycable-rails' `join_presence`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceChange {
+    /// `true`: join; `false`: leave.
+    pub join: bool,
+    /// The presence id.
+    pub id: String,
+    /// The info, as JSON text.
+    pub info: String,
+}
+
+impl PresenceChange {
+    /// From the wire's `type`, `id` and `info` (a JSON string; anything else becomes one).
+    pub fn from_wire(kind: &str, id: String, info: String) -> Option<Self> {
+        let join = match kind {
+            "join" => true,
+            "leave" => false,
+            _ => return None,
+        };
+        let info = if info.is_empty() {
+            "null".to_owned()
+        } else if serde_json::from_str::<&serde_json::value::RawValue>(&info).is_ok() {
+            info
+        } else {
+            serde_json::Value::String(info).to_string()
+        };
+        Some(PresenceChange { join, id, info })
+    }
 }
 
 impl CommandReply {
@@ -155,6 +187,7 @@ impl CommandReply {
             cstate: State::new(),
             istate: State::new(),
             error: None,
+            presence: None,
         }
     }
 }

@@ -175,6 +175,9 @@ fn command_reply(r: proto::CommandResponse) -> Result<CommandReply, CallError> {
         cstate: env.cstate,
         istate: env.istate,
         error: (!r.error_msg.is_empty()).then_some(r.error_msg),
+        presence: r.presence.and_then(|p| {
+            ferrocable_node::remote::PresenceChange::from_wire(&p.r#type, p.id, p.info)
+        }),
     })
 }
 

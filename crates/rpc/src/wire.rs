@@ -185,6 +185,19 @@ pub(crate) struct CommandReplyBody {
     env: EnvReply,
     #[serde(default, deserialize_with = "or_default")]
     stopped_streams: Vec<String>,
+    #[serde(default, deserialize_with = "or_default")]
+    presence: Option<PresenceBody>,
+}
+
+/// `PresenceResponse`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct PresenceBody {
+    #[serde(default, rename = "type", deserialize_with = "or_default")]
+    kind: String,
+    #[serde(default, deserialize_with = "or_default")]
+    id: String,
+    #[serde(default, deserialize_with = "or_default")]
+    info: String,
 }
 
 impl From<CommandReplyBody> for CommandReply {
@@ -199,6 +212,9 @@ impl From<CommandReplyBody> for CommandReply {
             cstate: b.env.cstate,
             istate: b.env.istate,
             error: (!b.error_msg.is_empty()).then_some(b.error_msg),
+            presence: b.presence.and_then(|p| {
+                ferrocable_node::remote::PresenceChange::from_wire(&p.kind, p.id, p.info)
+            }),
         }
     }
 }
@@ -245,6 +261,27 @@ mod tests {
         assert_eq!(r.streams, ["chat_1"]);
         assert_eq!(r.istate["$p"], "room");
         assert_eq!(r.transmissions.len(), 1);
+        assert_eq!(
+            r.presence,
+            Some(ferrocable_node::remote::PresenceChange {
+                join: true,
+                id: "alice".into(),
+                info: "{}".into()
+            })
+        );
+        // A leave without info, an unknown type, and info that is not JSON.
+        let leave = command(r#"{"status":"SUCCESS","presence":{"type":"leave","id":"a"}}"#);
+        assert_eq!(
+            leave.presence.map(|p| (p.join, p.info)),
+            Some((false, "null".into()))
+        );
+        assert!(
+            command(r#"{"presence":{"type":"wave","id":"a"}}"#)
+                .presence
+                .is_none()
+        );
+        let odd = command(r#"{"presence":{"type":"join","id":"a","info":"plain text"}}"#);
+        assert_eq!(odd.presence.unwrap().info, r#""plain text""#);
         let c: ConnectReply = serde_json::from_str::<ConnectReplyBody>(
             r#"{"status":"SUCCESS","identifiers":"{\"user\":\"alice\"}","transmissions":["{\"type\":\"welcome\"}"],"env":{}}"#,
         )

@@ -254,6 +254,52 @@ async fn a_valid_token_skips_the_connect_call(t: Transport) {
     assert!(s.app.calls().iter().all(|c| c["path"] != "connect"));
 }
 
+/// The next presence frame's message.
+async fn presence(c: &mut Client<tokio::net::TcpStream>) -> Value {
+    loop {
+        let f = c.frame().await;
+        if f["type"] == "presence" {
+            return f["message"].clone();
+        }
+    }
+}
+
+async fn app_channels_join_presence_from_their_replies(t: Transport) {
+    let s = setup(t).await;
+    let addr = s.server.local_addr();
+    const ROOM: &str = r#"{"channel":"PresenceChannel"}"#;
+    let connect = |user: &'static str| async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut c = connect_on(
+            stream,
+            &format!("ws://{addr}/cable?user={user}"),
+            &[("sec-websocket-protocol", EXT)],
+        )
+        .await;
+        assert_eq!(c.frame().await["type"], "welcome");
+        c
+    };
+    let mut alice = connect("alice").await;
+    alice.subscribe(ROOM).await;
+    assert_eq!(
+        presence(&mut alice).await,
+        json!({"type": "join", "id": "alice", "info": {"name": "alice"}})
+    );
+    let mut bob = connect("bob").await;
+    bob.subscribe(ROOM).await;
+    assert_eq!(presence(&mut alice).await["id"], "bob");
+    assert_eq!(presence(&mut bob).await["id"], "bob");
+    bob.send(&json!({"command": "presence", "identifier": ROOM}).to_string())
+        .await;
+    assert_eq!(presence(&mut bob).await["total"], 2);
+    // The app's reply to an action leaves (anycable-rails' `leave_presence`).
+    bob.send(&message(ROOM, json!({"action": "leave"}))).await;
+    assert_eq!(
+        presence(&mut alice).await,
+        json!({"type": "leave", "id": "bob"})
+    );
+}
+
 async fn integer_statuses_work_like_names(t: Transport) {
     let s = setup(t).await;
     let mut c = as_user(s.server.local_addr(), "int").await;
@@ -668,6 +714,7 @@ macro_rules! over_both {
 }
 
 over_both!(
+    app_channels_join_presence_from_their_replies,
     a_valid_token_skips_the_connect_call,
     rust_channels_live_beside_the_apps_and_see_its_identity,
     a_slow_app_times_out_with_an_error_and_is_counted,

@@ -157,7 +157,16 @@ unary!(
             error_msg: v["error_msg"].as_str().unwrap_or_default().to_owned(),
             env: env_reply(&v),
             stopped_streams: strings(&v["stopped_streams"]),
-            presence: None,
+            presence: v["presence"].as_object().map(|p| proto::PresenceResponse {
+                r#type: p["type"].as_str().unwrap_or_default().to_owned(),
+                id: p["id"].as_str().unwrap_or_default().to_owned(),
+                info: p
+                    .get("info")
+                    .and_then(|i| i.as_str())
+                    .unwrap_or_default()
+                    .to_owned(),
+                ttl: 0,
+            }),
         })
     }
 );

@@ -350,6 +350,27 @@ async fn command(app: &FakeRails, body: &Value) -> Value {
     if params["channel"] == "StimulusReflex::Channel" {
         return reflex(app, body, identifier).await;
     }
+    if params["channel"] == "PresenceChannel" {
+        // anycable-rails' `join_presence` in `subscribed`: istate `$p` and a presence join.
+        let user =
+            serde_json::from_str::<Value>(body["connection_identifiers"].as_str().unwrap_or("{}"))
+                .map(|v| v["user"].as_str().unwrap_or_default().to_owned())
+                .unwrap_or_default();
+        return match body["command"].as_str() {
+            Some("subscribe") => json!({
+                "status": "SUCCESS",
+                "streams": ["presence_room"],
+                "transmissions": [json!({"identifier": identifier, "type": "confirm_subscription"}).to_string()],
+                "env": {"istate": {"$p": "presence_room"}},
+                "presence": {"type": "join", "id": user, "info": json!({"name": user}).to_string()},
+            }),
+            Some("message") => json!({
+                "status": "SUCCESS",
+                "presence": {"type": "leave", "id": user},
+            }),
+            _ => json!({"status": "SUCCESS"}),
+        };
+    }
     if params["channel"] != "ChatChannel" {
         return json!({"error_msg": format!("Channel not found: {}", params["channel"])});
     }
