@@ -25,7 +25,9 @@ pub(crate) fn router(
     if config.sse {
         router = router.route(
             &config.sse_path,
-            get(crate::sse::events).options(crate::sse::preflight),
+            get(crate::sse::events)
+                .post(crate::sse::events)
+                .options(crate::sse::preflight),
         );
     }
     router

@@ -99,8 +99,32 @@ fn ask(query: &str, headers: &HeaderMap) -> Option<Ask> {
     })
 }
 
-/// One cable frame as an SSE event (`None`: nothing to send in this mode).
-fn event(frame: &str, raw: bool) -> Option<String> {
+/// Most bytes of a POST's commands.
+const MAX_POST_BYTES: usize = 64 * 1024;
+
+/// The subscribe commands of a POST body: one JSON command a line, `subscribe` only.
+fn posted(body: &[u8]) -> Result<Vec<String>, &'static str> {
+    let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8")?;
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let v: Value = serde_json::from_str(line).map_err(|_| "a line is not JSON")?;
+        if v.get("command").and_then(Value::as_str) != Some("subscribe")
+            || !v.get("identifier").is_some_and(Value::is_string)
+        {
+            return Err("only subscribe commands with an identifier");
+        }
+        out.push(line.to_owned());
+    }
+    if out.is_empty() {
+        return Err("no subscribe command");
+    }
+    Ok(out)
+}
+
+/// One cable frame as an SSE event (`None`: nothing to send in this mode). Data frames carry
+/// the message only, or the whole frame (`full`, for POSTed subscriptions: several
+/// identifiers share the stream).
+fn event(frame: &str, raw: bool, full: bool) -> Option<String> {
     let v: Value = serde_json::from_str(frame).ok()?;
     if let Some(kind) = v.get("type").and_then(Value::as_str) {
         if raw {
@@ -123,6 +147,7 @@ fn event(frame: &str, raw: bool) -> Option<String> {
         out.push_str(&format!("id: {offset}/{epoch}/{stream}\n"));
     }
     let text = match message {
+        _ if full => frame.to_owned(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
@@ -163,7 +188,7 @@ pub(crate) async fn preflight(State(state): State<ServerState>, req: Request) ->
     cors(r.headers_mut(), origin.as_ref());
     r.headers_mut().insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, OPTIONS"),
+        HeaderValue::from_static("GET, POST, OPTIONS"),
     );
     r.headers_mut().insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
@@ -191,13 +216,41 @@ pub(crate) async fn events(State(state): State<ServerState>, req: Request) -> Re
             "Server is shutting down",
         );
     }
-    let Some(ask) = ask(req.uri().query().unwrap_or(""), req.headers()) else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            origin.as_ref(),
-            "Name a subscription: identifier, channel, stream, signed_stream or turbo_signed_stream_name",
-        );
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let raw = form_urlencoded::parse(query.as_bytes())
+        .any(|(k, v)| k == "raw" && matches!(&*v, "1" | "true" | "t" | "y" | "yes"));
+    let post = req.method() == http::Method::POST;
+    let subscribes = if post {
+        let (parts, body) = req.into_parts();
+        let body = match axum::body::to_bytes(body, MAX_POST_BYTES).await {
+            Ok(b) => b,
+            Err(_) => {
+                return refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    origin.as_ref(),
+                    "at most 64 KiB of commands",
+                );
+            }
+        };
+        match posted(&body) {
+            Ok(s) => (s, Request::from_parts(parts, Body::empty())),
+            Err(why) => return refuse(StatusCode::BAD_REQUEST, origin.as_ref(), why),
+        }
+    } else {
+        let Some(ask) = ask(&query, req.headers()) else {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                origin.as_ref(),
+                "Name a subscription: identifier, channel, stream, signed_stream or turbo_signed_stream_name",
+            );
+        };
+        let mut subscribe = json!({"command": "subscribe", "identifier": ask.identifier});
+        if let Some(h) = &ask.history {
+            subscribe["history"] = h.clone();
+        }
+        (vec![subscribe.to_string()], req)
     };
+    let (subscribes, req) = subscribes;
 
     // The connection: the node's own, over an in-memory pipe.
     let (client_io, server_io) = tokio::io::duplex(PIPE_BYTES);
@@ -218,10 +271,7 @@ pub(crate) async fn events(State(state): State<ServerState>, req: Request) -> Re
     // Welcome, then the subscription's answer, before the status is chosen.
     let mut early = Vec::new();
     let handshake = tokio::time::timeout(HANDSHAKE, async {
-        let mut subscribe = json!({"command": "subscribe", "identifier": ask.identifier});
-        if let Some(h) = &ask.history {
-            subscribe["history"] = h.clone();
-        }
+        let mut confirmed = 0;
         loop {
             let Some(Ok(m)) = client.next().await else {
                 return Err((StatusCode::UNAUTHORIZED, "connection closed"));
@@ -231,12 +281,10 @@ pub(crate) async fn events(State(state): State<ServerState>, req: Request) -> Re
             match v.get("type").and_then(Value::as_str) {
                 Some("welcome") => {
                     early.push(text.to_owned());
-                    if client
-                        .send(Message::text(subscribe.to_string()))
-                        .await
-                        .is_err()
-                    {
-                        return Err((StatusCode::UNAUTHORIZED, "connection closed"));
+                    for subscribe in &subscribes {
+                        if client.send(Message::text(subscribe.clone())).await.is_err() {
+                            return Err((StatusCode::UNAUTHORIZED, "connection closed"));
+                        }
                     }
                 }
                 Some("disconnect") => return Err((StatusCode::UNAUTHORIZED, "unauthorized")),
@@ -245,7 +293,10 @@ pub(crate) async fn events(State(state): State<ServerState>, req: Request) -> Re
                 }
                 Some("confirm_subscription") => {
                     early.push(text.to_owned());
-                    return Ok(());
+                    confirmed += 1;
+                    if confirmed == subscribes.len() {
+                        return Ok(());
+                    }
                 }
                 Some("error") => return Err((StatusCode::BAD_REQUEST, "bad identifier")),
                 _ => early.push(text.to_owned()),
@@ -267,7 +318,7 @@ pub(crate) async fn events(State(state): State<ServerState>, req: Request) -> Re
 
     // The stream: frames become events; a full body queue stops reading the pipe.
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(BODY_QUEUE);
-    let raw = ask.raw;
+    let full = post;
     let gauge = state.node.metrics().sse_clients.clone();
     let write_timeout = state.node.config().write_timeout;
     gauge.inc();
@@ -287,7 +338,7 @@ pub(crate) async fn events(State(state): State<ServerState>, req: Request) -> Re
             }
         };
         for text in early {
-            if let Some(e) = event(&text, raw)
+            if let Some(e) = event(&text, raw, full)
                 && !send(e).await
             {
                 return;
@@ -295,7 +346,9 @@ pub(crate) async fn events(State(state): State<ServerState>, req: Request) -> Re
         }
         while let Some(Ok(m)) = client.next().await {
             let Some(text) = m.as_text() else { continue };
-            let Some(e) = event(text, raw) else { continue };
+            let Some(e) = event(text, raw, full) else {
+                continue;
+            };
             if !send(e).await {
                 return;
             }
@@ -384,13 +437,14 @@ mod tests {
     #[test]
     fn frames_become_events() {
         assert_eq!(
-            event(r#"{"type":"welcome","sid":"s"}"#, false).as_deref(),
+            event(r#"{"type":"welcome","sid":"s"}"#, false, false).as_deref(),
             Some("event: welcome\ndata: {\"type\":\"welcome\",\"sid\":\"s\"}\n\n")
         );
-        assert_eq!(event(r#"{"type":"ping","message":1}"#, true), None);
+        assert_eq!(event(r#"{"type":"ping","message":1}"#, true, false), None);
         assert!(
             event(
                 r#"{"type":"disconnect","reason":"unauthorized","reconnect":false}"#,
+                false,
                 false
             )
             .unwrap()
@@ -399,15 +453,36 @@ mod tests {
         assert_eq!(
             event(
                 r#"{"identifier":"i","message":"<p>a</p>\r\n<p>b</p>","stream_id":"s/1","epoch":"e","offset":7}"#,
-                true
+                true,
+                false
             )
             .as_deref(),
             Some("id: 7/e/s/1\ndata: <p>a</p>\ndata: <p>b</p>\n\n")
         );
         assert_eq!(
-            event(r#"{"identifier":"i","message":{"n":1}}"#, false).as_deref(),
+            event(r#"{"identifier":"i","message":{"n":1}}"#, false, false).as_deref(),
             Some("data: {\"n\":1}\n\n")
         );
-        assert_eq!(event("not json", false), None);
+        assert_eq!(event("not json", false, false), None);
+        // POSTed subscriptions: the whole frame, so the reader knows which one it is.
+        assert_eq!(
+            event(r#"{"identifier":"i","message":{"n":1}}"#, false, true).as_deref(),
+            Some("data: {\"identifier\":\"i\",\"message\":{\"n\":1}}\n\n")
+        );
+    }
+
+    #[test]
+    fn a_post_holds_subscribe_commands_only() {
+        let ok = posted(b"{\"command\":\"subscribe\",\"identifier\":\"{}\"}\n\n{\"command\":\"subscribe\",\"identifier\":\"x\"}\n");
+        assert_eq!(ok.map(|v| v.len()), Ok(2));
+        for bad in [
+            &b""[..],
+            b"\xff",
+            b"not json",
+            b"{\"command\":\"message\",\"identifier\":\"x\",\"data\":\"{}\"}",
+            b"{\"command\":\"subscribe\"}",
+        ] {
+            assert!(posted(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 }

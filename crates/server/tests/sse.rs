@@ -29,10 +29,21 @@ struct Stream {
     body: String,
 }
 
+/// A GET with `extra` header lines; an `extra` that holds a blank line is a POST whose body
+/// follows it.
+fn request(addr: std::net::SocketAddr, target: &str, extra: &str) -> String {
+    match extra.split_once("\r\n\r\n") {
+        Some((headers, body)) => {
+            format!("POST {target} HTTP/1.1\r\nHost: {addr}\r\n{headers}\r\n\r\n{body}")
+        }
+        None => format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\n{extra}\r\n"),
+    }
+}
+
 async fn open(addr: std::net::SocketAddr, target: &str, extra: &str) -> Stream {
     let mut socket = TcpStream::connect(addr).await.unwrap();
     socket
-        .write_all(format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\n{extra}\r\n").as_bytes())
+        .write_all(request(addr, target, extra).as_bytes())
         .await
         .unwrap();
     let mut s = Stream {
@@ -211,4 +222,46 @@ async fn a_reader_that_never_reads_is_cut_as_too_slow() {
         );
         tokio::task::yield_now().await;
     }
+}
+
+#[tokio::test]
+async fn a_post_subscribes_every_command_and_frames_name_their_subscription() {
+    let server = start(sse_config(|_| {})).await;
+    let addr = server.local_addr();
+    let body = concat!(
+        r#"{"command":"subscribe","identifier":"{\"channel\":\"$pubsub\",\"stream_name\":\"a\"}"}"#,
+        "\n",
+        r#"{"command":"subscribe","identifier":"{\"channel\":\"$pubsub\",\"stream_name\":\"b\"}"}"#,
+        "\n"
+    );
+    let mut s = open_post(addr, body).await;
+    assert_eq!(s.status(), 200, "{}", s.head);
+    server.node().broadcast("a", r#"{"from":"a"}"#).unwrap();
+    server.node().broadcast("b", r#"{"from":"b"}"#).unwrap();
+    let body = s.until(r#""message":{"from":"b"}"#).await;
+    assert!(
+        body.contains(r#"data: {"identifier":"{\"channel\":\"$pubsub\",\"stream_name\":\"a\"}","message":{"from":"a"}"#),
+        "{body}"
+    );
+    assert_eq!(body.matches("event: confirm_subscription").count(), 2);
+    // Anything but subscribe commands, or nothing, is a 400.
+    let bad = open_post(
+        addr,
+        r#"{"command":"message","identifier":"x","data":"{}"}"#,
+    )
+    .await;
+    assert_eq!(bad.status(), 400);
+    assert_eq!(open_post(addr, "").await.status(), 400);
+}
+
+async fn open_post(addr: std::net::SocketAddr, body: &str) -> Stream {
+    open(
+        addr,
+        "/events",
+        &format!(
+            "Content-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await
 }
