@@ -166,10 +166,8 @@ async fn sse_reader(addr: SocketAddr, stream: &str) -> anyhow::Result<TcpStream>
         .await?;
     let mut seen = Vec::new();
     tokio::time::timeout(Duration::from_secs(60), async {
-        while !seen
-            .windows(28)
-            .any(|w| w == b"event: confirm_subscription")
-        {
+        const CONFIRMED: &[u8] = b"event: confirm_subscription";
+        while !seen.windows(CONFIRMED.len()).any(|w| w == CONFIRMED) {
             let mut chunk = [0u8; 2048];
             let n = s.read(&mut chunk).await?;
             if n == 0 {
