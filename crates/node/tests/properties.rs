@@ -52,3 +52,28 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #[test]
+    fn any_text_is_a_token_or_a_typed_refusal(text in ".{0,300}") {
+        let _ = ferrocable_node::JwtIdentifier::new("secret").verify(&text);
+    }
+
+    #[test]
+    fn base64url_shaped_tokens_with_a_foreign_signature_are_refused(
+        a in "[A-Za-z0-9_-]{0,60}", b in "[A-Za-z0-9_-]{0,120}", c in "[A-Za-z0-9_-]{0,90}",
+    ) {
+        let token = format!("{a}.{b}.{c}");
+        prop_assert!(ferrocable_node::JwtIdentifier::new("secret").verify(&token).is_err());
+    }
+
+    #[test]
+    fn minted_tokens_verify_with_their_identifiers(user in ".{0,40}", n in any::<i64>()) {
+        let j = ferrocable_node::JwtIdentifier::new("secret");
+        let ids = serde_json::json!({"user": user, "n": n});
+        let token = j.mint(ids.as_object().unwrap(), std::time::Duration::from_secs(60));
+        let got: serde_json::Value = serde_json::from_str(&j.verify(&token).unwrap()).unwrap();
+        prop_assert_eq!(got, ids);
+        prop_assert!(ferrocable_node::JwtIdentifier::new("other").verify(&token).is_err());
+    }
+}

@@ -471,6 +471,25 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_query_and_last_event_id_is_a_subscription_or_none(
+            query in ".{0,200}",
+            last in "[ -~]{0,80}",
+        ) {
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&last) {
+                h.insert("last-event-id", v);
+            }
+            let _ = ask(&query, &h);
+        }
+
+        #[test]
+        fn any_body_is_commands_or_a_refusal(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let _ = posted(&body);
+        }
+    }
+
     #[test]
     fn a_post_holds_subscribe_commands_only() {
         let ok = posted(b"{\"command\":\"subscribe\",\"identifier\":\"{}\"}\n\n{\"command\":\"subscribe\",\"identifier\":\"x\"}\n");

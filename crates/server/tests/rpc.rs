@@ -264,7 +264,7 @@ async fn presence(c: &mut Client<tokio::net::TcpStream>) -> Value {
     }
 }
 
-async fn app_channels_join_presence_from_their_replies(t: Transport) {
+async fn app_channels_join_presence_and_whisper_from_their_state_and_replies(t: Transport) {
     let s = setup(t).await;
     let addr = s.server.local_addr();
     const ROOM: &str = r#"{"channel":"PresenceChannel"}"#;
@@ -292,6 +292,13 @@ async fn app_channels_join_presence_from_their_replies(t: Transport) {
     bob.send(&json!({"command": "presence", "identifier": ROOM}).to_string())
         .await;
     assert_eq!(presence(&mut bob).await["total"], 2);
+    // istate `$w`: this app channel whispers (to Alice, not back to Bob).
+    bob.send(
+        &json!({"command": "whisper", "identifier": ROOM, "data": {"typing": "bob"}}).to_string(),
+    )
+    .await;
+    let f = alice.frame().await;
+    assert_eq!(f, json!({"identifier": ROOM, "message": {"typing": "bob"}}));
     // The app's reply to an action leaves (anycable-rails' `leave_presence`).
     bob.send(&message(ROOM, json!({"action": "leave"}))).await;
     assert_eq!(
@@ -714,7 +721,7 @@ macro_rules! over_both {
 }
 
 over_both!(
-    app_channels_join_presence_from_their_replies,
+    app_channels_join_presence_and_whisper_from_their_state_and_replies,
     a_valid_token_skips_the_connect_call,
     rust_channels_live_beside_the_apps_and_see_its_identity,
     a_slow_app_times_out_with_an_error_and_is_counted,

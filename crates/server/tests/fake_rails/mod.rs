@@ -351,7 +351,8 @@ async fn command(app: &FakeRails, body: &Value) -> Value {
         return reflex(app, body, identifier).await;
     }
     if params["channel"] == "PresenceChannel" {
-        // anycable-rails' `join_presence` in `subscribed`: istate `$p` and a presence join.
+        // anycable-rails' `join_presence` in `subscribed`: istate `$p` and a presence join;
+        // `stream_from …, whisper: true`: istate `$w`.
         let user =
             serde_json::from_str::<Value>(body["connection_identifiers"].as_str().unwrap_or("{}"))
                 .map(|v| v["user"].as_str().unwrap_or_default().to_owned())
@@ -361,7 +362,7 @@ async fn command(app: &FakeRails, body: &Value) -> Value {
                 "status": "SUCCESS",
                 "streams": ["presence_room"],
                 "transmissions": [json!({"identifier": identifier, "type": "confirm_subscription"}).to_string()],
-                "env": {"istate": {"$p": "presence_room"}},
+                "env": {"istate": {"$p": "presence_room", "$w": "presence_room"}},
                 "presence": {"type": "join", "id": user, "info": json!({"name": user}).to_string()},
             }),
             Some("message") => json!({
