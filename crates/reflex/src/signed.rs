@@ -3,34 +3,12 @@
 //! `<cable-ready-stream-from identifier="…">`; the server verifies them on subscribe, so a
 //! browser can only listen to streams a page was rendered with.
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use ring::hmac;
 
 /// Signs and verifies stream names with a key derived from the app's secret.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct StreamSigner {
-    key: hmac::Key,
-}
-
-impl std::fmt::Debug for StreamSigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StreamSigner(..)")
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    verifier: ferrocable_streams::MessageVerifier,
 }
 
 impl StreamSigner {
@@ -39,34 +17,26 @@ impl StreamSigner {
         let master = hmac::Key::new(hmac::HMAC_SHA256, secret_key_base);
         let derived = hmac::sign(&master, b"ferrocable signed stream name");
         StreamSigner {
-            key: hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
+            verifier: ferrocable_streams::MessageVerifier::new(derived.as_ref()),
         }
     }
 
     /// The signed form of `stream`.
     pub fn sign(&self, stream: &str) -> String {
-        let json = serde_json::to_string(stream).unwrap_or_default();
-        let encoded = STANDARD.encode(json);
-        let digest = hmac::sign(&self.key, encoded.as_bytes());
-        format!("{encoded}--{}", hex(digest.as_ref()))
+        self.verifier.generate(stream)
     }
 
     /// The stream name, if `signed` verifies (constant-time) and holds a JSON string.
     pub fn verify(&self, signed: &str) -> Option<String> {
-        let mut parts = signed.split("--");
-        let (encoded, digest) = (parts.next()?, parts.next()?);
-        if parts.next().is_some() {
-            return None;
-        }
-        hmac::verify(&self.key, encoded.as_bytes(), &unhex(digest)?).ok()?;
-        let json = STANDARD.decode(encoded).ok()?;
-        serde_json::from_slice::<String>(&json).ok()
+        self.verifier.verify(signed).ok()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
 
     #[test]
     fn round_trip_and_tampering() {
