@@ -13,8 +13,8 @@ use ferrocable::axum::routing::{get, post};
 use ferrocable::axum::{Json, Router};
 use ferrocable::serde_json::{Map, Value, json};
 use ferrocable::{
-    App, Cable, Channel, ChannelContext, Halt, Operation, PerformError, Reflex, ReflexContext,
-    ReflexError, Session, SessionChannel, SessionFailure,
+    App, Cable, Channel, ChannelContext, Halt, Operation, Reflex, ReflexContext, ReflexError,
+    Session, SessionChannel, SessionFailure,
 };
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -234,15 +234,6 @@ impl Channel for TypingChannel {
         ctx.stream_from(TYPING_STREAM);
         ctx.allow_whisper(TYPING_STREAM);
         ctx.allow_presence(TYPING_STREAM);
-    }
-
-    async fn perform(
-        &self,
-        _ctx: &mut ChannelContext,
-        action: &str,
-        _data: Value,
-    ) -> Result<(), PerformError> {
-        Err(PerformError::UnknownAction(action.to_owned()))
     }
 }
 

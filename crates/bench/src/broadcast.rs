@@ -17,6 +17,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_websockets::Message;
 
 use crate::client::BENCH;
+use crate::stats::{percentiles, rss_kib};
 
 /// Options of the broadcast scenario.
 pub(crate) struct Options {
@@ -35,24 +36,6 @@ pub(crate) struct Options {
 struct Reception {
     round: u64,
     micros: u64,
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
-fn percentiles(mut v: Vec<f64>) -> Value {
-    if v.is_empty() {
-        return json!({"count": 0});
-    }
-    v.sort_by(f64::total_cmp);
-    let p = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
-    let r = |x: f64| (x * 1000.0).round() / 1000.0;
-    json!({"count": v.len(), "p50": r(p(0.5)), "p95": r(p(0.95)), "p99": r(p(0.99)), "max": r(v[v.len() - 1])})
 }
 
 pub(crate) async fn run(o: Options) -> anyhow::Result<()> {

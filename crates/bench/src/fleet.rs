@@ -28,6 +28,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_websockets::Message;
 
 use crate::client::BENCH;
+use crate::stats::percentiles;
 
 fn now_us() -> u64 {
     SystemTime::now()
@@ -77,16 +78,6 @@ fn memory_of(pids: &[u32]) -> (u64, u64) {
     pids.iter()
         .map(|p| memory_kib(*p))
         .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
-}
-
-fn percentiles(mut v: Vec<f64>) -> Value {
-    if v.is_empty() {
-        return json!({"count": 0});
-    }
-    v.sort_by(f64::total_cmp);
-    let p = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
-    let r = |x: f64| (x * 1000.0).round() / 1000.0;
-    json!({"count": v.len(), "p50": r(p(0.5)), "p95": r(p(0.95)), "p99": r(p(0.99)), "max": r(v[v.len() - 1])})
 }
 
 /// A textual progress bar on stderr.

@@ -16,6 +16,7 @@ mod fleet;
 mod realtime;
 mod rpc;
 mod soak;
+mod stats;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};

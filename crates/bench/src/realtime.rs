@@ -21,6 +21,8 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_websockets::{ClientBuilder, Message, WebSocketStream};
 
+use crate::stats::{percentiles, rss_kib};
+
 const EXT: &str = "actioncable-v1-ext-json";
 
 async fn ext_client(addr: SocketAddr) -> anyhow::Result<WebSocketStream<TcpStream>> {
@@ -53,16 +55,6 @@ async fn next_where(
     })
     .await
     .context("timed out")?
-}
-
-fn percentiles(mut v: Vec<f64>) -> Value {
-    if v.is_empty() {
-        return json!({"count": 0});
-    }
-    v.sort_by(f64::total_cmp);
-    let p = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
-    let r = |x: f64| (x * 1000.0).round() / 1000.0;
-    json!({"count": v.len(), "p50": r(p(0.5)), "p95": r(p(0.95)), "p99": r(p(0.99)), "max": r(v[v.len() - 1])})
 }
 
 /// Runs the presence scenario.
@@ -150,15 +142,6 @@ pub(crate) async fn presence(
     Ok(())
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// One SSE reader: the head, then events until `confirm_subscription`.
 async fn sse_reader(addr: SocketAddr, stream: &str) -> anyhow::Result<TcpStream> {
     let mut s = TcpStream::connect(addr).await?;
@@ -196,7 +179,7 @@ pub(crate) async fn sse(
         bail!("only loopback targets may be load-tested");
     }
     let stream = format!("bench-sse-{}", std::process::id());
-    let before = rss_kib(server_pid);
+    let before = rss_kib(server_pid).unwrap_or(0);
     let started = Instant::now();
     let limit = Arc::new(Semaphore::new(200));
     let mut tasks = Vec::with_capacity(n);
@@ -218,7 +201,7 @@ pub(crate) async fn sse(
     let connect_ms = started.elapsed().as_millis() as u64;
     // Let the server settle, then read its memory.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let held = rss_kib(server_pid);
+    let held = rss_kib(server_pid).unwrap_or(0);
     let ok = readers.len();
     println!(
         "{}",

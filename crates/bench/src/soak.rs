@@ -63,16 +63,6 @@ impl Counters {
     }
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("server process {pid} is gone"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS")
-}
-
 /// One visitor: fresh session, connect, `reflexes` reflexes, leave.
 async fn visit(o: &Options, visitor: usize, seq: u64, c: &Counters) -> anyhow::Result<()> {
     let cookie = crate::session_cookie(o.addr).await?;
@@ -179,7 +169,8 @@ pub(crate) async fn run(o: Options) -> anyhow::Result<()> {
     loop {
         ticker.tick().await;
         let t = t0.elapsed();
-        let rss = rss_kib(o.server_pid)?;
+        let rss = crate::stats::rss_kib(o.server_pid)
+            .with_context(|| format!("server process {} is gone", o.server_pid))?;
         samples.push(json!([
             (t.as_secs_f64() * 10.0).round() / 10.0,
             rss,
@@ -215,7 +206,8 @@ pub(crate) async fn run(o: Options) -> anyhow::Result<()> {
     for v in visitors {
         v.await?;
     }
-    let end_rss = rss_kib(o.server_pid)?;
+    let end_rss = crate::stats::rss_kib(o.server_pid)
+        .with_context(|| format!("server process {} is gone", o.server_pid))?;
     let baseline = baseline.context("the run ended before the baseline sample")?;
     let growth = end_rss as f64 / baseline as f64;
     let failures = c.failures.lock().unwrap_or_else(|p| p.into_inner()).clone();

@@ -217,13 +217,18 @@ pub trait Channel: Send + Sync + 'static {
     }
 
     /// The client performed `action` with `data` (the decoded `data` object, `action` key
-    /// included). Without an `action` key, `action` is `"receive"`.
+    /// included). Without an `action` key, `action` is `"receive"`. A channel with no actions
+    /// (one that only streams) leaves it out: every action is then unknown.
     fn perform(
         &self,
         ctx: &mut ChannelContext,
         action: &str,
         data: Value,
-    ) -> impl Future<Output = Result<(), PerformError>> + Send;
+    ) -> impl Future<Output = Result<(), PerformError>> + Send {
+        let _ = (ctx, data);
+        let action = action.to_owned();
+        async move { Err(PerformError::UnknownAction(action)) }
+    }
 }
 
 /// Object-safe form of [`Channel`], so a registry can hold different channel types.

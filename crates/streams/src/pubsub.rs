@@ -4,7 +4,7 @@
 //! when public streams are on (`ANYCABLE_PUBLIC_STREAMS`). Public streams may always whisper;
 //! signed ones only with `ANYCABLE_STREAMS_WHISPER`, as in AnyCable.
 
-use ferrocable_node::{Channel, ChannelContext, PerformError};
+use ferrocable_node::{Channel, ChannelContext};
 use serde_json::Value;
 use tracing::debug;
 
@@ -90,15 +90,6 @@ impl Channel for PubSubChannel {
         } else {
             ctx.reject();
         }
-    }
-
-    async fn perform(
-        &self,
-        _ctx: &mut ChannelContext,
-        action: &str,
-        _data: Value,
-    ) -> Result<(), PerformError> {
-        Err(PerformError::UnknownAction(action.to_owned()))
     }
 }
 

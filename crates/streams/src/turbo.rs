@@ -7,7 +7,7 @@
 //! Rails app's `config.turbo.signed_stream_verifier_key`). Broadcasts are plain HTML strings
 //! of `<turbo-stream>` elements ([`TurboStream`], [`broadcast_turbo_streams`]).
 
-use ferrocable_node::{BroadcastReport, Channel, ChannelContext, Node, PerformError};
+use ferrocable_node::{BroadcastReport, Channel, ChannelContext, Node};
 use serde_json::Value;
 use tracing::debug;
 
@@ -43,15 +43,6 @@ impl Channel for TurboStreamsChannel {
                 ctx.reject();
             }
         }
-    }
-
-    async fn perform(
-        &self,
-        _ctx: &mut ChannelContext,
-        action: &str,
-        _data: Value,
-    ) -> Result<(), PerformError> {
-        Err(PerformError::UnknownAction(action.to_owned()))
     }
 }
 
