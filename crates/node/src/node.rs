@@ -254,7 +254,21 @@ impl Inner {
                     }
                 }
             }
+            crate::presence::Applied::Malformed => {
+                tracing::debug!(stream = ops, "malformed presence op refused");
+                self.metrics.pubsub_errors.inc();
+            }
             crate::presence::Applied::Quiet => {}
+        }
+    }
+
+    /// Asks the other nodes for their records of `ops`.
+    fn publish_sync(&self, ops: &str) {
+        if let Some(p) = &self.pubsub {
+            p.publish(
+                ops,
+                encode_envelope(self.node_id, ops, &self.presence.sync_op(), None),
+            );
         }
     }
 
@@ -270,10 +284,7 @@ impl Inner {
         let (_, first) = self.hub.attach(ops, conn, identifier, outbox);
         if first && let Some(p) = &self.pubsub {
             p.subscribe(ops);
-            p.publish(
-                ops,
-                encode_envelope(self.node_id, ops, &self.presence.sync_op(), None),
-            );
+            self.publish_sync(ops);
             self.presence.resync_later(ops);
         }
     }
@@ -287,13 +298,8 @@ impl Inner {
         }
         self.presence
             .forget_unwatched(|ops| self.hub.subscriber_count(ops) == 0);
-        if let Some(p) = &self.pubsub {
-            for ops in self.presence.take_resync() {
-                p.publish(
-                    &ops,
-                    encode_envelope(self.node_id, &ops, &self.presence.sync_op(), None),
-                );
-            }
+        for ops in self.presence.take_resync() {
+            self.publish_sync(&ops);
         }
     }
 

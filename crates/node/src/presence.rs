@@ -14,7 +14,7 @@
 //! bounded (`max_presence_per_stream`): a join past the bound is refused with
 //! `presence_limit`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -37,8 +37,8 @@ type Holder = (u64, ConnId);
 #[derive(Debug)]
 struct Record {
     info: Box<RawValue>,
-    /// Holders, each with the time it expires at (set when a local connection dropped).
-    holders: HashMap<Holder, Option<Instant>>,
+    /// The connections (of any node) that joined as this id.
+    holders: HashSet<Holder>,
 }
 
 /// What an op means for clients: an event to send, or nothing.
@@ -49,6 +49,8 @@ pub(crate) enum Applied {
     Event(Box<RawValue>),
     /// Another node asked for our records: publish these ops.
     Answer(Vec<String>),
+    /// Not an op (a peer's bug or a foreign publisher on the stream): refused, nothing changed.
+    Malformed,
 }
 
 /// Why a local join was refused.
@@ -66,6 +68,9 @@ pub(crate) struct PresenceRegistry {
     /// Streams this node started listening to since the last sweep: their `sync` is sent
     /// again then, in case the first went out before the bus subscription was in place.
     resync: Mutex<Vec<String>>,
+    /// Local holders that dropped without leaving, by deadline (the TTL is fixed, so in
+    /// order): the sweep pops the due ones instead of scanning every record.
+    dropped: Mutex<VecDeque<(Instant, String, ConnId, String)>>,
     max_per_stream: usize,
     ttl: Duration,
 }
@@ -86,6 +91,7 @@ impl PresenceRegistry {
             node,
             streams: Mutex::new(HashMap::new()),
             resync: Mutex::new(Vec::new()),
+            dropped: Mutex::new(VecDeque::new()),
             max_per_stream: max_per_stream.max(1),
             ttl,
         }
@@ -144,7 +150,7 @@ impl PresenceRegistry {
     /// Applies an op (ours or another node's) to stream `ops`.
     pub(crate) fn apply(&self, ops: &str, op: &str) -> Applied {
         let Ok(op) = serde_json::from_str::<Value>(op) else {
-            return Applied::Quiet;
+            return Applied::Malformed;
         };
         let node = op.get("n").and_then(Value::as_u64);
         let conn = op.get("c").and_then(Value::as_u64);
@@ -152,14 +158,14 @@ impl PresenceRegistry {
         match (str_field(&op, "op"), node) {
             (Some("join"), Some(node)) => {
                 let (Some(id), Some(conn)) = (str_field(&op, "id"), conn) else {
-                    return Applied::Quiet;
+                    return Applied::Malformed;
                 };
                 let info = op
                     .get("info")
                     .map_or_else(|| "null".to_owned(), Value::to_string);
                 let records = streams.entry(ops.to_owned()).or_default();
                 if let Some(record) = records.get_mut(id) {
-                    record.holders.insert((node, conn), None);
+                    record.holders.insert((node, conn));
                     return Applied::Quiet;
                 }
                 // Another node's joins are bounded too: a peer past the bound is not followed.
@@ -176,14 +182,14 @@ impl PresenceRegistry {
                     id.to_owned(),
                     Record {
                         info,
-                        holders: HashMap::from([((node, conn), None)]),
+                        holders: HashSet::from([(node, conn)]),
                     },
                 );
                 Applied::Event(event)
             }
             (Some("leave"), Some(node)) => {
                 let (Some(id), Some(conn)) = (str_field(&op, "id"), conn) else {
-                    return Applied::Quiet;
+                    return Applied::Malformed;
                 };
                 let Some(records) = streams.get_mut(ops) else {
                     return Applied::Quiet;
@@ -212,7 +218,7 @@ impl PresenceRegistry {
                     .iter()
                     .flat_map(|(id, r)| {
                         r.holders
-                            .keys()
+                            .iter()
                             .filter(|(n, _)| *n == self.node)
                             .map(move |(_, c)| {
                                 format!(
@@ -230,7 +236,8 @@ impl PresenceRegistry {
                     Applied::Answer(answer)
                 }
             }
-            _ => Applied::Quiet,
+            (Some("sync"), Some(_)) => Applied::Quiet,
+            _ => Applied::Malformed,
         }
     }
 
@@ -258,16 +265,19 @@ impl PresenceRegistry {
     }
 
     /// A local connection dropped without leaving: its records expire after the TTL.
+    /// At most one entry per holder (a dropped connection is dropped once).
     pub(crate) fn dropped(&self, ops: &str, conn: ConnId, id: &str) {
-        let deadline = Instant::now() + self.ttl;
-        if let Some(holder) = self
+        let held = self
             .streams
             .lock()
-            .get_mut(ops)
-            .and_then(|r| r.get_mut(id))
-            .and_then(|r| r.holders.get_mut(&(self.node, conn)))
-        {
-            *holder = Some(deadline);
+            .get(ops)
+            .and_then(|r| r.get(id))
+            .is_some_and(|r| r.holders.contains(&(self.node, conn)));
+        if held {
+            let deadline = Instant::now() + self.ttl;
+            self.dropped
+                .lock()
+                .push_back((deadline, ops.to_owned(), conn, id.to_owned()));
         }
     }
 
@@ -279,22 +289,21 @@ impl PresenceRegistry {
             !unwatched(ops)
                 || records
                     .values()
-                    .any(|r| r.holders.keys().any(|(n, _)| *n == node))
+                    .any(|r| r.holders.iter().any(|(n, _)| *n == node))
         });
     }
 
     /// Local holders whose TTL ran out, as (ops stream, conn, id): the caller publishes their
     /// leave ops.
     pub(crate) fn expired(&self, now: Instant) -> Vec<(String, ConnId, String)> {
-        let streams = self.streams.lock();
+        let mut dropped = self.dropped.lock();
         let mut out = Vec::new();
-        for (ops, records) in streams.iter() {
-            for (id, r) in records {
-                for ((node, conn), deadline) in &r.holders {
-                    if *node == self.node && deadline.is_some_and(|d| d <= now) {
-                        out.push((ops.clone(), *conn, id.clone()));
-                    }
-                }
+        while dropped
+            .front()
+            .is_some_and(|(deadline, ..)| *deadline <= now)
+        {
+            if let Some((_, ops, conn, id)) = dropped.pop_front() {
+                out.push((ops, conn, id));
             }
         }
         out
@@ -388,7 +397,7 @@ mod tests {
             r#"{"op":"x","n":2}"#,
         ] {
             assert!(
-                matches!(r.apply("$presence:s", junk), Applied::Quiet),
+                matches!(r.apply("$presence:s", junk), Applied::Malformed),
                 "{junk}"
             );
         }
