@@ -601,15 +601,15 @@ async fn admit(
     restored: Option<&SessionState>,
     sid: Option<&str>,
 ) -> Admission {
-    let unauthorized = || {
-        node.metrics
-            .disconnect(DisconnectReason::Unauthorized.as_str());
+    let goodbye = |reason: DisconnectReason| {
+        node.metrics.disconnect(reason.as_str());
         ServerFrame::Disconnect {
-            reason: DisconnectReason::Unauthorized,
+            reason,
             reconnect: false,
         }
         .encode()
     };
+    let unauthorized = || goodbye(DisconnectReason::Unauthorized);
     if let Some(state) = restored {
         return Admission::Accepted(
             state.identity.clone(),
@@ -639,13 +639,7 @@ async fn admit(
             Some(Err(crate::jwt::JwtError::Expired)) => {
                 info!(conn = id, remote = ?request.remote_addr, "connection rejected: token expired");
                 node.metrics.jwt("expired");
-                node.metrics
-                    .disconnect(DisconnectReason::TokenExpired.as_str());
-                let bye = ServerFrame::Disconnect {
-                    reason: DisconnectReason::TokenExpired,
-                    reconnect: false,
-                }
-                .encode();
+                let bye = goodbye(DisconnectReason::TokenExpired);
                 return Admission::Refused(Vec::new(), Some(bye), CloseCode::NORMAL_CLOSURE);
             }
             Some(Err(e)) => {
@@ -838,10 +832,7 @@ impl Connection {
                 presence: None,
             };
             if let Some(stream) = saved.presence {
-                let ops = crate::presence::ops_stream(&stream);
-                self.node
-                    .attach_presence(&ops, self.id, &identifier, &self.outbox);
-                sub.presence = Some(Box::new(PresenceState { ops, joined: None }));
+                sub.presence = Some(self.open_presence(&identifier, &stream));
             }
             let effects = Effects {
                 stream_from: saved.streams,
@@ -910,6 +901,24 @@ impl Connection {
             warn!(conn = self.id, error = %e, "session commit failed");
             self.node.metrics.broker_error("commit_session");
         }
+    }
+
+    /// Listens to presence stream `stream` for subscription `identifier` (its join and leave
+    /// events reach this connection), not joined yet.
+    fn open_presence(&self, identifier: &Identifier, stream: &str) -> Box<PresenceState> {
+        let ops = crate::presence::ops_stream(stream);
+        self.node
+            .attach_presence(&ops, self.id, identifier, &self.outbox);
+        Box::new(PresenceState { ops, joined: None })
+    }
+
+    /// A command named a subscription this connection does not hold.
+    fn unknown_subscription(&self, identifier: &Identifier, command: &str) {
+        warn!(conn = self.id, %identifier, command, "command for unknown subscription");
+        self.refuse(
+            "unknown_subscription",
+            "no subscription with this identifier",
+        );
     }
 
     fn refuse(&self, code: &'static str, message: &str) {
@@ -1222,12 +1231,10 @@ impl Connection {
             params,
             streams: Vec::new(),
             whisper: effects.whisper.as_deref().map(Into::into),
-            presence: effects.presence.as_deref().map(|stream| {
-                let ops = crate::presence::ops_stream(stream);
-                self.node
-                    .attach_presence(&ops, self.id, identifier, &self.outbox);
-                Box::new(PresenceState { ops, joined: None })
-            }),
+            presence: effects
+                .presence
+                .as_deref()
+                .map(|stream| self.open_presence(identifier, stream)),
         };
         if gated {
             self.replay()
@@ -1333,11 +1340,7 @@ impl Connection {
 
     async fn unsubscribe(&mut self, identifier: Identifier) {
         let Some(sub) = self.subscriptions.remove(&identifier) else {
-            warn!(conn = self.id, %identifier, "unsubscribe for unknown subscription");
-            self.refuse(
-                "unknown_subscription",
-                "no subscription with this identifier",
-            );
+            self.unknown_subscription(&identifier, "unsubscribe");
             return;
         };
         if let Some(replay) = self.replay.as_mut() {
@@ -1413,11 +1416,7 @@ impl Connection {
     /// subscribed to it gets `{"identifier":…,"message":data}`; never the sender, never stored.
     fn whisper(&mut self, identifier: &Identifier, data: String) {
         let Some(sub) = self.subscriptions.get(identifier) else {
-            warn!(conn = self.id, %identifier, "whisper for unknown subscription");
-            self.refuse(
-                "unknown_subscription",
-                "no subscription with this identifier",
-            );
+            self.unknown_subscription(identifier, "whisper");
             return;
         };
         let stream = match &sub.handler {
@@ -1442,10 +1441,7 @@ impl Connection {
     /// connection joins once per subscription: a new id replaces the old).
     fn join(&mut self, identifier: &Identifier, id: &str, info: &str) {
         let Some(sub) = self.subscriptions.get_mut(identifier) else {
-            self.refuse(
-                "unknown_subscription",
-                "no subscription with this identifier",
-            );
+            self.unknown_subscription(identifier, "join");
             return;
         };
         let Some(presence) = sub.presence.as_mut() else {
@@ -1490,12 +1486,12 @@ impl Connection {
             return;
         };
         if sub.presence.is_none()
-            && let Some(stream) = istate.get("$p").filter(|s| !s.is_empty())
+            && let Some(stream) = istate.get("$p").filter(|s| !s.is_empty()).cloned()
         {
-            let ops = crate::presence::ops_stream(stream);
-            self.node
-                .attach_presence(&ops, self.id, identifier, &self.outbox);
-            sub.presence = Some(Box::new(PresenceState { ops, joined: None }));
+            let opened = self.open_presence(identifier, &stream);
+            if let Some(sub) = self.subscriptions.get_mut(identifier) {
+                sub.presence = Some(opened);
+            }
         }
         match change {
             Some(c) if c.join => self.join(identifier, &c.id, &c.info),
@@ -1507,10 +1503,7 @@ impl Connection {
     /// `leave`: this connection is no longer present (nothing if it never joined).
     fn leave(&mut self, identifier: &Identifier) {
         let Some(sub) = self.subscriptions.get_mut(identifier) else {
-            self.refuse(
-                "unknown_subscription",
-                "no subscription with this identifier",
-            );
+            self.unknown_subscription(identifier, "leave");
             return;
         };
         if let Some(presence) = sub.presence.as_mut()
@@ -1529,10 +1522,7 @@ impl Connection {
                 None => r#"{"type":"error"}"#.to_owned(),
             },
             None => {
-                self.refuse(
-                    "unknown_subscription",
-                    "no subscription with this identifier",
-                );
+                self.unknown_subscription(identifier, "presence");
                 return;
             }
         };
@@ -1545,11 +1535,7 @@ impl Connection {
     /// Starts the action; [`Connection::finish_perform`] applies what it did once it ends.
     fn perform(&mut self, identifier: Identifier, raw: String) {
         let Some(sub) = self.subscriptions.get(&identifier) else {
-            warn!(conn = self.id, %identifier, "message for unknown subscription");
-            self.refuse(
-                "unknown_subscription",
-                "no subscription with this identifier",
-            );
+            self.unknown_subscription(&identifier, "message");
             return;
         };
         let data: Value = match serde_json::from_str(&raw) {
