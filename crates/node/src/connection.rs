@@ -2,9 +2,11 @@
 //! writes its outbox and forwards heartbeats until the peer leaves, the server shuts down
 //! or the client falls too far behind.
 //!
-//! One task per connection (a `select!` over the socket, the outbox, the heartbeat and the
-//! shutdown token) keeps an idle connection small: no second task, no timer of its own, no
-//! buffers beyond the WebSocket codec's.
+//! One task per connection (a `select!` over the socket and the outbox) keeps an idle
+//! connection small: no second task, no timer of its own, no buffer at all (the WebSocket
+//! layer reads into a per-thread scratch buffer). On plain TCP, broadcasts and pings are
+//! written to the socket by whoever pushes them, so the task wakes only for the client's
+//! frames and for a socket that was full.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -17,10 +19,9 @@ use ferrocable_protocol::{
     ClientCommand, DecodeError, DisconnectReason, HistoryRequest, Identifier, ServerFrame,
     Subprotocol, decode_command, encode_data_frame, encode_data_frame_at, encode_json_string,
 };
-use futures_util::{SinkExt, StreamExt};
+use ferrocable_websocket::frame::{self, OP_PONG};
+use ferrocable_websocket::{CloseCode, Decoder, Message, ReadError, Transport, WsError};
 use serde_json::{Map, Value};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_websockets::{CloseCode, Message, Payload, WebSocketStream};
 use tracing::{debug, info, warn};
 
 use crate::auth::{ConnectRequest, Identity};
@@ -28,7 +29,7 @@ use crate::broker::new_sid;
 use crate::channel::{ChannelContext, DynChannel, Effects, PerformError};
 use crate::hub::ConnId;
 use crate::node::Inner;
-use crate::outbox::{OutFrame, Outbox, StreamKey};
+use crate::outbox::{Flushed, OutFrame, Outbox, StreamKey};
 use crate::remote::{
     CallError, CommandCall, CommandKind, CommandReply, ConnectCall, DisconnectCall, Env, State,
     Status, identifiers_of, merge_state,
@@ -240,12 +241,13 @@ async fn finished(running: &mut Option<Running>) -> Finished {
 
 /// Why the connection loop ended.
 enum Exit {
-    /// The peer closed or vanished.
-    PeerGone,
+    /// The peer closed (answered with a close frame carrying this code) or vanished.
+    PeerGone(Option<CloseCode>),
     /// The server closes with a `disconnect` frame, after writing `pending` frames.
     Disconnect(DisconnectReason, CloseCode, Vec<Bytes>),
-    /// The peer sent a frame over the size limit; the codec already queued close 1009.
-    TooLarge,
+    /// The peer broke the WebSocket protocol or sent a message over the size limit: closed
+    /// with this code (1002, 1007, 1009).
+    Failed(CloseCode),
     /// The node shuts down and an extended session was saved: close with 1001 after
     /// `pending`, without a `disconnect` frame, so the client restores elsewhere.
     HandOver(Vec<Bytes>),
@@ -329,17 +331,20 @@ impl Drop for Gauge<'_> {
     }
 }
 
+/// How long a closing connection waits for the peer to close its side after ours (so the
+/// last frames are not lost to a reset).
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
 /// Runs one connection to its end.
 ///
-/// `ws` and `request` arrive boxed on purpose: an async fn keeps its arguments for its whole
-/// life, so large by-value arguments would be stored twice in every idle connection.
-pub(crate) async fn run<S>(
+/// `request` arrives boxed on purpose: an async fn keeps its arguments for its whole life,
+/// so large by-value arguments would be stored twice in every idle connection.
+pub(crate) async fn run(
     node: Arc<Inner>,
-    mut ws: Box<WebSocketStream<S>>,
+    mut transport: Transport,
+    mut decoder: Decoder,
     request: Box<ConnectRequest>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+) {
     node.metrics.connections.inc();
     node.metrics.connections_opened.inc();
     let _gauge = Gauge(&node);
@@ -367,19 +372,27 @@ pub(crate) async fn run<S>(
     let (identity, app, welcome) = match admission {
         Admission::Accepted(identity, app, welcome) => (Arc::new(identity), app, welcome),
         Admission::Refused(frames, bye, code) => {
-            Box::pin(goodbye(&node, &mut ws, frames, bye, code)).await;
+            let frames = frames.iter().map(|f| frame::text(f)).collect();
+            let bye = bye.map(|b| frame::text(&b));
+            Box::pin(goodbye(&node, &mut transport, frames, bye, code)).await;
+            Box::pin(transport.close(CLOSE_LINGER)).await;
             return;
         }
         Admission::ShuttingDown => return,
     };
     debug!(conn = id, ?remote, "connection opened");
 
+    let mut outbox = if extended {
+        // Extended sessions check pongs and re-save themselves on the heartbeat's tick.
+        Outbox::with_positions(node.config.outbox).with_ticks()
+    } else {
+        Outbox::new(node.config.outbox)
+    };
+    if let Transport::Tcp(socket) = &transport {
+        outbox = outbox.with_socket(socket.clone());
+    }
     let mut conn = Connection {
-        outbox: Arc::new(if extended {
-            Outbox::with_positions(node.config.outbox)
-        } else {
-            Outbox::new(node.config.outbox)
-        }),
+        outbox: Arc::new(outbox),
         node: node.clone(),
         id,
         identity,
@@ -421,7 +434,10 @@ pub(crate) async fn run<S>(
     if conn.sid.is_some() {
         Box::pin(conn.commit()).await;
     }
-    let exit = conn.serve(&mut ws).await;
+    let exit = conn.serve(&mut transport, &mut decoder).await;
+    // From here the task writes its last frames itself: no broadcast may slip between them.
+    conn.outbox.stop_direct_writes();
+    drop(decoder);
     node.connections.remove(id);
     if let Some(sid) = &conn.sid {
         node.sids.lock().remove(sid);
@@ -451,9 +467,9 @@ pub(crate) async fn run<S>(
         // client gets no `disconnect` frame (which would make it forget its session id), only
         // a close, and reconnects (to this node or another one sharing the broker) with its
         // `sid`.
-        Exit::PeerGone if conn.sid.is_some() => {
+        Exit::PeerGone(reply) if conn.sid.is_some() => {
             Box::pin(conn.commit()).await;
-            Exit::PeerGone
+            Exit::PeerGone(reply)
         }
         Exit::Disconnect(DisconnectReason::ServerRestart, _, pending) if conn.sid.is_some() => {
             Box::pin(conn.commit()).await;
@@ -464,23 +480,20 @@ pub(crate) async fn run<S>(
     conn.disconnect_remote();
     Box::pin(conn.unsubscribe_all()).await;
     match exit {
-        Exit::PeerGone => {
-            let _ = tokio::time::timeout(node.config.write_timeout, ws.close()).await;
-        }
-        Exit::TooLarge => {
-            let _ = tokio::time::timeout(node.config.write_timeout, ws.flush()).await;
+        Exit::PeerGone(None) => {}
+        Exit::PeerGone(Some(code)) | Exit::Failed(code) => {
+            Box::pin(goodbye(&node, &mut transport, Vec::new(), None, code)).await;
         }
         Exit::HandOver(pending) => {
             node.metrics.disconnect("handover");
-            let write = async {
-                for frame in pending {
-                    ws.feed(Message::text(Payload::from(frame))).await?;
-                }
-                ws.send(Message::close(Some(CloseCode::GOING_AWAY), ""))
-                    .await?;
-                ws.close().await
-            };
-            let _ = tokio::time::timeout(node.config.write_timeout, write).await;
+            Box::pin(goodbye(
+                &node,
+                &mut transport,
+                pending,
+                None,
+                CloseCode::GOING_AWAY,
+            ))
+            .await;
         }
         Exit::Disconnect(reason, code, pending) => {
             node.metrics.disconnect(reason.as_str());
@@ -488,56 +501,62 @@ pub(crate) async fn run<S>(
                 reason,
                 reconnect: reason.default_reconnect(),
             };
-            Box::pin(goodbye(&node, &mut ws, pending, Some(bye.encode()), code)).await;
+            let bye = frame::text(&bye.encode());
+            Box::pin(goodbye(&node, &mut transport, pending, Some(bye), code)).await;
         }
     }
+    // Releases the outbox's share of the socket, so closing it below is ours alone.
     conn.outbox.close();
+    Box::pin(transport.close(CLOSE_LINGER)).await;
     debug!(conn = id, "connection closed");
 }
 
-/// Writes the last frames, the `disconnect` frame (if any) and a close frame, within the
-/// write timeout, then waits (bounded) for the peer's close.
-async fn goodbye<S>(
+/// Writes the last frames (complete WebSocket frames), the `disconnect` frame (if any) and a
+/// close frame with `code`, within the write timeout.
+async fn goodbye(
     node: &Inner,
-    ws: &mut WebSocketStream<S>,
-    pending: Vec<Bytes>,
+    transport: &mut Transport,
+    mut pending: Vec<Bytes>,
     bye: Option<Bytes>,
     code: CloseCode,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    let write = async {
-        for frame in pending.into_iter().chain(bye) {
-            ws.feed(Message::text(Payload::from(frame))).await?;
-        }
-        ws.send(Message::close(Some(code), "")).await?;
-        ws.close().await
-    };
-    let _ = tokio::time::timeout(node.config.write_timeout, write).await;
+) {
+    pending.extend(bye);
+    pending.push(frame::close(code, ""));
+    let _ = tokio::time::timeout(node.config.write_timeout, transport.write_all(&pending)).await;
 }
 
-/// Writes `frames` and flushes. The write timeout's timer is armed only when the socket
-/// does not take everything at once, so the common case costs no timer registration.
-async fn write_frames<S, I>(
-    ws: &mut WebSocketStream<S>,
-    frames: I,
-    timeout: std::time::Duration,
-) -> Result<Result<(), tokio_websockets::Error>, tokio::time::error::Elapsed>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-    I: IntoIterator<Item = Bytes>,
-    I::IntoIter: Send,
-{
+/// Writes `frames` in order. The write timeout's timer is armed only when the socket does
+/// not take everything at once, so the common case costs no timer registration.
+async fn write_frames(
+    transport: &mut Transport,
+    frames: Vec<Bytes>,
+    timeout: Duration,
+) -> Result<std::io::Result<()>, tokio::time::error::Elapsed> {
     // Boxed: only alive while writing, so it need not sit in every idle task.
-    let mut write = Box::pin(async move {
-        for frame in frames {
-            ws.feed(Message::text(Payload::from(frame))).await?;
-        }
-        ws.flush().await
-    });
+    let mut write = Box::pin(async move { transport.write_all(&frames).await });
     match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
         Poll::Ready(done) => Ok(done),
         Poll::Pending => tokio::time::timeout(timeout, write).await,
+    }
+}
+
+/// Writes what pushes left queued on a direct-write socket, waiting (at most `timeout` each
+/// time) for it to take more.
+async fn flush_direct(
+    outbox: &Outbox,
+    socket: &tokio::net::TcpStream,
+    timeout: Duration,
+) -> Result<std::io::Result<()>, tokio::time::error::Elapsed> {
+    loop {
+        match outbox.flush() {
+            Ok(Flushed::Empty) => return Ok(Ok(())),
+            Ok(Flushed::Blocked) => {
+                if let Err(e) = tokio::time::timeout(timeout, socket.writable()).await? {
+                    return Ok(Err(e));
+                }
+            }
+            Err(e) => return Ok(Err(e)),
+        }
     }
 }
 
@@ -640,25 +659,17 @@ async fn admit(
                 info!(conn = id, remote = ?request.remote_addr, "connection rejected: token expired");
                 node.metrics.jwt("expired");
                 let bye = goodbye(DisconnectReason::TokenExpired);
-                return Admission::Refused(Vec::new(), Some(bye), CloseCode::NORMAL_CLOSURE);
+                return Admission::Refused(Vec::new(), Some(bye), CloseCode::NORMAL);
             }
             Some(Err(e)) => {
                 info!(conn = id, remote = ?request.remote_addr, error = %e, "connection rejected: bad token");
                 node.metrics.jwt("refused");
-                return Admission::Refused(
-                    Vec::new(),
-                    Some(unauthorized()),
-                    CloseCode::NORMAL_CLOSURE,
-                );
+                return Admission::Refused(Vec::new(), Some(unauthorized()), CloseCode::NORMAL);
             }
             None if jwt.is_enforced() => {
                 info!(conn = id, remote = ?request.remote_addr, "connection rejected: no token");
                 node.metrics.jwt("missing");
-                return Admission::Refused(
-                    Vec::new(),
-                    Some(unauthorized()),
-                    CloseCode::NORMAL_CLOSURE,
-                );
+                return Admission::Refused(Vec::new(), Some(unauthorized()), CloseCode::NORMAL);
             }
             None => {}
         }
@@ -676,11 +687,11 @@ async fn admit(
                 info!(conn = id, remote = ?request.remote_addr, "connection rejected by the app");
                 let bye = unauthorized();
                 let bye = frames.is_empty().then_some(bye);
-                Admission::Refused(frames, bye, CloseCode::NORMAL_CLOSURE)
+                Admission::Refused(frames, bye, CloseCode::NORMAL)
             }
             RemoteConnect::Failed => {
                 node.metrics.disconnect("rpc_error");
-                Admission::Refused(Vec::new(), None, CloseCode::INTERNAL_SERVER_ERROR)
+                Admission::Refused(Vec::new(), None, CloseCode::INTERNAL_ERROR)
             }
         };
     }
@@ -697,7 +708,7 @@ async fn admit(
         }
         Err(e) => {
             info!(conn = id, remote = ?request.remote_addr, reason = %e.reason, "connection rejected: unauthorized");
-            Admission::Refused(Vec::new(), Some(unauthorized()), CloseCode::NORMAL_CLOSURE)
+            Admission::Refused(Vec::new(), Some(unauthorized()), CloseCode::NORMAL)
         }
     }
 }
@@ -791,13 +802,35 @@ fn apply_streams(
 }
 
 impl Connection {
+    /// Queues one of this connection's own frames (its text, framed here).
     fn queue(&self, frame: impl Into<OutFrame>) {
+        let framed = match frame.into() {
+            OutFrame::Plain(b) => OutFrame::Plain(frame::text(&b)),
+            OutFrame::Live { bytes, key, offset } => OutFrame::Live {
+                bytes: frame::text(&bytes),
+                key,
+                offset,
+            },
+            OutFrame::Replay { bytes, key, offset } => OutFrame::Replay {
+                bytes: frame::text(&bytes),
+                key,
+                offset,
+            },
+            OutFrame::EndReplay { bytes, identifier } => OutFrame::EndReplay {
+                bytes: frame::text(&bytes),
+                identifier,
+            },
+        };
         // An overflow is noticed by the write loop, which disconnects with `too_slow`.
-        let _ = self.outbox.try_push(frame);
+        let _ = self.outbox.try_push(framed);
     }
 
     fn replay(&mut self) -> &mut Replay {
         let max_held = self.node.config.outbox.max_frames.max(1);
+        if self.replay.is_none() {
+            // Replayed and live frames are put in order by this task from now on.
+            self.outbox.stop_direct_writes();
+        }
         self.replay.get_or_insert_with(|| {
             Box::new(Replay {
                 max_held,
@@ -928,67 +961,16 @@ impl Connection {
 
     /// The connection's one loop: two sources only (its outbox and its socket), so an idle
     /// connection waits on nothing shared with other connections.
-    async fn serve<S>(&mut self, ws: &mut WebSocketStream<S>) -> Exit
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
-    {
+    async fn serve(&mut self, transport: &mut Transport, decoder: &mut Decoder) -> Exit {
         let outbox = self.outbox.clone();
+        let max = self.node.config.max_command_bytes;
         loop {
             tokio::select! {
                 biased;
                 _ = outbox.ready() => {
-                    let drained = outbox.take();
-                    if drained.overflowed {
-                        warn!(conn = self.id, "outbox overflowed: client too slow");
-                        return Exit::Disconnect(DisconnectReason::TooSlow, CloseCode::POLICY_VIOLATION, Vec::new());
-                    }
-                    if let Some(reason) = drained.disconnect {
-                        let code = if reason == DisconnectReason::ServerRestart { CloseCode::GOING_AWAY } else { CloseCode::NORMAL_CLOSURE };
-                        let mut pending = Vec::with_capacity(drained.frames.len());
-                        match self.replay.as_mut() {
-                            Some(replay) => replay.sequence(drained.frames, &mut pending),
-                            None => pending.extend(drained.frames.into_iter().map(OutFrame::into_bytes)),
-                        }
-                        return Exit::Disconnect(reason, code, pending);
-                    }
-                    if !drained.frames.is_empty() {
-                        let timeout = self.node.config.write_timeout;
-                        let written = match self.replay.as_mut() {
-                            Some(replay) => {
-                                let mut ordered = Vec::with_capacity(drained.frames.len());
-                                replay.sequence(drained.frames, &mut ordered);
-                                write_frames(ws, ordered, timeout).await
-                            }
-                            None => write_frames(ws, drained.frames.into_iter().map(OutFrame::into_bytes), timeout).await,
-                        };
-                        match written {
-                            Ok(Ok(())) => {
-                                // Both checks ride on writes (pings at least): no timer per
-                                // connection.
-                                // While an action runs the socket is not read, so silence
-                                // says nothing about the client then.
-                                if let (Some(heard), Some(limit)) = (self.heard_at, self.node.config.pong_timeout)
-                                    && self.running.is_none()
-                                    && heard.elapsed() > limit
-                                {
-                                    warn!(conn = self.id, "no frame from the client within the pong timeout");
-                                    return Exit::Disconnect(DisconnectReason::NoPong, CloseCode::NORMAL_CLOSURE, Vec::new());
-                                }
-                                if self.committed_at.is_some_and(|at| {
-                                    at.elapsed() >= self.node.config.history.sessions_ttl / 2
-                                }) {
-                                    Box::pin(self.commit()).await;
-                                }
-                            }
-                            Ok(Err(e)) => {
-                                debug!(conn = self.id, error = %e, "write failed");
-                                return Exit::PeerGone;
-                            }
-                            Err(_) => {
-                                warn!(conn = self.id, "write timed out: client too slow");
-                                return Exit::Disconnect(DisconnectReason::TooSlow, CloseCode::POLICY_VIOLATION, Vec::new());
-                            }
-                        }
+                    // Boxed: only alive while writing, so it need not sit in every idle task.
+                    if let Some(exit) = Box::pin(self.write_out(transport)).await {
+                        return exit;
                     }
                 }
                 done = finished(&mut self.running), if self.running.is_some() => {
@@ -1009,14 +991,15 @@ impl Connection {
                 // While a command runs, one frame is read ahead and kept: commands still run
                 // one at a time and in order, a flooding client waits for its own, and a peer
                 // that leaves is noticed at once (its call to the app is cancelled).
-                message = ws.next(), if self.stashed.is_none() => match message {
-                    None => return Exit::PeerGone,
-                    Some(Ok(message)) => {
+                message = ferrocable_websocket::read_message(transport, decoder, max), if self.stashed.is_none() => match message {
+                    Ok(None) => return Exit::PeerGone(None),
+                    Ok(Some(Message::Close(close))) => {
+                        // Answered with the client's own code (RFC 6455, section 5.5.1).
+                        return Exit::PeerGone(Some(close.map_or(CloseCode::NORMAL, |c| c.code)));
+                    }
+                    Ok(Some(message)) => {
                         if self.heard_at.is_some() {
                             self.heard_at = Some(Instant::now());
-                        }
-                        if message.is_close() {
-                            return Exit::PeerGone;
                         }
                         if self.running.is_some() {
                             self.stashed = Some(Box::new(message));
@@ -1024,34 +1007,133 @@ impl Connection {
                             Box::pin(self.on_message(&message)).await;
                         }
                     }
-                    Some(Err(tokio_websockets::Error::PayloadTooLong { len, max_len })) => {
-                        let e = DecodeError::TooLarge { len, max: max_len };
-                        warn!(conn = self.id, error = %e, "bad frame: closing with 1009");
-                        self.node.metrics.bad_frame(e.code());
-                        return Exit::TooLarge;
+                    Err(ReadError::Ws(e)) => {
+                        let code = match &e {
+                            WsError::TooLarge { len, max } => DecodeError::TooLarge {
+                                len: usize::try_from(*len).unwrap_or(usize::MAX),
+                                max: *max,
+                            }
+                            .code(),
+                            _ => "websocket_protocol",
+                        };
+                        warn!(conn = self.id, error = %e, "bad frame: closing with {}", e.close_code().0);
+                        self.node.metrics.bad_frame(code);
+                        return Exit::Failed(e.close_code());
                     }
-                    Some(Err(e)) => {
+                    Err(ReadError::Io(e)) => {
                         debug!(conn = self.id, error = %e, "socket error");
-                        if matches!(e, tokio_websockets::Error::Protocol(_)) {
-                            self.node.metrics.bad_frame("websocket_protocol");
-                        }
-                        return Exit::PeerGone;
+                        return Exit::PeerGone(None);
                     }
                 },
             }
         }
     }
 
-    /// Handles one data frame from the client.
+    /// The outbox has something: an overflow, a disconnect request, frames a full socket left
+    /// queued, or (extended sessions) the heartbeat's tick. `Some` ends the connection.
+    async fn write_out(&mut self, transport: &mut Transport) -> Option<Exit> {
+        let (overflowed, disconnect) = self.outbox.flags();
+        if overflowed {
+            warn!(conn = self.id, "outbox overflowed: client too slow");
+            return Some(Exit::Disconnect(
+                DisconnectReason::TooSlow,
+                CloseCode::POLICY_VIOLATION,
+                Vec::new(),
+            ));
+        }
+        if let Some(reason) = disconnect {
+            self.outbox.stop_direct_writes();
+            let drained = self.outbox.take();
+            let code = if reason == DisconnectReason::ServerRestart {
+                CloseCode::GOING_AWAY
+            } else {
+                CloseCode::NORMAL
+            };
+            let mut pending = Vec::with_capacity(drained.frames.len());
+            match self.replay.as_mut() {
+                Some(replay) => replay.sequence(drained.frames, &mut pending),
+                None => pending.extend(drained.frames.into_iter().map(OutFrame::into_bytes)),
+            }
+            return Some(Exit::Disconnect(reason, code, pending));
+        }
+        let timeout = self.node.config.write_timeout;
+        let written = match (&*transport, self.replay.as_mut()) {
+            (Transport::Tcp(socket), None) if self.outbox.writes_directly() => {
+                flush_direct(&self.outbox, socket, timeout).await
+            }
+            (_, replay) => {
+                let drained = self.outbox.take();
+                if drained.frames.is_empty() {
+                    Ok(Ok(()))
+                } else {
+                    let mut ordered = Vec::with_capacity(drained.frames.len());
+                    match replay {
+                        Some(replay) => replay.sequence(drained.frames, &mut ordered),
+                        None => {
+                            ordered.extend(drained.frames.into_iter().map(OutFrame::into_bytes))
+                        }
+                    }
+                    write_frames(transport, ordered, timeout).await
+                }
+            }
+        };
+        match written {
+            Ok(Ok(())) => {
+                // Both checks ride on the heartbeat (its tick wakes extended sessions): no
+                // timer per connection. While an action runs the socket is not read, so
+                // silence says nothing about the client then.
+                if let (Some(heard), Some(limit)) = (self.heard_at, self.node.config.pong_timeout)
+                    && self.running.is_none()
+                    && heard.elapsed() > limit
+                {
+                    warn!(
+                        conn = self.id,
+                        "no frame from the client within the pong timeout"
+                    );
+                    return Some(Exit::Disconnect(
+                        DisconnectReason::NoPong,
+                        CloseCode::NORMAL,
+                        Vec::new(),
+                    ));
+                }
+                if self
+                    .committed_at
+                    .is_some_and(|at| at.elapsed() >= self.node.config.history.sessions_ttl / 2)
+                {
+                    Box::pin(self.commit()).await;
+                }
+                None
+            }
+            Ok(Err(e)) => {
+                debug!(conn = self.id, error = %e, "write failed");
+                Some(Exit::PeerGone(None))
+            }
+            Err(_) => {
+                warn!(conn = self.id, "write timed out: client too slow");
+                Some(Exit::Disconnect(
+                    DisconnectReason::TooSlow,
+                    CloseCode::POLICY_VIOLATION,
+                    Vec::new(),
+                ))
+            }
+        }
+    }
+
+    /// Handles one message from the client.
     async fn on_message(&mut self, message: &Message) {
-        if message.is_text() {
+        match message {
             // Boxed: command handling is the largest state; keeping it out of line keeps
             // every idle connection's task small.
-            Box::pin(self.handle_frame(message.as_payload())).await;
-        } else if message.is_binary() {
-            let e = DecodeError::BinaryFrame;
-            warn!(conn = self.id, error = %e, "bad frame");
-            self.refuse(e.code(), &e.to_string());
+            Message::Text(text) => Box::pin(self.handle_frame(text)).await,
+            Message::Binary(_) => {
+                let e = DecodeError::BinaryFrame;
+                warn!(conn = self.id, error = %e, "bad frame");
+                self.refuse(e.code(), &e.to_string());
+            }
+            Message::Ping(payload) => {
+                let _ = self.outbox.try_push(frame::encode(OP_PONG, payload));
+            }
+            Message::Pong | Message::Close(_) => {}
         }
     }
 
@@ -1929,8 +2011,11 @@ mod tests {
     async fn an_idle_connection_task_is_small() {
         let node = crate::Node::builder().build();
         let (a, _b) = tokio::io::duplex(64);
-        let ws = Box::new(tokio_websockets::ServerBuilder::new().serve(a));
-        let fut = node.run_connection(ws, Box::new(ConnectRequest::default()));
+        let fut = node.run_connection(
+            Transport::Stream(Box::new(a)),
+            Decoder::new(),
+            Box::new(ConnectRequest::default()),
+        );
         let size = std::mem::size_of_val(&fut);
         eprintln!(
             "CONN {} REMOTE_DONE {} FINISHED {}",

@@ -3,7 +3,8 @@
 //! A stream name hashes onto one of N shards, each behind its own lock. Subscribers of a
 //! stream are grouped by channel identifier, because the frame a subscriber receives
 //! depends only on (stream message, identifier): a broadcast is encoded **once per group**
-//! into shared [`Bytes`] and every member's outbox gets a clone of the same bytes.
+//! as a complete WebSocket frame in shared [`Bytes`], and every member's outbox gets the same
+//! bytes (written straight to the socket when nothing is queued there).
 //! Fan-out only `try_push`es (no `.await`), so a shard lock is never held across a
 //! suspension point and a slow client never slows the others.
 
@@ -15,6 +16,7 @@ use bytes::Bytes;
 use ferrocable_protocol::{
     Identifier, StreamPosition, encode_data_frame, encode_data_frame_at, encode_json_string,
 };
+use ferrocable_websocket::frame;
 use parking_lot::RwLock;
 use serde_json::value::RawValue;
 
@@ -195,13 +197,13 @@ impl Hub {
                             .get_or_insert_with(|| {
                                 report.encoded += 1;
                                 OutFrame::Live {
-                                    bytes: encode_data_frame_at(
+                                    bytes: frame::text(&encode_data_frame_at(
                                         &group.identifier_literal,
                                         message.get(),
                                         stream_literal,
                                         epoch_literal,
                                         *offset,
-                                    ),
+                                    )),
                                     key: group.key.clone(),
                                     offset: *offset,
                                 }
@@ -212,7 +214,10 @@ impl Hub {
                         plain
                             .get_or_insert_with(|| {
                                 report.encoded += 1;
-                                encode_data_frame(&group.identifier_literal, message.get())
+                                frame::text(&encode_data_frame(
+                                    &group.identifier_literal,
+                                    message.get(),
+                                ))
                             })
                             .clone(),
                     ),
@@ -242,11 +247,14 @@ impl Hub {
         };
         let type_literal = encode_json_string(frame_type);
         for group in groups {
-            let bytes = Bytes::from(format!(
-                "{{\"type\":{type_literal},\"identifier\":{},\"message\":{}}}",
-                group.identifier_literal,
-                message.get()
-            ));
+            let bytes = frame::text(
+                format!(
+                    "{{\"type\":{type_literal},\"identifier\":{},\"message\":{}}}",
+                    group.identifier_literal,
+                    message.get()
+                )
+                .as_bytes(),
+            );
             report.encoded += 1;
             for outbox in group.members.values() {
                 match outbox.try_push(OutFrame::Plain(bytes.clone())) {
@@ -290,7 +298,7 @@ mod tests {
         o.take()
             .frames
             .iter()
-            .map(|f| String::from_utf8(f.bytes().to_vec()).unwrap())
+            .map(|f| String::from_utf8(frame::payload_of(f.bytes()).to_vec()).unwrap())
             .collect()
     }
 

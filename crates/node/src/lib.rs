@@ -25,6 +25,8 @@ pub mod remote;
 
 pub use auth::{AllowAll, Authenticator, ConnectRequest, Identity, Unauthorized};
 pub use channel::{Channel, ChannelContext, Effects, PerformError};
+/// The WebSocket layer connections run on (re-exported for [`Node::run_connection`]).
+pub use ferrocable_websocket as websocket;
 pub use hub::{BroadcastReport, ConnId, Hub};
 pub use jwt::{JwtError, JwtIdentifier};
 pub use metrics::Metrics;

@@ -9,14 +9,13 @@ use bytes::Bytes;
 use ferrocable_protocol::{
     DEFAULT_MAX_COMMAND_BYTES, DisconnectReason, ServerFrame, StreamPosition,
 };
+use ferrocable_websocket::{Decoder, Transport};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tokio_websockets::WebSocketStream;
 
 use crate::auth::{AllowAll, Authenticator, ConnectRequest, DynAuthenticator};
 use crate::broker::{Appended, Broker, BrokerError, HistoryLimits, MemoryBroker};
@@ -687,11 +686,8 @@ async fn heartbeat(node: std::sync::Weak<Inner>, period: Duration, shutdown: Can
             _ = interval.tick() => {
                 let Some(node) = node.upgrade() else { return };
                 let at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-                let frame = ServerFrame::Ping { at }.encode();
-                node.connections.for_each(|outbox| {
-                    // A full outbox already means "too slow"; the ping is not needed then.
-                    let _ = outbox.try_push(frame.clone());
-                });
+                let frame = ferrocable_websocket::frame::text(&ServerFrame::Ping { at }.encode());
+                node.connections.for_each(|outbox| outbox.push_tick(frame.clone()));
                 node.sweep_presence();
             }
         }
@@ -819,15 +815,18 @@ impl Node {
         self.inner.shutdown.is_cancelled()
     }
 
-    /// Runs a connection on an upgraded WebSocket until it ends. Call it from a task that
-    /// [`Node::spawn_tracked`] started, so that shutdown waits for it.
+    /// Runs a connection on an upgraded WebSocket until it ends: `transport` is the socket
+    /// (plain TCP gets direct writes), `decoder` holds any bytes read past the upgrade. Call
+    /// it from a task that [`Node::spawn_tracked`] started, so that shutdown waits for it.
     ///
-    /// Both arguments are boxed: an idle connection's task then holds them once, not twice.
-    pub async fn run_connection<S>(&self, ws: Box<WebSocketStream<S>>, request: Box<ConnectRequest>)
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
-    {
-        crate::connection::run(self.inner.clone(), ws, request).await;
+    /// The request is boxed: an idle connection's task then holds it once, not twice.
+    pub async fn run_connection(
+        &self,
+        transport: Transport,
+        decoder: Decoder,
+        request: Box<ConnectRequest>,
+    ) {
+        crate::connection::run(self.inner.clone(), transport, decoder, request).await;
     }
 
     /// Spawns a task that shutdown waits for (e.g. one awaiting an HTTP upgrade).

@@ -1,15 +1,21 @@
-//! Bounded per-connection outbound queues.
+//! Bounded per-connection outbound queues, and the direct write that usually skips them.
 //!
-//! The hub never waits on a client: it `try_push`es shared frame bytes into each
-//! connection's outbox. A connection that lets its outbox fill past the limits is marked
-//! overflowed and its task disconnects it with `too_slow`; nobody else slows down.
+//! The hub never waits on a client: it `try_push`es shared frame bytes (complete WebSocket
+//! frames) into each connection's outbox. On a plain TCP connection with nothing queued, the
+//! push writes the frame straight to the socket (`try_write`) and the connection's task is
+//! not woken at all; only when the kernel says `WouldBlock` (or writes part of it) is the
+//! rest queued and the task woken to finish when the socket is writable. A connection that
+//! lets its outbox fill past the limits is marked overflowed and its task disconnects it with
+//! `too_slow`; nobody else slows down.
 
 use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use ferrocable_protocol::{DisconnectReason, Identifier};
 use parking_lot::Mutex;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 /// Limits of one outbox; exceeding either one marks the connection as too slow.
@@ -121,6 +127,9 @@ struct State {
     overflowed: bool,
     closed: bool,
     disconnect: Option<DisconnectReason>,
+    /// The socket pushes may write to directly (plain TCP only, until the connection needs
+    /// its frames ordered by its task or closes).
+    socket: Option<Arc<TcpStream>>,
 }
 
 /// One connection's outbound queue. Idle, it holds no heap buffer: the queue is taken
@@ -131,6 +140,18 @@ pub struct Outbox {
     ready: Notify,
     limits: OutboxLimits,
     positions: bool,
+    /// Whether the heartbeat wakes the connection's task (its pong-timeout and session
+    /// checks ride on it) even though the ping itself was written directly.
+    ticks: bool,
+}
+
+/// What [`Outbox::flush`] left.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flushed {
+    /// Everything queued is on the socket.
+    Empty,
+    /// The socket is full: wait until it is writable and flush again.
+    Blocked,
 }
 
 /// What a writer takes out of an outbox in one go.
@@ -152,7 +173,32 @@ impl Outbox {
             ready: Notify::new(),
             limits,
             positions: false,
+            ticks: false,
         }
+    }
+
+    /// Lets pushes write straight to `socket` while nothing is queued. Only for a socket
+    /// nobody else writes to except through this outbox.
+    pub fn with_socket(mut self, socket: Arc<TcpStream>) -> Self {
+        self.state.get_mut().socket = Some(socket);
+        self
+    }
+
+    /// Makes the heartbeat wake the connection's task every period.
+    pub fn with_ticks(mut self) -> Self {
+        self.ticks = true;
+        self
+    }
+
+    /// Ends direct writes: from now on every frame is queued for the connection's task
+    /// (which orders replayed and live frames). Frames already queued stay, first.
+    pub fn stop_direct_writes(&self) {
+        self.state.lock().socket = None;
+    }
+
+    /// Whether pushes may write to the socket directly.
+    pub fn writes_directly(&self) -> bool {
+        self.state.lock().socket.is_some()
     }
 
     /// Creates an empty outbox whose connection wants stored messages with their
@@ -172,7 +218,7 @@ impl Outbox {
 
     /// Queues a frame without waiting. Never blocks on the client.
     pub fn try_push(&self, frame: impl Into<OutFrame>) -> Result<(), PushError> {
-        let frame = frame.into();
+        let mut frame = frame.into();
         let len = frame.bytes().len();
         let mut s = self.state.lock();
         if s.closed {
@@ -187,7 +233,19 @@ impl Outbox {
             self.ready.notify_one();
             return Err(PushError::Overflow);
         }
-        s.bytes += len;
+        if s.frames.is_empty()
+            && s.disconnect.is_none()
+            && let Some(socket) = &s.socket
+        {
+            match socket.try_write(frame.bytes()) {
+                Ok(n) if n == len => return Ok(()),
+                // Part of it went: the rest waits for the socket, first in the queue.
+                Ok(n) => frame = OutFrame::Plain(frame.bytes().slice(n..)),
+                // Full, or failing: the task finds out when it writes.
+                Err(_) => {}
+            }
+        }
+        s.bytes += frame.bytes().len();
         s.frames.push_back(frame);
         let first = s.frames.len() == 1;
         drop(s);
@@ -197,6 +255,74 @@ impl Outbox {
             self.ready.notify_one();
         }
         Ok(())
+    }
+
+    /// The heartbeat's push: like [`Outbox::try_push`], and wakes the task of a connection
+    /// that asked for ticks.
+    pub fn push_tick(&self, frame: Bytes) {
+        // A full outbox already means "too slow"; the ping is not needed then.
+        let _ = self.try_push(frame);
+        if self.ticks {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Writes queued frames to the direct-write socket until they are all written or the
+    /// socket is full (`try_write_vectored`, under the outbox's lock so pushes stay in
+    /// order). Without a direct-write socket, nothing is written: the task takes the frames.
+    pub fn flush(&self) -> io::Result<Flushed> {
+        const BATCH: usize = 64;
+        let mut guard = self.state.lock();
+        let s = &mut *guard;
+        let Some(socket) = &s.socket else {
+            return Ok(if s.frames.is_empty() {
+                Flushed::Empty
+            } else {
+                Flushed::Blocked
+            });
+        };
+        while !s.frames.is_empty() {
+            let mut slices = [IoSlice::new(&[]); BATCH];
+            let mut count = 0;
+            for (slot, frame) in slices.iter_mut().zip(s.frames.iter()) {
+                *slot = IoSlice::new(frame.bytes());
+                count += 1;
+            }
+            let mut written = match socket.try_write_vectored(&slices[..count]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
+                Err(e) => return Err(e),
+            };
+            s.bytes = s.bytes.saturating_sub(written);
+            while written > 0 {
+                let Some(front) = s.frames.front_mut() else {
+                    break;
+                };
+                let len = front.bytes().len();
+                if written >= len {
+                    written -= len;
+                    s.frames.pop_front();
+                } else {
+                    *front = OutFrame::Plain(front.bytes().slice(written..));
+                    written = 0;
+                }
+            }
+        }
+        // Free the queue's buffer: an idle connection holds none.
+        s.frames = VecDeque::new();
+        Ok(Flushed::Empty)
+    }
+
+    /// The socket pushes write to directly, if any (the task waits on its writability).
+    pub fn socket(&self) -> Option<Arc<TcpStream>> {
+        self.state.lock().socket.clone()
+    }
+
+    /// Whether the outbox overflowed, and the disconnect the node asked for, if any.
+    pub fn flags(&self) -> (bool, Option<DisconnectReason>) {
+        let s = self.state.lock();
+        (s.overflowed, s.disconnect)
     }
 
     /// Takes every queued frame.
@@ -233,6 +359,7 @@ impl Outbox {
         s.closed = true;
         s.frames = VecDeque::new();
         s.bytes = 0;
+        s.socket = None;
     }
 
     /// Frames waiting to be written.

@@ -30,6 +30,9 @@ pub(crate) fn router(
                 .options(crate::sse::preflight),
         );
     }
+    if config.bench_channel {
+        router = router.route("/_echo", get(crate::echo::echo));
+    }
     router
         .route("/health", get(health))
         .route("/metrics", get(metrics))

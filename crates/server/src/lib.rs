@@ -12,6 +12,7 @@ pub mod bench_channel;
 pub mod checks;
 pub mod cli;
 pub mod config;
+mod echo;
 pub mod listener;
 pub mod origin;
 pub mod page;

@@ -21,11 +21,12 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use ferrocable_node::ConnectRequest;
+use ferrocable_node::websocket::{Decoder, Transport};
 use ferrocable_protocol::Subprotocol;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
-use tokio_websockets::{ClientBuilder, Limits, Message, ServerBuilder};
+use tokio_websockets::{ClientBuilder, Message};
 
 use crate::listener::ConnMeta;
 use crate::state::ServerState;
@@ -261,10 +262,10 @@ pub(crate) async fn events(State(state): State<ServerState>, req: Request) -> Re
         protocol: Some(Subprotocol::ActionCableV1ExtJson),
     });
     let node = state.node.clone();
-    let limits = Limits::default().max_payload_len(Some(node.config().max_command_bytes));
-    let ws = Box::new(ServerBuilder::new().limits(limits).serve(server_io));
+    let transport = Transport::Stream(Box::new(server_io));
     state.node.spawn_tracked(async move {
-        node.run_connection(ws, request).await;
+        node.run_connection(transport, Decoder::new(), request)
+            .await;
     });
     let mut client = ClientBuilder::new().take_over(client_io);
 

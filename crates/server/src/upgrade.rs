@@ -1,16 +1,17 @@
 //! `GET /cable`: the WebSocket upgrade, done by hand on hyper so that the Origin check,
-//! subprotocol negotiation and the WebSocket engine (tokio-websockets, which parks an idle
-//! connection small) are under our control.
+//! subprotocol negotiation and the WebSocket layer (our own, over the raw socket) are under
+//! our control.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use ferrocable_node::ConnectRequest;
+use ferrocable_node::websocket::{Decoder, Transport};
 use ferrocable_protocol::{Subprotocol, negotiate};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use hyper_util::rt::TokioIo;
-use tokio_websockets::{Limits, ServerBuilder};
+use std::sync::Arc;
 use tracing::{debug, warn};
 
 use crate::listener::ConnMeta;
@@ -31,6 +32,17 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// Whether the request asks for a WebSocket upgrade (`Connection: upgrade`,
+/// `Upgrade: websocket`, version 13).
+pub(crate) fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    header_has_token(headers, header::CONNECTION, "upgrade")
+        && header_has_token(headers, header::UPGRADE, "websocket")
+        && headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .map(HeaderValue::as_bytes)
+            == Some(b"13")
+}
+
 /// `Sec-WebSocket-Accept` for a client key (RFC 6455, section 4.2.2).
 pub fn accept_key(key: &[u8]) -> String {
     let mut input = Vec::with_capacity(key.len() + 36);
@@ -44,6 +56,22 @@ fn refuse(state: &ServerState, status: StatusCode, reason: &'static str, body: S
     state.node.metrics().refused_upgrade(reason);
     // A refused upgrade ends the exchange: the client wanted a socket, not a keep-alive.
     (status, [(header::CONNECTION, "close")], body).into_response()
+}
+
+/// The socket under an upgraded connection: plain TCP is taken back from hyper (so the
+/// WebSocket layer reads it on readiness and broadcasts write to it directly), with any bytes
+/// hyper read past the request; TLS stays behind its stream.
+pub(crate) fn websocket_io(upgraded: hyper::upgrade::Upgraded) -> (Transport, Decoder) {
+    match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+        Ok(parts) => (
+            Transport::Tcp(Arc::new(parts.io.into_inner())),
+            Decoder::with_buffered(&parts.read_buf),
+        ),
+        Err(upgraded) => (
+            Transport::Stream(Box::new(TokioIo::new(upgraded))),
+            Decoder::new(),
+        ),
+    }
 }
 
 /// Handles a request to the cable path.
@@ -128,16 +156,11 @@ pub(crate) async fn cable(State(state): State<ServerState>, mut req: Request) ->
         protocol,
     });
     let node = state.node.clone();
-    let limits = Limits::default().max_payload_len(Some(node.config().max_command_bytes));
     state.node.spawn_tracked(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws = Box::new(
-                    ServerBuilder::new()
-                        .limits(limits)
-                        .serve(TokioIo::new(upgraded)),
-                );
-                node.run_connection(ws, request).await;
+                let (transport, decoder) = websocket_io(upgraded);
+                node.run_connection(transport, decoder, request).await;
             }
             Err(e) => debug!(error = %e, "upgrade failed"),
         }

@@ -1,0 +1,238 @@
+//! Reading messages from a socket through a per-thread scratch buffer.
+
+use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Poll, ready};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::decode::{Decoder, Message, WsError};
+
+/// Bytes read at once. One buffer per worker thread, whatever the number of connections.
+const SCRATCH_LEN: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_LEN].into_boxed_slice());
+}
+
+/// Any byte stream a WebSocket can run on (TLS, an in-memory pipe).
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// The byte stream under one WebSocket connection.
+pub enum Transport {
+    /// A plain TCP socket, shared: its connection reads it on readiness, and broadcasts write
+    /// to it directly (`try_write`) while nothing is queued for it.
+    Tcp(Arc<TcpStream>),
+    /// Any other stream (TLS, an in-memory pipe): read the same way through its
+    /// `AsyncRead`, written only by its connection's task.
+    Stream(Box<dyn Stream>),
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Tcp(s) => f.debug_tuple("Tcp").field(s).finish(),
+            Transport::Stream(_) => f.write_str("Stream"),
+        }
+    }
+}
+
+/// Why reading a message failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The socket failed.
+    #[error("socket read failed")]
+    Io(#[from] io::Error),
+    /// The bytes are not an acceptable WebSocket stream.
+    #[error(transparent)]
+    Ws(#[from] WsError),
+}
+
+impl Transport {
+    /// Writes `frames` whole, in order (the connection's own path: the first frames of a
+    /// connection, a goodbye, a stream other than plain TCP).
+    pub async fn write_all(&mut self, frames: &[Bytes]) -> io::Result<()> {
+        match self {
+            Transport::Tcp(s) => {
+                for frame in frames {
+                    let mut at = 0;
+                    while at < frame.len() {
+                        s.writable().await?;
+                        match s.try_write(&frame[at..]) {
+                            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                            Ok(n) => at += n,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Transport::Stream(s) => {
+                for frame in frames {
+                    s.write_all(frame).await?;
+                }
+                s.flush().await
+            }
+        }
+    }
+
+    /// Closes the connection after the close frame was written: shuts our side down, then
+    /// reads and drops what the peer still sends until it closes too, for at most `linger`
+    /// (closing with unread bytes would reset the connection and could lose our last frames).
+    /// A TCP socket still shared elsewhere closes when its last owner drops it.
+    pub async fn close(self, linger: std::time::Duration) {
+        async fn drain(mut r: impl AsyncRead + Unpin) {
+            let mut buf = [0u8; 512];
+            while let Ok(n) = tokio::io::AsyncReadExt::read(&mut r, &mut buf).await {
+                if n == 0 {
+                    return;
+                }
+            }
+        }
+        match self {
+            Transport::Tcp(socket) => {
+                if let Ok(mut socket) = Arc::try_unwrap(socket) {
+                    let _ = socket.shutdown().await;
+                    let _ = tokio::time::timeout(linger, drain(&mut socket)).await;
+                }
+            }
+            Transport::Stream(mut s) => {
+                let _ = s.shutdown().await;
+                let _ = tokio::time::timeout(linger, drain(&mut s)).await;
+            }
+        }
+    }
+}
+
+/// Reads until the next complete message, refusing messages over `max` bytes. `Ok(None)`:
+/// the peer closed the socket. Bytes are read into this thread's scratch buffer and parsed
+/// there; only an incomplete frame is copied into `decoder`.
+pub async fn read_message(
+    transport: &mut Transport,
+    decoder: &mut Decoder,
+    max: usize,
+) -> Result<Option<Message>, ReadError> {
+    if let Some(message) = decoder.next_buffered(max)? {
+        return Ok(Some(message));
+    }
+    std::future::poll_fn(|cx| {
+        loop {
+            let step = SCRATCH.with_borrow_mut(|scratch| {
+                let n = match transport {
+                    Transport::Tcp(s) => {
+                        ready!(s.poll_read_ready(cx))?;
+                        match s.try_read(scratch) {
+                            Ok(n) => n,
+                            // Readiness was stale: `try_read` cleared it, poll again.
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                return Poll::Ready(Ok(None));
+                            }
+                            Err(e) => return Poll::Ready(Err(ReadError::Io(e))),
+                        }
+                    }
+                    Transport::Stream(s) => {
+                        let mut buf = ReadBuf::new(scratch);
+                        ready!(Pin::new(s).poll_read(cx, &mut buf))?;
+                        buf.filled().len()
+                    }
+                };
+                if n == 0 {
+                    return Poll::Ready(Ok(Some(None)));
+                }
+                match decoder.feed(&mut scratch[..n], max) {
+                    Ok(Some(message)) => Poll::Ready(Ok(Some(Some(message)))),
+                    // A partial frame: read again.
+                    Ok(None) => Poll::Ready(Ok(None)),
+                    Err(e) => Poll::Ready(Err(ReadError::Ws(e))),
+                }
+            });
+            match step {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(Some(outcome))) => return Poll::Ready(Ok(outcome)),
+                Poll::Ready(Ok(None)) => continue,
+            }
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame;
+    use tokio::io::AsyncWriteExt;
+
+    fn masked(payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![0x81, 0x80 | payload.len() as u8, 7, 7, 7, 7];
+        out.extend(payload.iter().map(|b| b ^ 7));
+        out
+    }
+
+    #[tokio::test]
+    async fn reads_messages_from_tcp_and_keeps_nothing_while_idle() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut t = Transport::Tcp(Arc::new(server));
+        let mut d = Decoder::new();
+        // Two messages in one write, then one cut in two writes.
+        let mut both = masked(b"one");
+        both.extend(masked(b"two"));
+        client.write_all(&both).await.unwrap();
+        assert_eq!(
+            read_message(&mut t, &mut d, 1024).await.unwrap(),
+            Some(Message::Text(b"one".to_vec()))
+        );
+        assert_eq!(
+            read_message(&mut t, &mut d, 1024).await.unwrap(),
+            Some(Message::Text(b"two".to_vec()))
+        );
+        assert_eq!(d.buffered_capacity(), 0);
+        let three = masked(b"three");
+        client.write_all(&three[..3]).await.unwrap();
+        let reader = tokio::spawn(async move {
+            let m = read_message(&mut t, &mut d, 1024).await.unwrap();
+            (m, t, d)
+        });
+        tokio::task::yield_now().await;
+        client.write_all(&three[3..]).await.unwrap();
+        let (m, mut t, mut d) = reader.await.unwrap();
+        assert_eq!(m, Some(Message::Text(b"three".to_vec())));
+        assert_eq!(d.buffered_capacity(), 0);
+        // Server frames written back are read by the client as they are.
+        t.write_all(&[frame::text(b"hi")]).await.unwrap();
+        let mut got = [0u8; 4];
+        tokio::io::AsyncReadExt::read_exact(&mut client, &mut got)
+            .await
+            .unwrap();
+        assert_eq!(&got, b"\x81\x02hi");
+        drop(client);
+        assert_eq!(read_message(&mut t, &mut d, 1024).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn reads_from_any_stream_and_reports_bad_frames() {
+        let (mut a, b) = tokio::io::duplex(64);
+        let mut t = Transport::Stream(Box::new(b));
+        let mut d = Decoder::new();
+        a.write_all(&masked(b"x")).await.unwrap();
+        assert_eq!(
+            read_message(&mut t, &mut d, 1024).await.unwrap(),
+            Some(Message::Text(b"x".to_vec()))
+        );
+        a.write_all(&[0x81, 0x01, b'x']).await.unwrap();
+        assert!(matches!(
+            read_message(&mut t, &mut d, 1024).await,
+            Err(ReadError::Ws(WsError::Protocol(_)))
+        ));
+    }
+}
