@@ -432,14 +432,14 @@ async fn open(
 
     let extended = request.protocol == Some(Subprotocol::ActionCableV1ExtJson);
     let restored = if extended {
-        Box::pin(restore(&node, &request)).await
+        Box::pin(restore(node, &request)).await
     } else {
         None
     };
     let sid = extended.then(|| new_sid().into_boxed_str());
     // Boxed: authentication is a cold path, kept out of every idle connection's task.
     let admission = Box::pin(admit(
-        &node,
+        node,
         id,
         &request,
         restored.as_ref(),
