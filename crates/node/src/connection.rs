@@ -438,14 +438,7 @@ async fn open(
     };
     let sid = extended.then(|| new_sid().into_boxed_str());
     // Boxed: authentication is a cold path, kept out of every idle connection's task.
-    let admission = Box::pin(admit(
-        node,
-        id,
-        &request,
-        restored.as_ref(),
-        sid.as_deref(),
-    ))
-    .await;
+    let admission = Box::pin(admit(node, id, &request, restored.as_ref(), sid.as_deref())).await;
     // The request (headers, cookies) is not kept: an idle connection holds only what it needs.
     let remote = request.remote_addr;
     drop(request);
@@ -461,17 +454,27 @@ async fn open(
     };
     debug!(conn = id, ?remote, "connection opened");
 
-    let mut outbox = if extended {
+    let outbox = if extended {
         // Extended sessions check pongs and re-save themselves on the heartbeat's tick.
         Outbox::with_positions(node.config.outbox).with_ticks()
     } else {
         Outbox::new(node.config.outbox)
     };
-    if let Transport::Tcp(socket) = &transport {
-        outbox = outbox.with_socket(socket.clone());
-    }
+    let outbox = match std::mem::replace(transport, Transport::Stream(Box::new(tokio::io::empty())))
+    {
+        // The outbox takes the socket: broadcasts write to it there, the task reads it there.
+        Transport::Tcp(socket) => {
+            let outbox = Arc::new(outbox.with_socket(*socket));
+            *transport = Transport::Shared(outbox.clone());
+            outbox
+        }
+        other => {
+            *transport = other;
+            Arc::new(outbox)
+        }
+    };
     let mut conn = Connection {
-        outbox: Arc::new(outbox),
+        outbox,
         node: node.clone(),
         id,
         identity,
@@ -590,7 +593,6 @@ async fn finish(mut conn: Connection, exit: Exit, mut transport: Transport) {
             Box::pin(goodbye(&node, &mut transport, pending, Some(bye), code)).await;
         }
     }
-    // Releases the outbox's share of the socket, so closing it below is ours alone.
     conn.outbox.close();
     Box::pin(transport.close(CLOSE_LINGER)).await;
     debug!(conn = id, "connection closed");
@@ -629,9 +631,12 @@ async fn write_frames(
 /// time) for it to take more.
 async fn flush_direct(
     outbox: &Outbox,
-    socket: &tokio::net::TcpStream,
     timeout: Duration,
 ) -> Result<std::io::Result<()>, tokio::time::error::Elapsed> {
+    use ferrocable_websocket::SharedTcp;
+    let Some(socket) = outbox.tcp() else {
+        return Ok(Ok(()));
+    };
     loop {
         match outbox.flush() {
             Ok(Flushed::Empty) => return Ok(Ok(())),
@@ -1146,8 +1151,8 @@ impl Connection {
         }
         let timeout = self.node.config.write_timeout;
         let written = match (&*transport, self.replay.as_mut()) {
-            (Transport::Tcp(socket), None) if self.outbox.writes_directly() => {
-                flush_direct(&self.outbox, socket, timeout).await
+            (Transport::Shared(_), None) if self.outbox.writes_directly() => {
+                flush_direct(&self.outbox, timeout).await
             }
             (_, replay) => {
                 let drained = self.outbox.take();
@@ -2089,7 +2094,7 @@ mod tests {
         );
         // Every idle connection holds this state for its whole life; opening and closing run
         // boxed so it is the idle loop's alone. 1,048 bytes with tokio-websockets' stream in
-        // it and the open and close phases inline; 600 after (our WebSocket layer, phases
+        // it and the open and close phases inline; 624 after (our WebSocket layer, phases
         // boxed).
         assert!(size <= 640, "connection future grew to {size} bytes");
     }

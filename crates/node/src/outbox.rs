@@ -127,9 +127,9 @@ struct State {
     overflowed: bool,
     closed: bool,
     disconnect: Option<DisconnectReason>,
-    /// The socket pushes may write to directly (plain TCP only, until the connection needs
-    /// its frames ordered by its task or closes).
-    socket: Option<Arc<TcpStream>>,
+    /// Whether pushes may write to the socket directly (until the connection needs its
+    /// frames ordered by its task, or closes).
+    direct: bool,
 }
 
 /// One connection's outbound queue. Idle, it holds no heap buffer: the queue is taken
@@ -143,6 +143,10 @@ pub struct Outbox {
     /// Whether the heartbeat wakes the connection's task (its pong-timeout and session
     /// checks ride on it) even though the ping itself was written directly.
     ticks: bool,
+    /// The connection's plain TCP socket, kept here (not behind another pointer) so a
+    /// direct write touches this allocation only; the connection reads it through
+    /// [`ferrocable_websocket::Transport::Shared`].
+    socket: Option<TcpStream>,
 }
 
 /// What [`Outbox::flush`] left.
@@ -165,6 +169,12 @@ pub struct Drained {
     pub disconnect: Option<DisconnectReason>,
 }
 
+impl ferrocable_websocket::SharedTcp for Outbox {
+    fn tcp(&self) -> Option<&TcpStream> {
+        self.socket.as_ref()
+    }
+}
+
 impl Outbox {
     /// Creates an empty outbox.
     pub fn new(limits: OutboxLimits) -> Self {
@@ -174,13 +184,14 @@ impl Outbox {
             limits,
             positions: false,
             ticks: false,
+            socket: None,
         }
     }
 
-    /// Lets pushes write straight to `socket` while nothing is queued. Only for a socket
-    /// nobody else writes to except through this outbox.
-    pub fn with_socket(mut self, socket: Arc<TcpStream>) -> Self {
-        self.state.get_mut().socket = Some(socket);
+    /// Takes the connection's socket: pushes write straight to it while nothing is queued.
+    pub fn with_socket(mut self, socket: TcpStream) -> Self {
+        self.socket = Some(socket);
+        self.state.get_mut().direct = true;
         self
     }
 
@@ -193,12 +204,12 @@ impl Outbox {
     /// Ends direct writes: from now on every frame is queued for the connection's task
     /// (which orders replayed and live frames). Frames already queued stay, first.
     pub fn stop_direct_writes(&self) {
-        self.state.lock().socket = None;
+        self.state.lock().direct = false;
     }
 
     /// Whether pushes may write to the socket directly.
     pub fn writes_directly(&self) -> bool {
-        self.state.lock().socket.is_some()
+        self.state.lock().direct
     }
 
     /// Creates an empty outbox whose connection wants stored messages with their
@@ -233,11 +244,17 @@ impl Outbox {
             self.ready.notify_one();
             return Err(PushError::Overflow);
         }
-        if s.frames.is_empty()
+        if s.direct
+            && s.frames.is_empty()
             && s.disconnect.is_none()
-            && let Some(socket) = &s.socket
+            && let Some(socket) = &self.socket
         {
-            match socket.try_write(frame.bytes()) {
+            // The socket itself, not tokio's `try_write`: that first loads the socket's
+            // readiness from its own allocation, a cache miss per delivery that perf put at
+            // 93 % of `Registration::try_io`'s samples and ~half the server's user CPU in a
+            // 10,000-subscriber broadcast (docs/benchmarks.md). A `WouldBlock` here leaves
+            // tokio's readiness stale; the task's `flush` goes through tokio and clears it.
+            match socket2::SockRef::from(socket).send(frame.bytes()) {
                 Ok(n) if n == len => return Ok(()),
                 // Part of it went: the rest waits for the socket, first in the queue.
                 Ok(n) => frame = OutFrame::Plain(frame.bytes().slice(n..)),
@@ -274,7 +291,7 @@ impl Outbox {
         const BATCH: usize = 64;
         let mut guard = self.state.lock();
         let s = &mut *guard;
-        let Some(socket) = &s.socket else {
+        let Some(socket) = self.socket.as_ref().filter(|_| s.direct) else {
             return Ok(if s.frames.is_empty() {
                 Flushed::Empty
             } else {
@@ -312,11 +329,6 @@ impl Outbox {
         // Free the queue's buffer: an idle connection holds none.
         s.frames = VecDeque::new();
         Ok(Flushed::Empty)
-    }
-
-    /// The socket pushes write to directly, if any (the task waits on its writability).
-    pub fn socket(&self) -> Option<Arc<TcpStream>> {
-        self.state.lock().socket.clone()
     }
 
     /// Whether the outbox overflowed, and the disconnect the node asked for, if any.
@@ -359,7 +371,7 @@ impl Outbox {
         s.closed = true;
         s.frames = VecDeque::new();
         s.bytes = 0;
-        s.socket = None;
+        s.direct = false;
     }
 
     /// Frames waiting to be written.

@@ -11,7 +11,6 @@ use ferrocable_node::websocket::{Decoder, Transport};
 use ferrocable_protocol::{Subprotocol, negotiate};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use hyper_util::rt::TokioIo;
-use std::sync::Arc;
 use tracing::{debug, warn};
 
 use crate::listener::ConnMeta;
@@ -64,7 +63,7 @@ fn refuse(state: &ServerState, status: StatusCode, reason: &'static str, body: S
 pub(crate) fn websocket_io(upgraded: hyper::upgrade::Upgraded) -> (Transport, Decoder) {
     match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
         Ok(parts) => (
-            Transport::Tcp(Arc::new(parts.io.into_inner())),
+            Transport::Tcp(Box::new(parts.io.into_inner())),
             Decoder::with_buffered(&parts.read_buf),
         ),
         Err(upgraded) => (

@@ -22,4 +22,4 @@ mod read;
 
 pub use decode::{CloseFrame, Decoder, Message, WsError};
 pub use frame::CloseCode;
-pub use read::{ReadError, Stream, Transport, read_message};
+pub use read::{ReadError, SharedTcp, Stream, Transport, read_message};

@@ -24,11 +24,28 @@ pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
+/// Something that owns a plain TCP socket and shares it: the connection reads it through
+/// [`Transport::Shared`] while others write to it directly. Whoever implements it keeps the
+/// socket inline, so a direct write touches one allocation, not two.
+pub trait SharedTcp: Send + Sync + 'static {
+    /// The socket (`None` if this owner holds none).
+    fn tcp(&self) -> Option<&TcpStream>;
+}
+
+impl SharedTcp for TcpStream {
+    fn tcp(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
+
 /// The byte stream under one WebSocket connection.
 pub enum Transport {
-    /// A plain TCP socket, shared: its connection reads it on readiness, and broadcasts write
-    /// to it directly (`try_write`) while nothing is queued for it.
-    Tcp(Arc<TcpStream>),
+    /// A plain TCP socket, as an upgrade hands it over: read on readiness. (Boxed: this enum
+    /// lives in every idle connection's task, the socket moves into the outbox at once.)
+    Tcp(Box<TcpStream>),
+    /// A plain TCP socket shared with direct writers (a connection's outbox owns it): its
+    /// connection reads it, broadcasts write to it with `send` while nothing is queued.
+    Shared(Arc<dyn SharedTcp>),
     /// Any other stream (TLS, an in-memory pipe): read the same way through its
     /// `AsyncRead`, written only by its connection's task.
     Stream(Box<dyn Stream>),
@@ -38,6 +55,7 @@ impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Transport::Tcp(s) => f.debug_tuple("Tcp").field(s).finish(),
+            Transport::Shared(s) => f.debug_tuple("Shared").field(&s.tcp()).finish(),
             Transport::Stream(_) => f.write_str("Stream"),
         }
     }
@@ -54,39 +72,72 @@ pub enum ReadError {
     Ws(#[from] WsError),
 }
 
-impl Transport {
-    /// Writes `frames` whole, in order (the connection's own path: the first frames of a
-    /// connection, a goodbye, a stream other than plain TCP).
-    pub async fn write_all(&mut self, frames: &[Bytes]) -> io::Result<()> {
-        match self {
-            Transport::Tcp(s) => {
-                for frame in frames {
-                    let mut at = 0;
-                    while at < frame.len() {
-                        s.writable().await?;
-                        match s.try_write(&frame[at..]) {
-                            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                            Ok(n) => at += n,
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                            Err(e) => return Err(e),
-                        }
-                    }
-                }
-                Ok(())
-            }
-            Transport::Stream(s) => {
-                for frame in frames {
-                    s.write_all(frame).await?;
-                }
-                s.flush().await
-            }
+fn not_connected() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the shared socket is gone")
+}
+
+/// Writes `frame` whole to `socket`, waiting on its writability.
+async fn write_tcp(socket: &TcpStream, frame: &[u8]) -> io::Result<()> {
+    let mut at = 0;
+    while at < frame.len() {
+        socket.writable().await?;
+        match socket.try_write(&frame[at..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => at += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
         }
+    }
+    Ok(())
+}
+
+/// Reads and drops what `socket` still receives until the peer closes.
+async fn drain_tcp(socket: &TcpStream) {
+    let mut buf = [0u8; 512];
+    loop {
+        if socket.readable().await.is_err() {
+            return;
+        }
+        match socket.try_read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+impl Transport {
+    /// The plain TCP socket under this transport, if it is one.
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Transport::Tcp(s) => Some(&**s),
+            Transport::Shared(s) => s.tcp(),
+            Transport::Stream(_) => None,
+        }
+    }
+
+    /// Writes `frames` whole, in order (the connection's own path: the first frames of a
+    /// connection, a goodbye, a stream other than plain TCP). The caller makes sure nobody
+    /// writes to a shared socket meanwhile.
+    pub async fn write_all(&mut self, frames: &[Bytes]) -> io::Result<()> {
+        if let Transport::Stream(s) = self {
+            for frame in frames {
+                s.write_all(frame).await?;
+            }
+            return s.flush().await;
+        }
+        let socket = self.tcp().ok_or_else(not_connected)?;
+        for frame in frames {
+            write_tcp(socket, frame).await?;
+        }
+        Ok(())
     }
 
     /// Closes the connection after the close frame was written: shuts our side down, then
     /// reads and drops what the peer still sends until it closes too, for at most `linger`
     /// (closing with unread bytes would reset the connection and could lose our last frames).
-    /// A TCP socket still shared elsewhere closes when its last owner drops it.
+    /// A shared socket's descriptor is released when its owner drops it.
     pub async fn close(self, linger: std::time::Duration) {
         async fn drain(mut r: impl AsyncRead + Unpin) {
             let mut buf = [0u8; 512];
@@ -97,15 +148,15 @@ impl Transport {
             }
         }
         match self {
-            Transport::Tcp(socket) => {
-                if let Ok(mut socket) = Arc::try_unwrap(socket) {
-                    let _ = socket.shutdown().await;
-                    let _ = tokio::time::timeout(linger, drain(&mut socket)).await;
-                }
-            }
             Transport::Stream(mut s) => {
                 let _ = s.shutdown().await;
                 let _ = tokio::time::timeout(linger, drain(&mut s)).await;
+            }
+            tcp => {
+                if let Some(socket) = tcp.tcp() {
+                    let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
+                    let _ = tokio::time::timeout(linger, drain_tcp(socket)).await;
+                }
             }
         }
     }
@@ -126,7 +177,8 @@ pub async fn read_message(
         loop {
             let step = SCRATCH.with_borrow_mut(|scratch| {
                 let n = match transport {
-                    Transport::Tcp(s) => {
+                    Transport::Tcp(_) | Transport::Shared(_) => {
+                        let s = transport.tcp().ok_or_else(not_connected)?;
                         ready!(s.poll_read_ready(cx))?;
                         match s.try_read(scratch) {
                             Ok(n) => n,
@@ -182,7 +234,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let mut client = TcpStream::connect(addr).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let mut t = Transport::Tcp(Arc::new(server));
+        let mut t = Transport::Shared(Arc::new(server));
         let mut d = Decoder::new();
         // Two messages in one write, then one cut in two writes.
         let mut both = masked(b"one");
