@@ -2,6 +2,7 @@
 """Plots benchmark results as SVG, with no dependency beyond Python 3.
 
     bench/plot.py soak docs/bench/soak-*.jsonl > docs/bench/soak.svg
+    bench/plot.py floor docs/bench/floor-scaling-*.jsonl [--actioncable FILE] > docs/bench/floor.svg
 
 `soak`: server RSS (MiB) against time for every `ferrocable-bench soak` line in the files,
 one line per run, with the baseline sample (after the first minute) and the 1.1x bound of
@@ -97,10 +98,115 @@ def soak(paths):
     print("\n".join(s))
 
 
+def floor(paths, actioncable=None):
+    """Three panels against N: last-receiver p50, server CPU per delivery (user + kernel; the
+    user part dashed), RSS per idle connection. Series: every `series` tag of the pair rows
+    (bench/floor-scaling.sh), the floor, and Rails ActionCable from a cable-bench baseline."""
+    import math
+    series = {}
+    for path in paths:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if not line.startswith("{"):
+                    continue
+                v = json.loads(line)
+                if "error" in v or not v.get("last_p50_ms"):
+                    continue
+                name = "floor (C, epoll)" if v["name"].startswith("floor") else v.get("series", v["name"])
+                cpu = (v.get("user_us_per_delivery") or 0) + (v.get("sys_us_per_delivery") or 0)
+                series.setdefault(name, {}).setdefault(v["n"], []).append(
+                    (v["last_p50_ms"], cpu, v.get("user_us_per_delivery"), v["rss_per_conn_kib"]))
+    if actioncable:
+        with open(actioncable) as f:
+            for line in f:
+                v = json.loads(line)
+                if "adapter=redis puma_workers=0" not in v.get("label", "") or v["connect"]["ready"] != v["n"]:
+                    continue
+                b = v["broadcast"]
+                cpu = b["server_cpu_ms_per_round"] * 1000 / v["n"]
+                series.setdefault("Rails ActionCable 6.1 (node tool)", {}).setdefault(v["n"], []).append(
+                    (b["last_receiver_ms"]["p50"], cpu, None, v["idle"]["rss_per_conn_kb"]))
+
+    def median(xs):
+        xs = sorted(x for x in xs if x is not None)
+        return xs[len(xs) // 2] if xs else None
+
+    points = {name: sorted((n, [median([r[i] for r in rows]) for i in range(4)])
+                           for n, rows in by_n.items()) for name, by_n in series.items()}
+    n_max = nice_max(max(n for pts in points.values() for n, _ in pts))
+    panels = [("last receiver p50 (ms, log)", 0, True), ("server CPU per delivery (µs, log)", 1, True),
+              ("RSS per idle connection (KiB)", 3, False)]
+    pw, ph, gap = 250, 260, 70
+    width, height = LEFT + 3 * pw + 2 * gap + 30, TOP + ph + 70 + 22 * len(points)
+    s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
+         f'<rect width="{width}" height="{height}" fill="white"/>',
+         f'<text x="{LEFT}" y="22" font-size="14">Broadcast to N BenchmarkChannel subscribers '
+         f'(pair.py, same load tool, this 2-core box)</text>']
+    colours = {name: COLOURS[i % len(COLOURS)] for i, name in enumerate(points)}
+    for k, (title, idx, log) in enumerate(panels):
+        x0 = LEFT + k * (pw + gap)
+        vals = [v[idx] for pts in points.values() for _, v in pts if v[idx]]
+        if log:
+            lo, hi = 10 ** math.floor(math.log10(min(vals))), 10 ** math.ceil(math.log10(max(vals)))
+        else:
+            lo, hi = 0, nice_max(max(vals) * 1.1)
+
+        def y(v, lo=lo, hi=hi, log=log):
+            f = (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) if log else (v - lo) / (hi - lo)
+            return TOP + ph * (1 - f)
+
+        def x(n, x0=x0):
+            return x0 + pw * n / n_max
+
+        s.append(f'<text x="{x0}" y="{TOP - 8}">{html.escape(title)}</text>')
+        s.append(f'<rect x="{x0}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>')
+        ticks = [lo * 10 ** i for i in range(int(round(math.log10(hi / lo))) + 1)] if log else [hi * i / 5 for i in range(6)]
+        for t in ticks:
+            s.append(f'<line x1="{x0}" x2="{x0 + pw}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="#ddd"/>')
+            s.append(f'<text x="{x0 - 5}" y="{y(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
+        for i in range(5):
+            n = n_max * i / 4
+            s.append(f'<text x="{x(n):.1f}" y="{TOP + ph + 16}" text-anchor="middle">{n / 1000:g}k</text>')
+        s.append(f'<text x="{x0 + pw / 2}" y="{TOP + ph + 32}" text-anchor="middle">connections</text>')
+        for name, pts in points.items():
+            c = colours[name]
+            xy = [(x(n), y(v[idx])) for n, v in pts if v[idx]]
+            if len(xy) > 1:
+                s.append(f'<polyline points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in xy)}" fill="none" '
+                         f'stroke="{c}" stroke-width="1.8"/>')
+            for a, b in xy:
+                s.append(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3" fill="{c}"/>')
+            if idx == 1:
+                uxy = [(x(n), y(v[2])) for n, v in pts if v[2]]
+                if len(uxy) > 1:
+                    s.append(f'<polyline points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in uxy)}" '
+                             f'fill="none" stroke="{c}" stroke-dasharray="4 3"/>')
+    ly = TOP + ph + 52
+    for i, name in enumerate(points):
+        c = colours[name]
+        s.append(f'<line x1="{LEFT}" x2="{LEFT + 24}" y1="{ly + 22 * i}" y2="{ly + 22 * i}" stroke="{c}" stroke-width="2"/>')
+        s.append(f'<text x="{LEFT + 30}" y="{ly + 22 * i + 4}">{html.escape(name)}</text>')
+    s.append(f'<text x="{LEFT + pw + gap}" y="{ly}" fill="#555">CPU panel: solid user + kernel, '
+             f'dashed user only</text>')
+    s.append("</svg>")
+    print("\n".join(s))
+
+
 def main():
-    if len(sys.argv) < 3 or sys.argv[1] not in ("soak",):
+    if len(sys.argv) >= 3 and sys.argv[1] == "soak":
+        soak(sys.argv[2:])
+    elif len(sys.argv) >= 3 and sys.argv[1] == "floor":
+        args = sys.argv[2:]
+        ac = None
+        if "--actioncable" in args:
+            i = args.index("--actioncable")
+            ac = args[i + 1]
+            del args[i:i + 2]
+        floor(args, ac)
+    else:
         sys.exit(__doc__)
-    soak(sys.argv[2:])
 
 
 if __name__ == "__main__":

@@ -75,6 +75,8 @@ step docs env RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --workspac
 step fuzz-build cargo build --manifest-path fuzz/Cargo.toml
 step build-bin cargo build --locked --bin ferrocable --bin ferrocable-bench --examples
 step bench-smoke scripts/bench-smoke.sh
+# RFC 6455: Autobahn's cases (kosoku 0.1.0 from PyPI) against the binary's own WebSocket layer.
+step autobahn scripts/autobahn.sh
 step npm-install bash -c "cd tests/js && npm ci --no-audit --no-fund && cd ../e2e && npm ci --no-audit --no-fund && cd ../../apps/demo && npm ci --no-audit --no-fund && cd ../../crates/ferrocable && npm ci --no-audit --no-fund"
 step js-test bash -c "cd tests/js && FERROCABLE_BIN='$ROOT/target/debug/ferrocable' npm test"
 step browser-test bash -c "cd tests/e2e && FERROCABLE_BIN='$ROOT/target/debug/ferrocable' npm test"
@@ -84,8 +86,8 @@ passed=0; failed=0
 while read -r p f; do passed=$((passed + p)); failed=$((failed + f)); done < <(
   grep -hE '^test result: ' "$LOG_DIR/cargo-test.log" 2>/dev/null |
     sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/')
-js_pass=$(grep -hE '^# pass ' "$LOG_DIR/js-test.log" "$LOG_DIR/browser-test.log" 2>/dev/null | awk '{s+=$3} END {print s+0}')
-js_fail=$(grep -hE '^# fail ' "$LOG_DIR/js-test.log" "$LOG_DIR/browser-test.log" 2>/dev/null | awk '{s+=$3} END {print s+0}')
+js_pass=$(grep -hE '^# pass ' "$LOG_DIR/js-test.log" "$LOG_DIR/browser-test.log" "$LOG_DIR/autobahn.log" 2>/dev/null | awk '{s+=$3} END {print s+0}')
+js_fail=$(grep -hE '^# fail ' "$LOG_DIR/js-test.log" "$LOG_DIR/browser-test.log" "$LOG_DIR/autobahn.log" 2>/dev/null | awk '{s+=$3} END {print s+0}')
 passed=$((passed + js_pass)); failed=$((failed + js_fail))
 
 if [ ${#failed_steps[@]} -gt 0 ]; then
