@@ -463,6 +463,70 @@ mod tests {
         assert_eq!(o.try_push(frame(1)), Err(PushError::Closed));
     }
 
+    /// A connected pair: the server end inside an outbox, the client end.
+    async fn tcp_outbox(limits: OutboxLimits) -> (Outbox, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (Outbox::new(limits).with_socket(server), client)
+    }
+
+    #[tokio::test]
+    async fn a_push_with_nothing_queued_goes_straight_to_the_socket() {
+        use tokio::io::AsyncReadExt;
+        let (o, mut client) = tcp_outbox(OutboxLimits::default()).await;
+        o.try_push(Bytes::from_static(b"one")).unwrap();
+        o.try_push(Bytes::from_static(b"two")).unwrap();
+        assert!(o.is_empty(), "written, not queued");
+        let mut got = [0u8; 6];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"onetwo");
+        // Once direct writes stop (a replay, a goodbye), pushes queue for the task.
+        o.stop_direct_writes();
+        o.try_push(Bytes::from_static(b"three")).unwrap();
+        assert_eq!(o.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_socket_queues_in_order_and_the_flush_finishes_it() {
+        use tokio::io::AsyncReadExt;
+        let (o, mut client) = tcp_outbox(OutboxLimits {
+            max_bytes: 64 * 1024 * 1024,
+            max_frames: 100_000,
+        })
+        .await;
+        // The client reads nothing: push until the kernel's buffers are full and frames queue.
+        let frame = Bytes::from(vec![b'x'; 16 * 1024]);
+        let mut pushed = 0usize;
+        while o.is_empty() {
+            o.try_push(frame.clone()).unwrap();
+            pushed += 1;
+            assert!(pushed < 10_000, "the socket never filled");
+        }
+        // Queued behind the full socket, in order: a marker, then more.
+        o.try_push(Bytes::from_static(b"END")).unwrap();
+        assert_eq!(o.flush().unwrap(), Flushed::Blocked);
+        let total = pushed * frame.len() + 3;
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; total];
+            client.read_exact(&mut buf).await.unwrap();
+            buf
+        });
+        let socket_writable = || async {
+            use ferrocable_websocket::SharedTcp;
+            o.tcp().unwrap().writable().await.unwrap();
+        };
+        while o.flush().unwrap() == Flushed::Blocked {
+            socket_writable().await;
+        }
+        let buf = reader.await.unwrap();
+        assert!(buf[..total - 3].iter().all(|b| *b == b'x'));
+        assert_eq!(&buf[total - 3..], b"END");
+        assert!(o.is_empty());
+    }
+
     #[tokio::test]
     async fn push_wakes_a_waiting_writer_and_permits_are_not_lost() {
         let o = std::sync::Arc::new(Outbox::new(OutboxLimits::default()));
