@@ -137,8 +137,8 @@ def floor(paths, actioncable=None):
     n_max = nice_max(max(n for pts in points.values() for n, _ in pts))
     panels = [("last receiver p50 (ms, log)", 0, True), ("server CPU per delivery (µs, log)", 1, True),
               ("RSS per idle connection (KiB)", 3, False)]
-    pw, ph, gap = 250, 260, 70
-    width, height = LEFT + 3 * pw + 2 * gap + 30, TOP + ph + 70 + 22 * len(points)
+    pw, ph, gap, top = 250, 260, 70, TOP + 24
+    width, height = LEFT + 3 * pw + 2 * gap + 30, top + ph + 70 + 22 * len(points)
     s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
          f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
          f'<rect width="{width}" height="{height}" fill="white"/>',
@@ -147,7 +147,8 @@ def floor(paths, actioncable=None):
     colours = {name: COLOURS[i % len(COLOURS)] for i, name in enumerate(points)}
     for k, (title, idx, log) in enumerate(panels):
         x0 = LEFT + k * (pw + gap)
-        vals = [v[idx] for pts in points.values() for _, v in pts if v[idx]]
+        vals = [v[i] for pts in points.values() for _, v in pts
+                for i in ((idx, 2) if idx == 1 else (idx,)) if v[i]]
         if log:
             lo, hi = 10 ** math.floor(math.log10(min(vals))), 10 ** math.ceil(math.log10(max(vals)))
         else:
@@ -155,21 +156,21 @@ def floor(paths, actioncable=None):
 
         def y(v, lo=lo, hi=hi, log=log):
             f = (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) if log else (v - lo) / (hi - lo)
-            return TOP + ph * (1 - f)
+            return top + ph * (1 - f)
 
         def x(n, x0=x0):
             return x0 + pw * n / n_max
 
-        s.append(f'<text x="{x0}" y="{TOP - 8}">{html.escape(title)}</text>')
-        s.append(f'<rect x="{x0}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>')
+        s.append(f'<text x="{x0}" y="{top - 8}">{html.escape(title)}</text>')
+        s.append(f'<rect x="{x0}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>')
         ticks = [lo * 10 ** i for i in range(int(round(math.log10(hi / lo))) + 1)] if log else [hi * i / 5 for i in range(6)]
         for t in ticks:
             s.append(f'<line x1="{x0}" x2="{x0 + pw}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="#ddd"/>')
             s.append(f'<text x="{x0 - 5}" y="{y(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
         for i in range(5):
             n = n_max * i / 4
-            s.append(f'<text x="{x(n):.1f}" y="{TOP + ph + 16}" text-anchor="middle">{n / 1000:g}k</text>')
-        s.append(f'<text x="{x0 + pw / 2}" y="{TOP + ph + 32}" text-anchor="middle">connections</text>')
+            s.append(f'<text x="{x(n):.1f}" y="{top + ph + 16}" text-anchor="middle">{n / 1000:g}k</text>')
+        s.append(f'<text x="{x0 + pw / 2}" y="{top + ph + 32}" text-anchor="middle">connections</text>')
         for name, pts in points.items():
             c = colours[name]
             xy = [(x(n), y(v[idx])) for n, v in pts if v[idx]]
@@ -183,7 +184,7 @@ def floor(paths, actioncable=None):
                 if len(uxy) > 1:
                     s.append(f'<polyline points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in uxy)}" '
                              f'fill="none" stroke="{c}" stroke-dasharray="4 3"/>')
-    ly = TOP + ph + 52
+    ly = top + ph + 52
     for i, name in enumerate(points):
         c = colours[name]
         s.append(f'<line x1="{LEFT}" x2="{LEFT + 24}" y1="{ly + 22 * i}" y2="{ly + 22 * i}" stroke="{c}" stroke-width="2"/>')
