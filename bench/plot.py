@@ -18,18 +18,18 @@ LEFT, RIGHT, TOP, BOTTOM = 70, 200, 40, 50
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 
 
-def runs(paths, scenario):
-    out = []
+def json_lines(paths):
+    """Every JSON object line of the files, in order."""
     for path in paths:
         with open(path) as f:
             for line in f:
                 line = line.strip()
-                if not line.startswith("{"):
-                    continue
-                v = json.loads(line)
-                if v.get("scenario") == scenario:
-                    out.append(v)
-    return out
+                if line.startswith("{"):
+                    yield json.loads(line)
+
+
+def runs(paths, scenario):
+    return [v for v in json_lines(paths) if v.get("scenario") == scenario]
 
 
 def nice_max(x):
@@ -104,29 +104,20 @@ def floor(paths, actioncable=None):
     (bench/floor-scaling.sh), the floor, and Rails ActionCable from a cable-bench baseline."""
     import math
     series = {}
-    for path in paths:
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if not line.startswith("{"):
-                    continue
-                v = json.loads(line)
-                if "error" in v or not v.get("last_p50_ms"):
-                    continue
-                name = "floor (C, epoll)" if v["name"].startswith("floor") else v.get("series", v["name"])
-                cpu = (v.get("user_us_per_delivery") or 0) + (v.get("sys_us_per_delivery") or 0)
-                series.setdefault(name, {}).setdefault(v["n"], []).append(
-                    (v["last_p50_ms"], cpu, v.get("user_us_per_delivery"), v["rss_per_conn_kib"]))
-    if actioncable:
-        with open(actioncable) as f:
-            for line in f:
-                v = json.loads(line)
-                if "adapter=redis puma_workers=0" not in v.get("label", "") or v["connect"]["ready"] != v["n"]:
-                    continue
-                b = v["broadcast"]
-                cpu = b["server_cpu_ms_per_round"] * 1000 / v["n"]
-                series.setdefault("Rails ActionCable 6.1 (node tool)", {}).setdefault(v["n"], []).append(
-                    (b["last_receiver_ms"]["p50"], cpu, None, v["idle"]["rss_per_conn_kb"]))
+    for v in json_lines(paths):
+        if "error" in v or not v.get("last_p50_ms"):
+            continue
+        name = "floor (C, epoll)" if v["name"].startswith("floor") else v.get("series", v["name"])
+        cpu = (v.get("user_us_per_delivery") or 0) + (v.get("sys_us_per_delivery") or 0)
+        series.setdefault(name, {}).setdefault(v["n"], []).append(
+            (v["last_p50_ms"], cpu, v.get("user_us_per_delivery"), v["rss_per_conn_kib"]))
+    for v in json_lines([actioncable] if actioncable else []):
+        if "adapter=redis puma_workers=0" not in v.get("label", "") or v["connect"]["ready"] != v["n"]:
+            continue
+        b = v["broadcast"]
+        cpu = b["server_cpu_ms_per_round"] * 1000 / v["n"]
+        series.setdefault("Rails ActionCable 6.1 (node tool)", {}).setdefault(v["n"], []).append(
+            (b["last_receiver_ms"]["p50"], cpu, None, v["idle"]["rss_per_conn_kb"]))
 
     def median(xs):
         xs = sorted(x for x in xs if x is not None)

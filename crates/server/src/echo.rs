@@ -2,17 +2,16 @@
 //! run by `kosoku` in CI) against the server's own WebSocket layer. Served only with the
 //! benchmark channel (`--bench-channel`): no subprotocol, no Origin check, no ActionCable.
 
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use std::time::Duration;
 
 use ferrocable_node::websocket::{CloseCode, Message, ReadError, frame, read_message};
-use http::{HeaderValue, StatusCode, header};
+use http::{StatusCode, header};
 use tokio::time::timeout;
 
 use crate::state::ServerState;
-use crate::upgrade::{accept_key, is_websocket_upgrade, websocket_io};
+use crate::upgrade::{accept_key, is_websocket_upgrade, switching_protocols, websocket_io};
 
 /// Longest an echo waits for the client to take its answer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,13 +63,5 @@ pub(crate) async fn echo(State(state): State<ServerState>, mut req: Request) -> 
         }
         transport.close(Duration::from_secs(1)).await;
     });
-    let mut response = Response::new(Body::empty());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = response.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(v) = HeaderValue::from_str(&accept) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    response
+    switching_protocols(&accept, None)
 }

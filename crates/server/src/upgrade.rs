@@ -165,12 +165,18 @@ pub(crate) async fn cable(State(state): State<ServerState>, mut req: Request) ->
         }
     });
 
+    switching_protocols(&accept, protocol)
+}
+
+/// The 101 answer to an upgrade: `accept` is the `Sec-WebSocket-Accept` value, `protocol` the
+/// negotiated subprotocol, if any.
+pub(crate) fn switching_protocols(accept: &str, protocol: Option<Subprotocol>) -> Response {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = response.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(v) = HeaderValue::from_str(&accept) {
+    if let Ok(v) = HeaderValue::from_str(accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     if let Some(p) = protocol {

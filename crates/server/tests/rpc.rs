@@ -560,6 +560,17 @@ async fn broadcasts_over_the_redisx_adapter_reach_the_stream_once(t: Transport) 
     c.welcomed().await;
     c.subscribe(&room).await;
     let key = format!("__anycable__{}{t:?}", std::process::id());
+    // The node creates its consumer group at `$` (new entries only) when it starts reading: an
+    // entry added before that is never the group's. The group's `MKSTREAM` makes the key.
+    let mut exists = String::new();
+    for _ in 0..500 {
+        exists = redis_cli(&["EXISTS", &key]).await;
+        if exists == ":1" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(exists, ":1", "the node's consumer group was created");
     let data = json!({"action":"publish_redisx","text":"x","key":key});
     let got = until_broadcast(&mut c, &room, data).await;
     assert_eq!(got["message"], json!({"text":"x","via":"redisx"}));
