@@ -342,8 +342,16 @@ pub struct OwnService {
 }
 
 impl OwnService {
-    /// Starts `program args…` and waits until it accepts TCP on `port`.
+    /// Starts `program args…` and waits until it listens on `port` itself.
     pub fn start(program: &str, args: &[&str], port: u16) -> Self {
+        Self::try_start(program, args, port).unwrap_or_else(|| {
+            panic!("{program} did not start on {port} (exited: is the port taken?)")
+        })
+    }
+
+    /// Like [`OwnService::start`], `None` if the program exited or never listened (a spare
+    /// port another process took meanwhile makes it exit, while the other process answers).
+    fn try_start(program: &str, args: &[&str], port: u16) -> Option<Self> {
         let child = std::process::Command::new(program)
             .args(args)
             .stdout(std::process::Stdio::null())
@@ -352,15 +360,37 @@ impl OwnService {
             .unwrap_or_else(|e| {
                 panic!("{program} is installed (scripts/test.sh installs it): {e}")
             });
+        let pid = child.id();
         let mut service = OwnService { child: Some(child) };
         for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return service;
+            let exited = service
+                .child
+                .as_mut()
+                .is_none_or(|c| !matches!(c.try_wait(), Ok(None)));
+            if exited {
+                break;
+            }
+            if listens_on(pid, port) {
+                return Some(service);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         service.stop();
-        panic!("{program} did not start on {port}");
+        None
+    }
+
+    /// Starts `program` with `args(port)` on a spare port, again on another one if the port
+    /// was taken before the program could bind it.
+    pub fn start_on_spare_port(program: &str, args: impl Fn(&str) -> Vec<String>) -> (Self, u16) {
+        for _ in 0..5 {
+            let port = spare_port();
+            let args = args(&port.to_string());
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            if let Some(service) = Self::try_start(program, &args, port) {
+                return (service, port);
+            }
+        }
+        panic!("{program} did not start on any of five spare ports");
     }
 
     /// A Redis that keeps nothing on disk.
@@ -431,6 +461,30 @@ impl Drop for OwnService {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (its inode in
+/// /proc/net/tcp is one of the process's descriptors), so a test never mistakes another
+/// process's server for its own.
+fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let local = format!("0100007F:{port:04X}");
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.len() > 9 && f[1] == local && f[3] == "0A").then(|| format!("socket:[{}]", f[9]))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| inodes.iter().any(|i| target.to_str() == Some(i)))
 }
 
 pub fn spare_port() -> u16 {
