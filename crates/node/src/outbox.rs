@@ -130,9 +130,6 @@ struct State {
     /// Whether pushes may write to the socket directly (until the connection needs its
     /// frames ordered by its task, or closes).
     direct: bool,
-    /// The heartbeat's ping, held for half a period on a direct-write connection so that a
-    /// broadcast arriving meanwhile carries it in the same write (see [`Outbox::hold_ping`]).
-    ping: Option<Bytes>,
 }
 
 /// One connection's outbound queue. Idle, it holds no heap buffer: the queue is taken
@@ -207,14 +204,7 @@ impl Outbox {
     /// Ends direct writes: from now on every frame is queued for the connection's task
     /// (which orders replayed and live frames). Frames already queued stay, first.
     pub fn stop_direct_writes(&self) {
-        let mut s = self.state.lock();
-        s.direct = false;
-        if let Some(ping) = s.ping.take() {
-            s.bytes += ping.len();
-            s.frames.push_back(OutFrame::Plain(ping));
-            drop(s);
-            self.ready.notify_one();
-        }
+        self.state.lock().direct = false;
     }
 
     /// Whether pushes may write to the socket directly.
@@ -254,46 +244,31 @@ impl Outbox {
             self.ready.notify_one();
             return Err(PushError::Overflow);
         }
-        let was_empty = s.frames.is_empty();
         if s.direct
             && s.frames.is_empty()
             && s.disconnect.is_none()
             && let Some(socket) = &self.socket
         {
-            let ping = s.ping.take();
-            let head = ping.as_ref().map_or(0, Bytes::len);
             // The socket itself, not tokio's `try_write`: that first loads the socket's
             // readiness from its own allocation, a cache miss per delivery that perf put at
             // 93 % of `Registration::try_io`'s samples and ~half the server's user CPU in a
             // 10,000-subscriber broadcast (docs/benchmarks.md). A `WouldBlock` here leaves
             // tokio's readiness stale; the task's `flush` goes through tokio and clears it.
-            let sent = match &ping {
-                None => socket2::SockRef::from(socket).send(frame.bytes()),
-                Some(p) => socket2::SockRef::from(socket)
-                    .send_vectored(&[IoSlice::new(p), IoSlice::new(frame.bytes())]),
-            };
-            match (sent, ping) {
-                (Ok(n), _) if n == head + len => return Ok(()),
+            match socket2::SockRef::from(socket).send(frame.bytes()) {
+                Ok(n) if n == len => return Ok(()),
                 // Part of it went: the rest waits for the socket, first in the queue.
-                (Ok(n), Some(p)) if n < head => {
-                    s.bytes += p.len() - n;
-                    s.frames.push_back(OutFrame::Plain(p.slice(n..)));
-                }
-                (Ok(n), _) => frame = OutFrame::Plain(frame.bytes().slice(n - head..)),
+                Ok(n) => frame = OutFrame::Plain(frame.bytes().slice(n..)),
                 // Full, or failing: the task finds out when it writes.
-                (Err(_), Some(p)) => {
-                    s.bytes += p.len();
-                    s.frames.push_back(OutFrame::Plain(p));
-                }
-                (Err(_), None) => {}
+                Err(_) => {}
             }
         }
         s.bytes += frame.bytes().len();
         s.frames.push_back(frame);
+        let first = s.frames.len() == 1;
         drop(s);
         // The writer takes the whole queue when woken, so only the empty → non-empty edge
         // needs a wake-up (a stored permit covers a writer that is busy writing).
-        if was_empty {
+        if first {
             self.ready.notify_one();
         }
         Ok(())
@@ -306,34 +281,6 @@ impl Outbox {
         let _ = self.try_push(frame);
         if self.ticks {
             self.ready.notify_one();
-        }
-    }
-
-    /// The heartbeat's first pass. A direct-write connection holds its ping until the next
-    /// frame written to it (both go in one `sendmsg`) or [`Outbox::flush_ping`], half a period
-    /// later, whichever comes first: a ping sweep is one syscall per connection, and in the
-    /// 200,000-connection fleet sweeps meeting broadcast rounds made the last receiver ~30 %
-    /// later when each ping had a write of its own. Other connections queue it at once.
-    pub fn hold_ping(&self, frame: Bytes) {
-        let mut s = self.state.lock();
-        if s.direct && !s.closed && self.socket.is_some() {
-            // A ping still held from the last period was never sent: the new one replaces it.
-            s.ping = Some(frame);
-            drop(s);
-            if self.ticks {
-                self.ready.notify_one();
-            }
-        } else {
-            drop(s);
-            self.push_tick(frame);
-        }
-    }
-
-    /// The heartbeat's second pass: sends a ping no frame has carried yet.
-    pub fn flush_ping(&self) {
-        let ping = self.state.lock().ping.take();
-        if let Some(ping) = ping {
-            let _ = self.try_push(ping);
         }
     }
 
@@ -425,7 +372,6 @@ impl Outbox {
         s.frames = VecDeque::new();
         s.bytes = 0;
         s.direct = false;
-        s.ping = None;
     }
 
     /// Frames waiting to be written.
@@ -541,36 +487,6 @@ mod tests {
         o.stop_direct_writes();
         o.try_push(Bytes::from_static(b"three")).unwrap();
         assert_eq!(o.len(), 1);
-    }
-
-    #[tokio::test]
-    async fn a_held_ping_rides_with_the_next_frame_or_goes_alone_at_the_flush() {
-        use tokio::io::AsyncReadExt;
-        let (o, mut client) = tcp_outbox(OutboxLimits::default()).await;
-        o.hold_ping(Bytes::from_static(b"P1"));
-        let mut got = [0u8; 1];
-        assert!(
-            tokio::time::timeout(std::time::Duration::from_millis(50), client.read(&mut got))
-                .await
-                .is_err(),
-            "held, not written"
-        );
-        o.try_push(Bytes::from_static(b"data")).unwrap();
-        let mut got = [0u8; 6];
-        client.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"P1data", "one write, the ping first");
-        // Nothing comes: the second pass sends it alone; a flush with nothing held is a no-op.
-        o.hold_ping(Bytes::from_static(b"P2"));
-        o.flush_ping();
-        o.flush_ping();
-        o.try_push(Bytes::from_static(b"x")).unwrap();
-        let mut got = [0u8; 3];
-        client.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"P2x");
-        // Direct writes stopping queue a held ping for the task.
-        o.hold_ping(Bytes::from_static(b"P3"));
-        o.stop_direct_writes();
-        assert_eq!(o.take().frames.len(), 1);
     }
 
     #[tokio::test]
