@@ -10,24 +10,7 @@ use ferrocable_server::checks::deployment_checks;
 use ferrocable_server::{ServeConfig, StartError};
 
 fn own_redis(policy: &str, maxmemory: &str) -> (OwnService, u16) {
-    OwnService::start_on_spare_port("redis-server", |port| {
-        [
-            "--port",
-            port,
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--maxmemory-policy",
-            policy,
-            "--maxmemory",
-            maxmemory,
-        ]
-        .map(String::from)
-        .to_vec()
-    })
+    OwnService::redis_on_spare_port(&["--maxmemory-policy", policy, "--maxmemory", maxmemory])
 }
 
 fn sessions_in(port: u16) -> ServeConfig {

@@ -400,19 +400,14 @@ impl OwnService {
 
     /// A Redis that keeps nothing on disk, with `extra` settings (`--maxmemory-policy …`).
     pub fn redis_with(port: u16, extra: &[&str]) -> Self {
-        let p = port.to_string();
-        let mut args = vec![
-            "--port",
-            &p,
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ];
-        args.extend_from_slice(extra);
+        let args = redis_args(&port.to_string(), extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Self::start("redis-server", &args, port)
+    }
+
+    /// Like [`OwnService::redis_with`] on a spare port (another one if it was taken).
+    pub fn redis_on_spare_port(extra: &[&str]) -> (Self, u16) {
+        Self::start_on_spare_port("redis-server", |port| redis_args(port, extra))
     }
 
     /// A core NATS server.
@@ -461,6 +456,24 @@ impl Drop for OwnService {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A Redis server's arguments: `port`, loopback, nothing on disk, then `extra`.
+fn redis_args(port: &str, extra: &[&str]) -> Vec<String> {
+    [
+        "--port",
+        port,
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|a| a.to_string())
+    .collect()
 }
 
 /// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (its inode in

@@ -562,30 +562,36 @@ async fn broadcasts_over_the_redisx_adapter_reach_the_stream_once(t: Transport) 
     let key = format!("__anycable__{}{t:?}", std::process::id());
     // The node creates its consumer group at `$` (new entries only) when it starts reading: an
     // entry added before that is never the group's. The group's `MKSTREAM` makes the key.
-    let mut exists = String::new();
-    for _ in 0..500 {
-        exists = redis_cli(&["EXISTS", &key]).await;
-        if exists == ":1" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert_eq!(exists, ":1", "the node's consumer group was created");
+    assert_eq!(
+        redis_until(&["EXISTS", &key], ":1", 500).await,
+        ":1",
+        "the node's consumer group was created"
+    );
     let data = json!({"action":"publish_redisx","text":"x","key":key});
     let got = until_broadcast(&mut c, &room, data).await;
     assert_eq!(got["message"], json!({"text":"x","via":"redisx"}));
     // Taken once by the group, acknowledged and deleted: the stream is empty again.
-    let mut len = String::new();
     // The ack follows the delivery: poll the condition for up to 2 s.
-    for _ in 0..200 {
-        len = redis_cli(&["XLEN", &key]).await;
-        if len == ":0" {
+    assert_eq!(
+        redis_until(&["XLEN", &key], ":0", 200).await,
+        ":0",
+        "every entry acknowledged and deleted"
+    );
+    fake_rails::redis_command("127.0.0.1:6379", &["DEL", &key]).await;
+}
+
+/// Repeats a Redis command every 10 ms until it answers `want` (at most `tries` times); the
+/// last answer.
+async fn redis_until(args: &[&str], want: &str, tries: usize) -> String {
+    let mut answer = String::new();
+    for _ in 0..tries {
+        answer = redis_cli(args).await;
+        if answer == want {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert_eq!(len, ":0", "every entry acknowledged and deleted");
-    fake_rails::redis_command("127.0.0.1:6379", &["DEL", &key]).await;
+    answer
 }
 
 /// One Redis command's reply line.

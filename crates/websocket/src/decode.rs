@@ -348,13 +348,6 @@ impl Decoder {
         }
     }
 
-    /// Whether bytes read earlier are waiting to be parsed.
-    pub fn has_buffered(&self) -> bool {
-        self.state
-            .as_ref()
-            .is_some_and(|s| s.start < s.pending.len())
-    }
-
     /// Bytes this decoder holds on the heap (buffered input and a fragmented message).
     pub fn buffered_capacity(&self) -> usize {
         self.state.as_ref().map_or(0, |s| {
