@@ -676,10 +676,15 @@ async fn broadcaster(
 }
 
 /// One timer for the whole node (as Rails does): every period, encode one `ping` frame and
-/// queue the same bytes to every connection, like a broadcast.
+/// give the same bytes to every connection, like a broadcast; a direct-write connection holds
+/// it for half a period so a broadcast can carry it in the same write.
 async fn heartbeat(node: std::sync::Weak<Inner>, period: Duration, shutdown: CancellationToken) {
-    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let start = tokio::time::Instant::now() + period;
+    let mut interval = tokio::time::interval_at(start, period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Half a period after each ping: pings no broadcast carried go out on their own.
+    let mut flush = tokio::time::interval_at(start + period / 2, period);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -687,8 +692,12 @@ async fn heartbeat(node: std::sync::Weak<Inner>, period: Duration, shutdown: Can
                 let Some(node) = node.upgrade() else { return };
                 let at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
                 let frame = ferrocable_websocket::frame::text(&ServerFrame::Ping { at }.encode());
-                node.connections.for_each(|outbox| outbox.push_tick(frame.clone()));
+                node.connections.for_each(|outbox| outbox.hold_ping(frame.clone()));
                 node.sweep_presence();
+            }
+            _ = flush.tick() => {
+                let Some(node) = node.upgrade() else { return };
+                node.connections.for_each(|outbox| outbox.flush_ping());
             }
         }
     }

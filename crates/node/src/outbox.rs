@@ -130,6 +130,15 @@ struct State {
     /// Whether pushes may write to the socket directly (until the connection needs its
     /// frames ordered by its task, or closes).
     direct: bool,
+    /// The heartbeat's ping, held for half a period on a direct-write connection so that a
+    /// broadcast arriving meanwhile carries it in the same write (see [`Outbox::hold_ping`]).
+    ping: Option<Bytes>,
+    /// Whether the heartbeat has pinged this connection before: the first ping is never
+    /// held, so it keeps Rails' schedule (clients count the first period from connecting).
+    pinged: bool,
+    /// Whether a frame other than a ping was pushed since the last ping: only a busy
+    /// connection's ping is held, as only there a frame is likely to come and carry it.
+    busy: bool,
 }
 
 /// One connection's outbound queue. Idle, it holds no heap buffer: the queue is taken
@@ -204,7 +213,14 @@ impl Outbox {
     /// Ends direct writes: from now on every frame is queued for the connection's task
     /// (which orders replayed and live frames). Frames already queued stay, first.
     pub fn stop_direct_writes(&self) {
-        self.state.lock().direct = false;
+        let mut s = self.state.lock();
+        s.direct = false;
+        if let Some(ping) = s.ping.take() {
+            s.bytes += ping.len();
+            s.frames.push_back(OutFrame::Plain(ping));
+            drop(s);
+            self.ready.notify_one();
+        }
     }
 
     /// Whether pushes may write to the socket directly.
@@ -229,9 +245,15 @@ impl Outbox {
 
     /// Queues a frame without waiting. Never blocks on the client.
     pub fn try_push(&self, frame: impl Into<OutFrame>) -> Result<(), PushError> {
-        let mut frame = frame.into();
+        self.push(frame.into(), true)
+    }
+
+    /// [`Outbox::try_push`]; `traffic` says whether the frame makes the connection busy
+    /// (everything but the heartbeat's pings).
+    fn push(&self, mut frame: OutFrame, traffic: bool) -> Result<(), PushError> {
         let len = frame.bytes().len();
         let mut s = self.state.lock();
+        s.busy |= traffic;
         if s.closed {
             return Err(PushError::Closed);
         }
@@ -244,31 +266,46 @@ impl Outbox {
             self.ready.notify_one();
             return Err(PushError::Overflow);
         }
+        let was_empty = s.frames.is_empty();
         if s.direct
             && s.frames.is_empty()
             && s.disconnect.is_none()
             && let Some(socket) = &self.socket
         {
+            let ping = s.ping.take();
+            let head = ping.as_ref().map_or(0, Bytes::len);
             // The socket itself, not tokio's `try_write`: that first loads the socket's
             // readiness from its own allocation, a cache miss per delivery that perf put at
             // 93 % of `Registration::try_io`'s samples and ~half the server's user CPU in a
             // 10,000-subscriber broadcast (docs/benchmarks.md). A `WouldBlock` here leaves
             // tokio's readiness stale; the task's `flush` goes through tokio and clears it.
-            match socket2::SockRef::from(socket).send(frame.bytes()) {
-                Ok(n) if n == len => return Ok(()),
+            let sent = match &ping {
+                None => socket2::SockRef::from(socket).send(frame.bytes()),
+                Some(p) => socket2::SockRef::from(socket)
+                    .send_vectored(&[IoSlice::new(p), IoSlice::new(frame.bytes())]),
+            };
+            match (sent, ping) {
+                (Ok(n), _) if n == head + len => return Ok(()),
                 // Part of it went: the rest waits for the socket, first in the queue.
-                Ok(n) => frame = OutFrame::Plain(frame.bytes().slice(n..)),
+                (Ok(n), Some(p)) if n < head => {
+                    s.bytes += p.len() - n;
+                    s.frames.push_back(OutFrame::Plain(p.slice(n..)));
+                }
+                (Ok(n), _) => frame = OutFrame::Plain(frame.bytes().slice(n - head..)),
                 // Full, or failing: the task finds out when it writes.
-                Err(_) => {}
+                (Err(_), Some(p)) => {
+                    s.bytes += p.len();
+                    s.frames.push_back(OutFrame::Plain(p));
+                }
+                (Err(_), None) => {}
             }
         }
         s.bytes += frame.bytes().len();
         s.frames.push_back(frame);
-        let first = s.frames.len() == 1;
         drop(s);
         // The writer takes the whole queue when woken, so only the empty → non-empty edge
         // needs a wake-up (a stored permit covers a writer that is busy writing).
-        if first {
+        if was_empty {
             self.ready.notify_one();
         }
         Ok(())
@@ -278,9 +315,42 @@ impl Outbox {
     /// that asked for ticks.
     pub fn push_tick(&self, frame: Bytes) {
         // A full outbox already means "too slow"; the ping is not needed then.
-        let _ = self.try_push(frame);
+        let _ = self.push(OutFrame::Plain(frame), false);
         if self.ticks {
             self.ready.notify_one();
+        }
+    }
+
+    /// The heartbeat's first pass. A busy direct-write connection (sent a frame since its last
+    /// ping) holds its ping until the next frame written to it (both go in one `sendmsg`) or
+    /// [`Outbox::flush_ping`], half a period later, whichever comes first: a ping sweep is one
+    /// syscall per connection, and in the 200,000-connection fleet sweeps meeting broadcast
+    /// rounds made the last receiver ~30 % later when each ping had a write of its own. A
+    /// connection's first ping, an idle connection's and any other connection's go at once,
+    /// so pings are at most 1.5 periods apart and the first keeps Rails' schedule.
+    pub fn hold_ping(&self, frame: Bytes) {
+        let mut s = self.state.lock();
+        let hold = s.pinged && s.busy;
+        s.pinged = true;
+        s.busy = false;
+        if hold && s.direct && !s.closed && self.socket.is_some() {
+            // A ping still held from the last period was never sent: the new one replaces it.
+            s.ping = Some(frame);
+            drop(s);
+            if self.ticks {
+                self.ready.notify_one();
+            }
+        } else {
+            drop(s);
+            self.push_tick(frame);
+        }
+    }
+
+    /// The heartbeat's second pass: sends a ping no frame has carried yet.
+    pub fn flush_ping(&self) {
+        let ping = self.state.lock().ping.take();
+        if let Some(ping) = ping {
+            let _ = self.push(OutFrame::Plain(ping), false);
         }
     }
 
@@ -372,6 +442,7 @@ impl Outbox {
         s.frames = VecDeque::new();
         s.bytes = 0;
         s.direct = false;
+        s.ping = None;
     }
 
     /// Frames waiting to be written.
@@ -487,6 +558,60 @@ mod tests {
         o.stop_direct_writes();
         o.try_push(Bytes::from_static(b"three")).unwrap();
         assert_eq!(o.len(), 1);
+    }
+
+    impl Outbox {
+        fn holds_ping(&self) -> bool {
+            self.state.lock().ping.is_some()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_busy_connections_ping_rides_with_the_next_frame_or_goes_alone_at_the_flush() {
+        use tokio::io::AsyncReadExt;
+        let (o, mut client) = tcp_outbox(OutboxLimits::default()).await;
+        // The first ping goes at once, even after traffic (Rails' schedule from connecting).
+        o.try_push(Bytes::from_static(b"welcome")).unwrap();
+        o.hold_ping(Bytes::from_static(b"P0"));
+        assert!(!o.holds_ping());
+        let mut got = [0u8; 9];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"welcomeP0");
+        // Idle since its last ping: the next goes at once too.
+        o.hold_ping(Bytes::from_static(b"P1"));
+        assert!(!o.holds_ping());
+        let mut got = [0u8; 2];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"P1");
+        // Busy: held until the next frame, which carries it in one write, ping first.
+        o.try_push(Bytes::from_static(b"a")).unwrap();
+        client.read_exact(&mut [0u8; 1]).await.unwrap();
+        o.hold_ping(Bytes::from_static(b"P2"));
+        assert!(o.holds_ping(), "held, not written");
+        o.try_push(Bytes::from_static(b"data")).unwrap();
+        assert!(!o.holds_ping());
+        let mut got = [0u8; 6];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"P2data");
+        // Busy, and nothing comes: the second pass sends it alone; a flush with nothing held
+        // sends nothing (the next bytes are the frame pushed after it).
+        o.hold_ping(Bytes::from_static(b"P3"));
+        assert!(o.holds_ping());
+        o.flush_ping();
+        o.flush_ping();
+        assert!(!o.holds_ping());
+        o.try_push(Bytes::from_static(b"x")).unwrap();
+        let mut got = [0u8; 3];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"P3x");
+        // Direct writes stopping queue a held ping for the task.
+        o.hold_ping(Bytes::from_static(b"P4"));
+        assert!(o.holds_ping());
+        o.stop_direct_writes();
+        assert!(!o.holds_ping());
+        let queued = o.take().frames;
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].bytes().as_ref(), b"P4");
     }
 
     #[tokio::test]
