@@ -4,6 +4,8 @@
 # broadcast phase. One JSON line per server and N is appended to OUT, tagged with `n`,
 # `series` and the commit; bench/plot.py floor OUT draws them.
 #   NS="2000 5000 10000 19000" SERIES="ferrocable" bench/floor-scaling.sh
+#   REPEAT=7 NS="10000 19000" bench/floor-scaling.sh   # one run here is +-15 %: take medians
+#   bench/plot.py floor-table OUT                      # medians of each pair's ratios
 #   FERROCABLE_PING_INTERVAL_MS=600000 SERIES="ferrocable, pings off" NS="10000 19000" bench/floor-scaling.sh
 # (ferrocable pings every connection every 3 s as Rails does; the floor never pings, so the
 # second form measures the fan-out alone.)
@@ -13,15 +15,16 @@ OUT=${OUT:-docs/bench/floor-scaling-$(date +%F).jsonl}
 NS=${NS:-"2000 5000 10000 19000"}
 ROUNDS=${ROUNDS:-10}
 SERIES=${SERIES:-ferrocable}
+REPEAT=${REPEAT:-1}
 [ -f target/peers/floor/pair.py ] || { mkdir -p target/peers && cp -r ../shared/peers/floor target/peers/; }
 cargo build --release --bins >/dev/null
 REV=$(git rev-parse --short HEAD)
-for n in $NS; do
+for n in $NS; do for _ in $(seq "$REPEAT"); do
   { python3 target/peers/floor/pair.py --n "$n" --rounds "$ROUNDS" || true; } | tee /dev/stderr | grep '^{' |
     N="$n" S="$SERIES" R="$REV" python3 -c '
 import json, os, sys
 for line in sys.stdin:
     v = json.loads(line); v.update(n=int(os.environ["N"]), series=os.environ["S"], rev=os.environ["R"])
     print(json.dumps(v))' >> "$OUT"
-done
+done; done
 echo "appended to $OUT" >&2

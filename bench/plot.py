@@ -3,6 +3,7 @@
 
     bench/plot.py soak docs/bench/soak-*.jsonl > docs/bench/soak.svg
     bench/plot.py floor docs/bench/floor-scaling-*.jsonl [--actioncable FILE] > docs/bench/floor.svg
+    bench/plot.py floor-table docs/bench/floor-scaling-*.jsonl [--rev REV]
 
 `soak`: server RSS (MiB) against time for every `ferrocable-bench soak` line in the files,
 one line per run, with the baseline sample (after the first minute) and the 1.1x bound of
@@ -186,6 +187,49 @@ def floor(paths, actioncable=None):
     print("\n".join(s))
 
 
+def pairs(paths, rev=None):
+    """(floor row, ferrocable row) of every pair.py run in the files: a floor line and the
+    ferrocable line after it (bench/floor-scaling.sh writes them in that order)."""
+    floor_row = None
+    for v in json_lines(paths):
+        if v.get("name", "").startswith("floor"):
+            floor_row = v
+        elif floor_row is not None and "error" not in v and "error" not in floor_row:
+            if rev is None or v.get("rev") == rev:
+                yield floor_row, v
+            floor_row = None
+
+
+def floor_table(paths, rev=None):
+    """A Markdown table per series and N: medians over the runs of each pair's ratios (a run
+    here varies by +-15 %, and both servers of a pair share the machine's state)."""
+    def median(xs):
+        xs = sorted(xs)
+        return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+    groups = {}
+    for fl, fe in pairs(paths, rev):
+        groups.setdefault((fe.get("series", fe["name"]), fe["n"]), []).append((fl, fe))
+    print("| series | N | runs | last p50 / floor | user+kernel / floor | user µs (floor) "
+          "| kernel µs (floor) | KiB RSS / conn | connect / floor | missing |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for (name, n), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        def m(f):
+            return median([f(fl, fe) for fl, fe in rows])
+
+        def cpu(r):
+            return r["user_us_per_delivery"] + r["sys_us_per_delivery"]
+
+        print(f"| {name} | {n:,} | {len(rows)} "
+              f"| {m(lambda fl, fe: fe['last_p50_ms'] / fl['last_p50_ms']):.2f}x "
+              f"| {m(lambda fl, fe: cpu(fe) / cpu(fl)):.2f}x "
+              f"| {m(lambda fl, fe: fe['user_us_per_delivery']):.2f} ({m(lambda fl, fe: fl['user_us_per_delivery']):.2f}) "
+              f"| {m(lambda fl, fe: fe['sys_us_per_delivery']):.1f} ({m(lambda fl, fe: fl['sys_us_per_delivery']):.1f}) "
+              f"| {m(lambda fl, fe: fe['rss_per_conn_kib']):.2f} "
+              f"| {m(lambda fl, fe: fe['connect_per_s'] / fl['connect_per_s']):.2f}x "
+              f"| {sum(fe['missing'] for _, fe in rows)} |")
+
+
 def main():
     if len(sys.argv) >= 3 and sys.argv[1] == "soak":
         soak(sys.argv[2:])
@@ -197,6 +241,14 @@ def main():
             ac = args[i + 1]
             del args[i:i + 2]
         floor(args, ac)
+    elif len(sys.argv) >= 3 and sys.argv[1] == "floor-table":
+        args = sys.argv[2:]
+        rev = None
+        if "--rev" in args:
+            i = args.index("--rev")
+            rev = args[i + 1]
+            del args[i:i + 2]
+        floor_table(args, rev)
     else:
         sys.exit(__doc__)
 
