@@ -184,6 +184,26 @@ impl Registry {
             }
         }
     }
+
+    /// Calls `f` on the outboxes of slice `slice` of `slices` (shards `i` with
+    /// `i % slices == slice`): the slices together are every outbox, each once.
+    pub(crate) fn for_each_in_slice(
+        &self,
+        slice: u32,
+        slices: u32,
+        mut f: impl FnMut(&Arc<Outbox>),
+    ) {
+        for shard in self
+            .shards
+            .iter()
+            .skip(slice as usize)
+            .step_by(slices.max(1) as usize)
+        {
+            for outbox in shard.lock().values() {
+                f(outbox);
+            }
+        }
+    }
 }
 
 impl Inner {
@@ -675,16 +695,29 @@ async fn broadcaster(
     }
 }
 
+/// How many slices the heartbeat cuts a period into: each tick pings the connections of one
+/// slice of the registry's shards, so every connection still gets a ping every period, but a
+/// node's pings go out as 16 small sweeps rather than one burst. In the 200,000-connection
+/// fleet a whole-node sweep (one `send` per connection, all nodes at once) landed on some
+/// broadcast rounds and not others: rounds of ~2.3 s and rounds of ~4 s (docs/benchmarks.md).
+const HEARTBEAT_SLICES: u32 = 16;
+
 /// One timer for the whole node (as Rails does): every period, encode one `ping` frame and
-/// give the same bytes to every connection, like a broadcast; a direct-write connection holds
-/// it for half a period so a broadcast can carry it in the same write.
+/// give the same bytes to every connection, like a broadcast, a slice of the connections per
+/// tick; a busy direct-write connection holds it for half a period so a broadcast can carry it
+/// in the same write ([`Outbox::hold_ping`]).
 async fn heartbeat(node: std::sync::Weak<Inner>, period: Duration, shutdown: CancellationToken) {
-    let start = tokio::time::Instant::now() + period;
-    let mut interval = tokio::time::interval_at(start, period);
+    // Periods under 16 ms (tests) still take two slices, so a held ping's flush half a period
+    // later is always some other tick's work.
+    let slices = if period >= Duration::from_millis(u64::from(HEARTBEAT_SLICES)) {
+        HEARTBEAT_SLICES
+    } else {
+        2
+    };
+    let tick = (period / slices).max(Duration::from_micros(100));
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Half a period after each ping: pings no broadcast carried go out on their own.
-    let mut flush = tokio::time::interval_at(start + period / 2, period);
-    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut slice = 0u32;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -692,12 +725,17 @@ async fn heartbeat(node: std::sync::Weak<Inner>, period: Duration, shutdown: Can
                 let Some(node) = node.upgrade() else { return };
                 let at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
                 let frame = ferrocable_websocket::frame::text(&ServerFrame::Ping { at }.encode());
-                node.connections.for_each(|outbox| outbox.hold_ping(frame.clone()));
-                node.sweep_presence();
-            }
-            _ = flush.tick() => {
-                let Some(node) = node.upgrade() else { return };
-                node.connections.for_each(|outbox| outbox.flush_ping());
+                let connections = &node.connections;
+                connections.for_each_in_slice(slice, slices, |outbox| outbox.hold_ping(frame.clone()));
+                // The slice pinged half a period ago: its pings no broadcast carried go alone.
+                let pinged_half_a_period_ago = (slice + slices - slices / 2) % slices;
+                connections.for_each_in_slice(pinged_half_a_period_ago, slices, |outbox| {
+                    outbox.flush_ping()
+                });
+                if slice == 0 {
+                    node.sweep_presence();
+                }
+                slice = (slice + 1) % slices;
             }
         }
     }
@@ -863,5 +901,40 @@ impl Node {
         ShutdownReport {
             remaining: self.inner.tracker.len(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_heartbeats_slices_reach_every_connection_once() {
+        let registry = Registry::new(64);
+        for id in 0..1000u64 {
+            registry.insert(id, Arc::new(Outbox::new(OutboxLimits::default())));
+        }
+        let mut seen = std::collections::HashMap::<usize, u32>::new();
+        let mut per_slice = Vec::new();
+        for slice in 0..HEARTBEAT_SLICES {
+            let mut n = 0;
+            registry.for_each_in_slice(slice, HEARTBEAT_SLICES, |o| {
+                *seen.entry(Arc::as_ptr(o) as usize).or_default() += 1;
+                n += 1;
+            });
+            per_slice.push(n);
+        }
+        assert_eq!(seen.len(), 1000, "every connection is in some slice");
+        assert!(seen.values().all(|&c| c == 1), "and in one only");
+        // Ids are sequential, so the slices are even: no slice is a burst.
+        assert!(
+            per_slice.iter().all(|&n| (62..=63).contains(&n)),
+            "{per_slice:?}"
+        );
+        // Two slices (short periods) cover everything too.
+        let mut n = 0;
+        registry.for_each_in_slice(0, 2, |_| n += 1);
+        registry.for_each_in_slice(1, 2, |_| n += 1);
+        assert_eq!(n, 1000);
     }
 }
