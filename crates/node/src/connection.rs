@@ -28,7 +28,7 @@ use crate::auth::{ConnectRequest, Identity};
 use crate::broker::new_sid;
 use crate::channel::{ChannelContext, DynChannel, Effects, PerformError};
 use crate::hub::ConnId;
-use crate::node::Inner;
+use crate::node::{Inner, Node};
 use crate::outbox::{Flushed, OutFrame, Outbox, StreamKey};
 use crate::remote::{
     CallError, CommandCall, CommandKind, CommandReply, ConnectCall, DisconnectCall, Env, State,
@@ -396,6 +396,22 @@ impl Drop for Gauge<'_> {
 /// How long a closing connection waits for the peer to close its side after ours (so the
 /// last frames are not lost to a reset).
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+impl Node {
+    /// Runs a connection on an upgraded WebSocket until it ends: `transport` is the socket
+    /// (plain TCP gets direct writes), `decoder` holds any bytes read past the upgrade. Call
+    /// it from a task that [`Node::spawn_tracked`] started, so that shutdown waits for it.
+    ///
+    /// The request is boxed: an idle connection's task then holds it once, not twice.
+    pub async fn run_connection(
+        &self,
+        transport: Transport,
+        decoder: Decoder,
+        request: Box<ConnectRequest>,
+    ) {
+        run(self.inner.clone(), transport, decoder, request).await;
+    }
+}
 
 /// Runs one connection to its end.
 ///

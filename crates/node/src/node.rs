@@ -9,7 +9,6 @@ use bytes::Bytes;
 use ferrocable_protocol::{
     DEFAULT_MAX_COMMAND_BYTES, DisconnectReason, ServerFrame, StreamPosition,
 };
-use ferrocable_websocket::{Decoder, Transport};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use parking_lot::Mutex;
@@ -462,7 +461,7 @@ impl Inner {
 /// A cable node. Cheap to clone; all clones share one hub.
 #[derive(Clone)]
 pub struct Node {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Node {
@@ -860,20 +859,6 @@ impl Node {
     /// Whether shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.inner.shutdown.is_cancelled()
-    }
-
-    /// Runs a connection on an upgraded WebSocket until it ends: `transport` is the socket
-    /// (plain TCP gets direct writes), `decoder` holds any bytes read past the upgrade. Call
-    /// it from a task that [`Node::spawn_tracked`] started, so that shutdown waits for it.
-    ///
-    /// The request is boxed: an idle connection's task then holds it once, not twice.
-    pub async fn run_connection(
-        &self,
-        transport: Transport,
-        decoder: Decoder,
-        request: Box<ConnectRequest>,
-    ) {
-        crate::connection::run(self.inner.clone(), transport, decoder, request).await;
     }
 
     /// Spawns a task that shutdown waits for (e.g. one awaiting an HTTP upgrade).
