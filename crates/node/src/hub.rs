@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use ferrocable_protocol::{
     Identifier, StreamPosition, encode_data_frame, encode_data_frame_at, encode_json_string,
 };
@@ -185,7 +184,7 @@ impl Hub {
         });
         for group in groups {
             // Plain and positioned frames are each encoded at most once per group.
-            let mut plain: Option<Bytes> = None;
+            let mut plain: Option<OutFrame> = None;
             let mut positioned: Option<OutFrame> = None;
             for (conn, outbox) in &group.members {
                 if Some(*conn) == except {
@@ -193,36 +192,30 @@ impl Hub {
                 }
                 let frame = match &literals {
                     Some((stream_literal, epoch_literal, offset)) if outbox.wants_positions() => {
-                        positioned
-                            .get_or_insert_with(|| {
-                                report.encoded += 1;
-                                OutFrame::Live {
-                                    bytes: frame::text(&encode_data_frame_at(
-                                        &group.identifier_literal,
-                                        message.get(),
-                                        stream_literal,
-                                        epoch_literal,
-                                        *offset,
-                                    )),
-                                    key: group.key.clone(),
-                                    offset: *offset,
-                                }
-                            })
-                            .clone()
-                    }
-                    _ => OutFrame::Plain(
-                        plain
-                            .get_or_insert_with(|| {
-                                report.encoded += 1;
-                                frame::text(&encode_data_frame(
+                        &*positioned.get_or_insert_with(|| {
+                            report.encoded += 1;
+                            OutFrame::Live {
+                                bytes: frame::text(&encode_data_frame_at(
                                     &group.identifier_literal,
                                     message.get(),
-                                ))
-                            })
-                            .clone(),
-                    ),
+                                    stream_literal,
+                                    epoch_literal,
+                                    *offset,
+                                )),
+                                key: group.key.clone(),
+                                offset: *offset,
+                            }
+                        })
+                    }
+                    _ => &*plain.get_or_insert_with(|| {
+                        report.encoded += 1;
+                        OutFrame::Plain(frame::text(&encode_data_frame(
+                            &group.identifier_literal,
+                            message.get(),
+                        )))
+                    }),
                 };
-                match outbox.try_push(frame) {
+                match outbox.try_push_shared(frame) {
                     Ok(()) => report.delivered += 1,
                     Err(PushError::Overflow) => report.overflowed += 1,
                     Err(PushError::Closed) => {}
@@ -247,17 +240,17 @@ impl Hub {
         };
         let type_literal = encode_json_string(frame_type);
         for group in groups {
-            let bytes = frame::text(
+            let typed = OutFrame::Plain(frame::text(
                 format!(
                     "{{\"type\":{type_literal},\"identifier\":{},\"message\":{}}}",
                     group.identifier_literal,
                     message.get()
                 )
                 .as_bytes(),
-            );
+            ));
             report.encoded += 1;
             for outbox in group.members.values() {
-                match outbox.try_push(OutFrame::Plain(bytes.clone())) {
+                match outbox.try_push_shared(&typed) {
                     Ok(()) => report.delivered += 1,
                     Err(PushError::Overflow) => report.overflowed += 1,
                     Err(PushError::Closed) => {}

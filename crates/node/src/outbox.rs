@@ -245,12 +245,18 @@ impl Outbox {
 
     /// Queues a frame without waiting. Never blocks on the client.
     pub fn try_push(&self, frame: impl Into<OutFrame>) -> Result<(), PushError> {
-        self.push(frame.into(), true)
+        self.push(&frame.into(), true)
+    }
+
+    /// [`Outbox::try_push`] for a frame many outboxes get (a broadcast): it is cloned only if
+    /// it has to wait in the queue, so a direct write costs no reference count per socket.
+    pub fn try_push_shared(&self, frame: &OutFrame) -> Result<(), PushError> {
+        self.push(frame, true)
     }
 
     /// [`Outbox::try_push`]; `traffic` says whether the frame makes the connection busy
     /// (everything but the heartbeat's pings).
-    fn push(&self, mut frame: OutFrame, traffic: bool) -> Result<(), PushError> {
+    fn push(&self, frame: &OutFrame, traffic: bool) -> Result<(), PushError> {
         let len = frame.bytes().len();
         let mut s = self.state.lock();
         s.busy |= traffic;
@@ -267,6 +273,8 @@ impl Outbox {
             return Err(PushError::Overflow);
         }
         let was_empty = s.frames.is_empty();
+        // What is left of `frame` after a partial direct write.
+        let mut rest = None;
         if s.direct
             && s.frames.is_empty()
             && s.disconnect.is_none()
@@ -291,7 +299,7 @@ impl Outbox {
                     s.bytes += p.len() - n;
                     s.frames.push_back(OutFrame::Plain(p.slice(n..)));
                 }
-                (Ok(n), _) => frame = OutFrame::Plain(frame.bytes().slice(n - head..)),
+                (Ok(n), _) => rest = Some(OutFrame::Plain(frame.bytes().slice(n - head..))),
                 // Full, or failing: the task finds out when it writes.
                 (Err(_), Some(p)) => {
                     s.bytes += p.len();
@@ -300,8 +308,9 @@ impl Outbox {
                 (Err(_), None) => {}
             }
         }
-        s.bytes += frame.bytes().len();
-        s.frames.push_back(frame);
+        let queued = rest.unwrap_or_else(|| frame.clone());
+        s.bytes += queued.bytes().len();
+        s.frames.push_back(queued);
         drop(s);
         // The writer takes the whole queue when woken, so only the empty → non-empty edge
         // needs a wake-up (a stored permit covers a writer that is busy writing).
@@ -315,7 +324,7 @@ impl Outbox {
     /// that asked for ticks.
     pub fn push_tick(&self, frame: Bytes) {
         // A full outbox already means "too slow"; the ping is not needed then.
-        let _ = self.push(OutFrame::Plain(frame), false);
+        let _ = self.push(&OutFrame::Plain(frame), false);
         if self.ticks {
             self.ready.notify_one();
         }
@@ -350,7 +359,7 @@ impl Outbox {
     pub fn flush_ping(&self) {
         let ping = self.state.lock().ping.take();
         if let Some(ping) = ping {
-            let _ = self.push(OutFrame::Plain(ping), false);
+            let _ = self.push(&OutFrame::Plain(ping), false);
         }
     }
 
