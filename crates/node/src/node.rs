@@ -176,12 +176,8 @@ impl Registry {
     }
 
     /// Calls `f` on every outbox; holds one shard lock at a time and never awaits.
-    pub(crate) fn for_each(&self, mut f: impl FnMut(&Arc<Outbox>)) {
-        for shard in self.shards.iter() {
-            for outbox in shard.lock().values() {
-                f(outbox);
-            }
-        }
+    pub(crate) fn for_each(&self, f: impl FnMut(&Arc<Outbox>)) {
+        self.for_each_in_slice(0, 1, f);
     }
 
     /// Calls `f` on the outboxes of slice `slice` of `slices` (shards `i` with

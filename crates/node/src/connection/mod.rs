@@ -860,13 +860,8 @@ impl Connection {
             Some(Value::String(a)) if !a.is_empty() => a.clone(),
             _ => String::from("receive"),
         };
-        let mut ctx = ChannelContext::new(
-            identifier.clone(),
-            params_of(&identifier),
-            self.identity.clone(),
-            sub.streams.clone(),
-        )
-        .on_node(crate::Node::from_inner(self.node.clone()));
+        let mut ctx =
+            self.channel_context(&identifier, params_of(&identifier), sub.streams.clone());
         self.running = Some(Box::pin(async move {
             let result = channel.perform(&mut ctx, &action, data).await;
             Finished::Performed(Box::new(Performed {
@@ -876,6 +871,18 @@ impl Connection {
                 effects: ctx.into_effects(),
             }))
         }));
+    }
+
+    /// What a Rust channel's callback gets: this connection's identity, the subscription's
+    /// identifier, params and streams, and the node.
+    fn channel_context(
+        &self,
+        identifier: &Identifier,
+        params: Arc<Map<String, Value>>,
+        streams: Vec<String>,
+    ) -> ChannelContext {
+        ChannelContext::new(identifier.clone(), params, self.identity.clone(), streams)
+            .on_node(crate::Node::from_inner(self.node.clone()))
     }
 
     /// Applies a finished action: streams, transmissions, broadcasts, then its error, if any.

@@ -201,13 +201,7 @@ impl Connection {
             return;
         };
         let params = Arc::new(parsed.params);
-        let mut ctx = ChannelContext::new(
-            identifier.clone(),
-            params.clone(),
-            self.identity.clone(),
-            Vec::new(),
-        )
-        .on_node(crate::Node::from_inner(self.node.clone()));
+        let mut ctx = self.channel_context(&identifier, params.clone(), Vec::new());
         channel.subscribed(&mut ctx).await;
         let effects = ctx.into_effects();
         if effects.rejected {
@@ -319,13 +313,8 @@ impl Connection {
         }
         let mut effects = Effects::default();
         if let Handler::Local(channel) = &sub.handler {
-            let mut ctx = ChannelContext::new(
-                identifier.clone(),
-                params_of(&identifier),
-                self.identity.clone(),
-                sub.streams.clone(),
-            )
-            .on_node(crate::Node::from_inner(self.node.clone()));
+            let mut ctx =
+                self.channel_context(&identifier, params_of(&identifier), sub.streams.clone());
             channel.unsubscribed(&mut ctx).await;
             effects = ctx.into_effects();
         }
