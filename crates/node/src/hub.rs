@@ -3,7 +3,7 @@
 //! A stream name hashes onto one of N shards, each behind its own lock. Subscribers of a
 //! stream are grouped by channel identifier, because the frame a subscriber receives
 //! depends only on (stream message, identifier): a broadcast is encoded **once per group**
-//! as a complete WebSocket frame in shared [`Bytes`], and every member's outbox gets the same
+//! as a complete WebSocket frame in shared [`Bytes`](bytes::Bytes), and every member's outbox gets the same
 //! bytes (written straight to the socket when nothing is queued there).
 //! Fan-out only `try_push`es (no `.await`), so a shard lock is never held across a
 //! suspension point and a slow client never slows the others.
