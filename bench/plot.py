@@ -3,7 +3,7 @@
 
     bench/plot.py soak docs/bench/soak-*.jsonl > docs/bench/soak.svg
     bench/plot.py floor docs/bench/floor-scaling-*.jsonl [--actioncable FILE] > docs/bench/floor.svg
-    bench/plot.py floor-table docs/bench/floor-scaling-*.jsonl [--rev REV]
+    bench/plot.py floor-table docs/bench/floor-scaling-*.jsonl [--rev REV] [--pool REGEX]
 
 `soak`: server RSS (MiB) against time for every `ferrocable-bench soak` line in the files,
 one line per run, with the baseline sample (after the first minute) and the 1.1x bound of
@@ -12,6 +12,7 @@ each run marked, and the midway event (a Redis restart) as a vertical rule.
 
 import html
 import json
+import re
 import sys
 
 W, H = 760, 420
@@ -200,16 +201,21 @@ def pairs(paths, rev=None):
             floor_row = None
 
 
-def floor_table(paths, rev=None):
+def floor_table(paths, rev=None, pool=None):
     """A Markdown table per series and N: medians over the runs of each pair's ratios (a run
-    here varies by +-15 %, and both servers of a pair share the machine's state)."""
+    here varies by +-15 %, and both servers of a pair share the machine's state). `pool`, a
+    regular expression, is removed from series names first, so sets of runs of one series
+    taken at different times count as one (e.g. `--pool ', set [0-9]+'`)."""
     def median(xs):
         xs = sorted(xs)
         return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
 
     groups = {}
     for fl, fe in pairs(paths, rev):
-        groups.setdefault((fe.get("series", fe["name"]), fe["n"]), []).append((fl, fe))
+        name = fe.get("series", fe["name"])
+        if pool:
+            name = re.sub(pool, "", name)
+        groups.setdefault((name, fe["n"]), []).append((fl, fe))
     print("| series | N | runs | last p50 / floor | user+kernel / floor | user µs (floor) "
           "| kernel µs (floor) | KiB RSS / conn | connect / floor | missing |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -248,7 +254,12 @@ def main():
             i = args.index("--rev")
             rev = args[i + 1]
             del args[i:i + 2]
-        floor_table(args, rev)
+        pool = None
+        if "--pool" in args:
+            i = args.index("--pool")
+            pool = args[i + 1]
+            del args[i:i + 2]
+        floor_table(args, rev, pool)
     else:
         sys.exit(__doc__)
 
