@@ -254,12 +254,19 @@ mod tests {
         out
     }
 
+    /// A connected loopback pair: (client, server).
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
     #[tokio::test]
     async fn reads_messages_from_tcp_and_keeps_nothing_while_idle() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut client = TcpStream::connect(addr).await.unwrap();
-        let (server, _) = listener.accept().await.unwrap();
+        let (mut client, server) = tcp_pair().await;
         let mut t = Transport::Shared(Arc::new(server));
         let mut d = Decoder::new();
         // Two messages in one write, then one cut in two writes.
@@ -299,10 +306,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_short_read_clears_readiness_and_the_next_message_still_arrives() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut client = TcpStream::connect(addr).await.unwrap();
-        let (server, _) = listener.accept().await.unwrap();
+        let (mut client, server) = tcp_pair().await;
         let server = Arc::new(server);
         let mut t = Transport::Shared(server.clone());
         let mut d = Decoder::new();
