@@ -13,6 +13,7 @@ pub mod checks;
 pub mod cli;
 pub mod config;
 mod echo;
+mod handshake;
 pub mod listener;
 pub mod origin;
 pub mod page;
@@ -448,11 +449,16 @@ pub async fn start(
     };
     backends::ingress(config, &node)?;
     let cable = Cable::new(node.clone(), site);
+    let handshake = Arc::new(handshake::CableHandshake::new(
+        state.clone(),
+        &config.mount_path,
+    ));
     let router = app::router(state, config, &app.assets, pages, cable);
     let http = tokio_util::task::TaskTracker::new();
     let accept = tokio::spawn(listener::accept_loop(
         listener,
         router,
+        handshake,
         tls,
         node.shutdown_token(),
         http.clone(),

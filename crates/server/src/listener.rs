@@ -20,6 +20,8 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 use tracing::{debug, warn};
 
+use crate::handshake::{CableHandshake, FirstRequest};
+
 /// Facts about the TCP connection a request arrived on, put in the request's extensions.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnMeta {
@@ -31,10 +33,13 @@ pub struct ConnMeta {
 
 /// Accepts connections until `shutdown` is cancelled. Each HTTP connection runs in a task of
 /// `http`, so shutdown can wait for the requests in flight; on shutdown, keep-alive
-/// connections finish the request they serve and close.
+/// connections finish the request they serve and close. A plain TCP connection whose first
+/// request is the cable's upgrade is upgraded by `cable` on the raw socket; every other
+/// connection is hyper's.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     router: Router,
+    cable: Arc<CableHandshake>,
     tls: Option<Arc<crate::tls::Acceptor>>,
     shutdown: CancellationToken,
     http: TaskTracker,
@@ -59,19 +64,18 @@ pub(crate) async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
+        let cable = cable.clone();
         let tls = tls.clone();
         let shutdown = shutdown.clone();
         http.spawn(async move {
             match tls {
-                None => {
-                    serve_http(
-                        TokioIo::new(stream),
-                        router,
-                        ConnMeta { remote, tls: false },
-                        shutdown,
-                    )
-                    .await
-                }
+                None => match cable.serve(stream, remote, &shutdown).await {
+                    FirstRequest::Upgraded | FirstRequest::Gone => {}
+                    FirstRequest::Http(stream) => {
+                        let meta = ConnMeta { remote, tls: false };
+                        serve_http(TokioIo::new(stream), router, meta, shutdown).await
+                    }
+                },
                 #[cfg(feature = "tls")]
                 Some(acceptor) => {
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
@@ -103,7 +107,7 @@ where
     let svc = TowerToHyperService::new(svc);
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(crate::handshake::HEAD_TIMEOUT)
         .serve_connection(io, svc)
         .with_upgrades();
     let mut conn = std::pin::pin!(conn);

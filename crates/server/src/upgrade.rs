@@ -13,6 +13,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use tracing::{debug, warn};
 
+use crate::handshake::Prefixed;
 use crate::listener::ConnMeta;
 use crate::state::ServerState;
 
@@ -51,21 +52,149 @@ pub fn accept_key(key: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
 }
 
-fn refuse(state: &ServerState, status: StatusCode, reason: &'static str, body: String) -> Response {
-    state.node.metrics().refused_upgrade(reason);
-    // A refused upgrade ends the exchange: the client wanted a socket, not a keep-alive.
-    (status, [(header::CONNECTION, "close")], body).into_response()
+/// Why an upgrade to the cable was refused, decided before any answer is written so that the
+/// handshake read off the raw socket ([`crate::handshake`]) can leave a refusal to hyper, which
+/// answers and counts it once.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// No `Connection: upgrade` / `Upgrade: websocket` (Rails answers 404).
+    NotWebSocket,
+    /// The Origin is not allowed (the header's value, or `(none)`).
+    Origin(String),
+    /// `Sec-WebSocket-Version` is not 13.
+    Version,
+    /// No `Sec-WebSocket-Key`.
+    Key,
+    /// The node is shutting down.
+    ShuttingDown,
+}
+
+impl Refusal {
+    /// The answer to the client, counted in `ferrocable_refused_upgrades_total`.
+    pub(crate) fn into_response(self, state: &ServerState) -> Response {
+        let (status, reason, body) = match self {
+            Refusal::NotWebSocket => (
+                StatusCode::NOT_FOUND,
+                "not_websocket",
+                "Page not found".to_owned(),
+            ),
+            Refusal::Origin(origin) => {
+                warn!(%origin, "Request origin not allowed");
+                (
+                    StatusCode::FORBIDDEN,
+                    "origin",
+                    format!("Request origin not allowed: {origin}\n"),
+                )
+            }
+            Refusal::Version => (
+                StatusCode::UPGRADE_REQUIRED,
+                "websocket_version",
+                "Unsupported WebSocket version\n".to_owned(),
+            ),
+            Refusal::Key => (
+                StatusCode::BAD_REQUEST,
+                "websocket_key",
+                "Missing Sec-WebSocket-Key\n".to_owned(),
+            ),
+            Refusal::ShuttingDown => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "Server is shutting down\n".to_owned(),
+            ),
+        };
+        state.node.metrics().refused_upgrade(reason);
+        // A refused upgrade ends the exchange: the client wanted a socket, not a keep-alive.
+        let mut r = (status, [(header::CONNECTION, "close")], body).into_response();
+        if status == StatusCode::UPGRADE_REQUIRED {
+            r.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+        }
+        r
+    }
+}
+
+/// What an accepted upgrade to the cable answers with.
+#[derive(Debug)]
+pub(crate) struct Accepted {
+    /// The `Sec-WebSocket-Accept` value.
+    pub accept: String,
+    /// The negotiated subprotocol, if any.
+    pub protocol: Option<Subprotocol>,
+}
+
+/// The cable's upgrade checks, in Rails' order: an upgrade at all, the Origin, the version,
+/// the key, then whether the node still takes connections.
+pub(crate) fn check_upgrade(
+    state: &ServerState,
+    headers: &HeaderMap,
+    tls: bool,
+) -> Result<Accepted, Refusal> {
+    if !header_has_token(headers, header::CONNECTION, "upgrade")
+        || !header_has_token(headers, header::UPGRADE, "websocket")
+    {
+        return Err(Refusal::NotWebSocket);
+    }
+    if !state.origins.allows(headers, tls) {
+        let origin = headers
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("(none)")
+            .to_owned();
+        return Err(Refusal::Origin(origin));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return Err(Refusal::Version);
+    }
+    let Some(key) = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|k| !k.is_empty())
+    else {
+        return Err(Refusal::Key);
+    };
+    if state.node.is_shutting_down() {
+        return Err(Refusal::ShuttingDown);
+    }
+    Ok(Accepted {
+        accept: accept_key(key.as_bytes()),
+        protocol: negotiate(
+            headers
+                .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+            SUPPORTED,
+        ),
+    })
 }
 
 /// The socket under an upgraded connection: plain TCP is taken back from hyper (so the
 /// WebSocket layer reads it on readiness and broadcasts write to it directly), with any bytes
-/// hyper read past the request; TLS stays behind its stream.
+/// hyper read past the request (and any the raw handshake read and left to hyper); TLS stays
+/// behind its stream.
 pub(crate) fn websocket_io(upgraded: hyper::upgrade::Upgraded) -> (Transport, Decoder) {
-    match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
-        Ok(parts) => (
-            Transport::Tcp(Box::new(parts.io.into_inner())),
-            Decoder::with_buffered(&parts.read_buf),
-        ),
+    let upgraded = match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+        Ok(parts) => {
+            return (
+                Transport::Tcp(Box::new(parts.io.into_inner())),
+                Decoder::with_buffered(&parts.read_buf),
+            );
+        }
+        Err(upgraded) => upgraded,
+    };
+    match upgraded.downcast::<TokioIo<Prefixed>>() {
+        Ok(parts) => {
+            let (stream, mut unread) = parts.io.into_inner().into_parts();
+            unread.extend_from_slice(&parts.read_buf);
+            (
+                Transport::Tcp(Box::new(stream)),
+                Decoder::with_buffered(&unread),
+            )
+        }
         Err(upgraded) => (
             Transport::Stream(Box::new(TokioIo::new(upgraded))),
             Decoder::new(),
@@ -75,83 +204,17 @@ pub(crate) fn websocket_io(upgraded: hyper::upgrade::Upgraded) -> (Transport, De
 
 /// Handles a request to the cable path.
 pub(crate) async fn cable(State(state): State<ServerState>, mut req: Request) -> Response {
-    let meta = req.extensions().get::<ConnMeta>().copied();
-    let headers = req.headers();
-    if !header_has_token(headers, header::CONNECTION, "upgrade")
-        || !header_has_token(headers, header::UPGRADE, "websocket")
-    {
-        // Rails answers a plain request to the cable path with 404.
-        return refuse(
-            &state,
-            StatusCode::NOT_FOUND,
-            "not_websocket",
-            "Page not found".into(),
-        );
-    }
-    if !state.origins.allows(headers, meta.is_some_and(|m| m.tls)) {
-        let origin = headers
-            .get(header::ORIGIN)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("(none)")
-            .to_owned();
-        warn!(%origin, "Request origin not allowed");
-        return refuse(
-            &state,
-            StatusCode::FORBIDDEN,
-            "origin",
-            format!("Request origin not allowed: {origin}\n"),
-        );
-    }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(HeaderValue::as_bytes)
-        != Some(b"13")
-    {
-        let mut r = refuse(
-            &state,
-            StatusCode::UPGRADE_REQUIRED,
-            "websocket_version",
-            "Unsupported WebSocket version\n".into(),
-        );
-        r.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        return r;
-    }
-    let Some(key) = headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .filter(|k| !k.is_empty())
-    else {
-        return refuse(
-            &state,
-            StatusCode::BAD_REQUEST,
-            "websocket_key",
-            "Missing Sec-WebSocket-Key\n".into(),
-        );
+    let tls = req.extensions().get::<ConnMeta>().is_some_and(|m| m.tls);
+    let remote = req.extensions().get::<ConnMeta>().map(|m| m.remote);
+    let Accepted { accept, protocol } = match check_upgrade(&state, req.headers(), tls) {
+        Ok(accepted) => accepted,
+        Err(refusal) => return refusal.into_response(&state),
     };
-    if state.node.is_shutting_down() {
-        return refuse(
-            &state,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "Server is shutting down\n".into(),
-        );
-    }
-    let accept = accept_key(key.as_bytes());
-    let protocol = negotiate(
-        headers
-            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-            .iter()
-            .filter_map(|v| v.to_str().ok()),
-        SUPPORTED,
-    );
-
     let on_upgrade = hyper::upgrade::on(&mut req);
     let request = Box::new(ConnectRequest {
         uri: req.uri().clone(),
         headers: std::mem::take(req.headers_mut()),
-        remote_addr: meta.map(|m| m.remote),
+        remote_addr: remote,
         protocol,
     });
     let node = state.node.clone();

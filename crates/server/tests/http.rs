@@ -251,3 +251,109 @@ async fn shutdown_lets_a_page_request_in_flight_finish() {
     let report = shutdown.await.unwrap();
     assert_eq!(report.remaining, 0);
 }
+
+/// Reads an HTTP response head byte by byte, so that nothing after it is taken from the socket.
+async fn response_head(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let byte = tokio::time::timeout(TIMEOUT, s.read_u8())
+            .await
+            .expect("response within timeout")
+            .expect("socket open");
+        head.push(byte);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+/// A client's masked text frame (payload under 126 bytes).
+fn masked_text(text: &str) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let payload = text.as_bytes();
+    assert!(payload.len() < 126);
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_upgrades_to_the_cable_after_another_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start(config()).await;
+    let addr = server.local_addr();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let head = response_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut body = [0u8; 3];
+    s.read_exact(&mut body).await.unwrap();
+    assert_eq!(&body, b"ok\n");
+    // The same connection, now through hyper: its second request is the upgrade.
+    let mut c = connect_on(
+        s,
+        &format!("ws://{addr}/cable"),
+        &[("sec-websocket-protocol", "actioncable-v1-json")],
+    )
+    .await;
+    c.welcomed().await;
+    c.subscribe(BENCH).await;
+}
+
+#[tokio::test]
+async fn a_command_sent_with_the_upgrade_request_is_read() {
+    use tokio::io::AsyncWriteExt;
+    let server = start(config()).await;
+    let addr = server.local_addr();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut bytes = upgrade_request(addr, None).into_bytes();
+    bytes.extend(masked_text(&subscribe(BENCH)));
+    s.write_all(&bytes).await.unwrap();
+    let head = response_head(&mut s).await.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("sec-websocket-protocol: actioncable-v1-json\r\n"),
+        "{head}"
+    );
+    let mut c = Client {
+        ws: tokio_websockets::ClientBuilder::new().take_over(s),
+        protocol: None,
+    };
+    c.welcomed().await;
+    let f = c.frame().await;
+    assert_eq!(f["type"], "confirm_subscription", "{f}");
+    assert_eq!(f["identifier"], BENCH);
+}
+
+#[tokio::test]
+async fn an_upgrade_whose_head_is_over_8_kib_is_served() {
+    let server = start(config()).await;
+    let cookie = format!("big={}", "a".repeat(10_000));
+    let mut c = connect_with(
+        server.local_addr(),
+        &[
+            ("sec-websocket-protocol", "actioncable-v1-json"),
+            ("cookie", &cookie),
+        ],
+    )
+    .await;
+    c.welcomed().await;
+    c.subscribe(BENCH).await;
+}
+
+#[tokio::test]
+async fn a_malformed_first_request_is_answered_400() {
+    let server = start(config()).await;
+    let (status, _) = raw_http(
+        server.local_addr(),
+        "GET /cable HTTP/1.1\r\nHo st: x\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 400);
+}
