@@ -393,13 +393,19 @@ mod tests {
         assert!(!String::from_utf8(plain).unwrap().contains("protocol"));
     }
 
-    #[tokio::test]
-    async fn hyper_reads_the_bytes_already_read_first_then_the_socket() {
+    /// A connected loopback pair: (client, server).
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+        let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn hyper_reads_the_bytes_already_read_first_then_the_socket() {
+        let (mut client, server) = tcp_pair().await;
         let mut prefixed = Prefixed::new(server, b"head".to_vec());
         client.write_all(b" and body").await.unwrap();
         let mut first = [0u8; 3];
@@ -418,11 +424,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_head_read_in_pieces_is_taken_whole_and_what_follows_it_kept() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
+        let (mut client, server) = tcp_pair().await;
         let writer = tokio::spawn(async move {
             let (body, last) = UPGRADE.split_at(UPGRADE.len() - 3);
             for piece in body.chunks(7) {
