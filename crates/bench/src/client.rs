@@ -4,10 +4,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_websockets::{ClientBuilder, Message, WebSocketStream};
 
 /// The identifier of `BenchmarkChannel`, the channel every fan-out scenario subscribes to.
@@ -43,15 +45,39 @@ pub(crate) async fn subscribe(
         json!({"command": "subscribe", "identifier": identifier}).to_string(),
     ))
     .await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    next_text(ws, deadline, "the subscription's confirmation", |t| {
+        t.contains("confirm_subscription")
+    })
+    .await?;
+    Ok(())
+}
+
+/// Waits until `deadline` for the first text frame `wanted` accepts and returns it; frames it
+/// does not want (pings, other messages) are skipped without moving the deadline, so a server
+/// that keeps pinging cannot keep a client waiting forever. A `rate_limited` error frame is an
+/// error: the server refused the command, and its reply will never come.
+pub(crate) async fn next_text<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    deadline: Instant,
+    what: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> anyhow::Result<Message> {
     loop {
-        let m = tokio::time::timeout(Duration::from_secs(30), ws.next())
+        let m = tokio::time::timeout_at(deadline, ws.next())
             .await
-            .context("no confirmation")?
-            .context("closed")??;
-        if m.as_text()
-            .is_some_and(|t| t.contains("confirm_subscription"))
-        {
-            return Ok(());
+            .with_context(|| format!("{what} did not arrive in time"))?
+            .with_context(|| format!("closed by the server while waiting for {what}"))??;
+        let Some(text) = m.as_text() else { continue };
+        if text.contains(r#""reason":"rate_limited""#) {
+            bail!(
+                "the server refused a command as rate_limited while waiting for {what}: one \
+                 connection sent more than its command rate (FERROCABLE_MAX_COMMANDS_PER_SEC); \
+                 use more clients, a think time, or a higher limit"
+            );
+        }
+        if wanted(text) {
+            return Ok(m);
         }
     }
 }
@@ -95,4 +121,78 @@ pub(crate) fn source_address(count: u8, k: usize) -> Option<SocketAddr> {
             0,
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_websockets::ServerBuilder;
+
+    /// A client and a server WebSocket over a loopback pair (no handshake: both taken over).
+    async fn ws_pair() -> (WebSocketStream<TcpStream>, WebSocketStream<TcpStream>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (
+            ClientBuilder::new().take_over(client),
+            ServerBuilder::new().serve(server),
+        )
+    }
+
+    #[tokio::test]
+    async fn pings_do_not_move_the_deadline() {
+        let (mut client, mut server) = ws_pair().await;
+        let pinger = tokio::spawn(async move {
+            loop {
+                let ping = Message::text(r#"{"type":"ping","message":1}"#.to_owned());
+                if server.send(ping).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let deadline = Instant::now() + Duration::from_millis(300);
+        // The outer bound turns a wait that never ends into a failure, not a hung test.
+        let waited = tokio::time::timeout(
+            Duration::from_secs(10),
+            next_text(&mut client, deadline, "the reply", |t| t.contains("reply")),
+        )
+        .await
+        .expect("the deadline ends the wait although pings keep coming");
+        let e = waited.expect_err("no reply was sent");
+        assert!(e.to_string().contains("did not arrive in time"), "{e}");
+        assert!(Instant::now() >= deadline);
+        pinger.abort();
+    }
+
+    #[tokio::test]
+    async fn a_rate_limited_refusal_ends_the_wait_with_its_reason() {
+        let (mut client, mut server) = ws_pair().await;
+        for text in [
+            r#"{"type":"ping","message":1}"#,
+            r#"{"type":"error","reason":"rate_limited","message":"too many commands: slow down"}"#,
+        ] {
+            server.send(Message::text(text.to_owned())).await.unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let e = next_text(&mut client, deadline, "the reply", |t| t.contains("reply"))
+            .await
+            .expect_err("refused");
+        assert!(e.to_string().contains("rate_limited"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_wanted_frame_is_returned_after_the_ones_skipped() {
+        let (mut client, mut server) = ws_pair().await;
+        for text in [r#"{"type":"ping","message":1}"#, "other", "the reply"] {
+            server.send(Message::text(text.to_owned())).await.unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let m = next_text(&mut client, deadline, "the reply", |t| t.contains("reply"))
+            .await
+            .unwrap();
+        assert_eq!(m.as_text(), Some("the reply"));
+    }
 }

@@ -20,7 +20,7 @@ mod stats;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -367,21 +367,13 @@ async fn client(
         let frame = reflex_frame(addr, &target, &selector, &id, n);
         let sent = Instant::now();
         ws.send(Message::text(frame)).await?;
-        loop {
-            let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
-                .await
-                .context("reply timed out")?
-                .context("closed")??;
-            let Some(text) = m.as_text() else { continue };
-            if !text.contains(&id) {
-                continue;
-            }
-            if text.contains("morph-error") {
-                out.errors += 1;
-            } else if sent.duration_since(start) >= warmup {
-                out.latencies.push(sent.elapsed());
-            }
-            break;
+        let deadline = tokio::time::Instant::from_std(sent) + Duration::from_secs(10);
+        let reply =
+            client::next_text(&mut ws, deadline, "the reflex's reply", |t| t.contains(&id)).await?;
+        if reply.as_text().is_some_and(|t| t.contains("morph-error")) {
+            out.errors += 1;
+        } else if sent.duration_since(start) >= warmup {
+            out.latencies.push(sent.elapsed());
         }
         if !think.is_zero() {
             tokio::time::sleep(think).await;

@@ -88,15 +88,8 @@ async fn speak_loop(
             json!({"command": "message", "identifier": IDENTIFIER, "data": data}).to_string(),
         ))
         .await?;
-        loop {
-            let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
-                .await
-                .context("no reply within 10 s")?
-                .context("closed")??;
-            if m.as_text().is_some_and(|t| t.contains(&text)) {
-                break;
-            }
-        }
+        let deadline = tokio::time::Instant::from_std(sent) + Duration::from_secs(10);
+        crate::client::next_text(&mut ws, deadline, "the reply", |t| t.contains(&text)).await?;
         latencies.push(sent.elapsed());
     }
     Ok(latencies)

@@ -75,21 +75,14 @@ async fn visit(o: &Options, visitor: usize, seq: u64, c: &Counters) -> anyhow::R
             o.addr, &o.target, "#counter", &id, visitor,
         )))
         .await?;
-        loop {
-            let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
-                .await
-                .context("reflex reply timed out")?
-                .context("closed by the server")??;
-            let Some(text) = m.as_text() else { continue };
-            if !text.contains(&id) {
-                continue;
-            }
-            if text.contains("morph-error") {
-                c.morph_errors.fetch_add(1, Ordering::Relaxed);
-            } else {
-                c.reflexes.fetch_add(1, Ordering::Relaxed);
-            }
-            break;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let reply =
+            crate::client::next_text(&mut ws, deadline, "the reflex's reply", |t| t.contains(&id))
+                .await?;
+        if reply.as_text().is_some_and(|t| t.contains("morph-error")) {
+            c.morph_errors.fetch_add(1, Ordering::Relaxed);
+        } else {
+            c.reflexes.fetch_add(1, Ordering::Relaxed);
         }
         if !o.think.is_zero() {
             tokio::time::sleep(o.think).await;
