@@ -87,8 +87,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         self.ws.send(Message::text(text.to_owned())).await.unwrap();
     }
 
-    /// Next text frame as JSON, skipping pings. Panics after the timeout.
+    /// Next text frame as JSON, skipping pings. Panics after the timeout, which pings do not
+    /// restart (the server pings every 3 s, more often than the timeout).
     pub async fn frame(&mut self) -> Value {
+        tokio::time::timeout(TIMEOUT, self.next_not_ping())
+            .await
+            .expect("a frame other than a ping within the timeout")
+    }
+
+    /// Next text frame as JSON that is not a ping, however long that takes (each frame still
+    /// within the timeout); the caller bounds the whole wait.
+    async fn next_not_ping(&mut self) -> Value {
         loop {
             let v = self.any_frame().await;
             if v["type"] != "ping" {
@@ -115,8 +124,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// Waits for the socket to close; returns the close code (if any) and the text frames before it.
     pub async fn closed(&mut self) -> (Option<u16>, Vec<Value>) {
         let mut frames = Vec::new();
+        // One deadline for the whole wait: frames (pings every 3 s) do not restart it.
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
         loop {
-            match tokio::time::timeout(TIMEOUT, self.ws.next())
+            match tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .expect("close within timeout")
             {
@@ -159,7 +170,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     pub async fn message_n(&mut self, n: u64, limit: Duration) -> Option<Value> {
         tokio::time::timeout(limit, async {
             loop {
-                let f = self.frame().await;
+                let f = self.next_not_ping().await;
                 if f["message"]["n"] == n {
                     return f;
                 }
