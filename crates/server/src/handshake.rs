@@ -89,7 +89,7 @@ impl CableHandshake {
     /// otherwise gives the socket back for hyper.
     pub(crate) async fn serve(
         &self,
-        stream: TcpStream,
+        mut stream: TcpStream,
         remote: SocketAddr,
         shutdown: &CancellationToken,
     ) -> FirstRequest {
@@ -118,7 +118,6 @@ impl CableHandshake {
         let Ok(Accepted { accept, protocol }) = check_upgrade(&self.state, &headers, false) else {
             return FirstRequest::Http(Prefixed::new(stream, head));
         };
-        let mut stream = stream;
         if let Err(e) = stream
             .write_all(&switching_protocols(&accept, protocol))
             .await

@@ -172,20 +172,11 @@ pub(crate) fn check_upgrade(
     })
 }
 
-/// The socket under an upgraded connection: plain TCP is taken back from hyper (so the
-/// WebSocket layer reads it on readiness and broadcasts write to it directly), with any bytes
-/// hyper read past the request (and any the raw handshake read and left to hyper); TLS stays
-/// behind its stream.
+/// The socket under an upgraded connection: plain TCP (which reaches hyper as [`Prefixed`],
+/// the raw handshake having read first) is taken back from hyper, so the WebSocket layer reads
+/// it on readiness and broadcasts write to it directly, with any bytes read past the request;
+/// TLS stays behind its stream.
 pub(crate) fn websocket_io(upgraded: hyper::upgrade::Upgraded) -> (Transport, Decoder) {
-    let upgraded = match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
-        Ok(parts) => {
-            return (
-                Transport::Tcp(Box::new(parts.io.into_inner())),
-                Decoder::with_buffered(&parts.read_buf),
-            );
-        }
-        Err(upgraded) => upgraded,
-    };
     match upgraded.downcast::<TokioIo<Prefixed>>() {
         Ok(parts) => {
             let (stream, mut unread) = parts.io.into_inner().into_parts();
@@ -204,8 +195,8 @@ pub(crate) fn websocket_io(upgraded: hyper::upgrade::Upgraded) -> (Transport, De
 
 /// Handles a request to the cable path.
 pub(crate) async fn cable(State(state): State<ServerState>, mut req: Request) -> Response {
-    let tls = req.extensions().get::<ConnMeta>().is_some_and(|m| m.tls);
-    let remote = req.extensions().get::<ConnMeta>().map(|m| m.remote);
+    let meta = req.extensions().get::<ConnMeta>().copied();
+    let tls = meta.is_some_and(|m| m.tls);
     let Accepted { accept, protocol } = match check_upgrade(&state, req.headers(), tls) {
         Ok(accepted) => accepted,
         Err(refusal) => return refusal.into_response(&state),
@@ -214,7 +205,7 @@ pub(crate) async fn cable(State(state): State<ServerState>, mut req: Request) ->
     let request = Box::new(ConnectRequest {
         uri: req.uri().clone(),
         headers: std::mem::take(req.headers_mut()),
-        remote_addr: remote,
+        remote_addr: meta.map(|m| m.remote),
         protocol,
     });
     let node = state.node.clone();
