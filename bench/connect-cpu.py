@@ -16,76 +16,26 @@ With several `--ferrocable LABEL=PATH` builds, each repetition runs the floor, t
 (their order reversed every other repetition), and the table adds each build's connect rate
 against the first build's, per repetition.
 """
-import argparse, json, os, socket, statistics, subprocess, sys, threading, time
+import argparse, json, os, statistics, sys
 
-HZ = os.sysconf("SC_CLK_TCK")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
-
-
-def wait_port(port, secs=30):
-    end = time.time() + secs
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close(); return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
-def cpu(pid):
-    try:
-        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        return int(f[11]) / HZ, int(f[12]) / HZ
-    except (OSError, IndexError):
-        return None
+from server_cpu import ROOT, Server, bench_broadcast, build_floor
 
 
 def run(server, n, binary, label=None):
-    port = free_port()
-    data = f"/tmp/connect-cpu-{port}"
-    if server == "floor":
-        cmd = ["/tmp/floor-server", str(port)]
-    else:
-        cmd = [binary, "serve", "--bind", f"127.0.0.1:{port}",
-               "--bench-channel", "--disable-forgery-protection", "--session-store", "memory", "--data-dir", data]
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        if not wait_port(port):
-            return {"server": label or server, "error": "did not listen"}
-        samples, stop = [], threading.Event()
-
-        def sample():
-            while not stop.is_set():
-                c = cpu(p.pid)
-                if c:
-                    samples.append((time.time(), *c))
-                time.sleep(0.01)
-
-        t = threading.Thread(target=sample, daemon=True); t.start()
-        time.sleep(0.05)
-        t0 = time.time()
-        out = subprocess.run([os.path.join(ROOT, "target/release/ferrocable-bench"), "broadcast", "--addr",
-                              f"127.0.0.1:{port}", "--n", str(n), "--rounds", "1", "--concurrency", "500"],
-                             capture_output=True, text=True, timeout=300)
-        stop.set(); t.join()
-        line = next((l for l in reversed(out.stdout.splitlines()) if l.startswith("{")), None)
-        if not line:
-            return {"server": label or server, "error": (out.stderr or out.stdout)[-300:]}
-        d = json.loads(line)["connect"]
-        end = t0 + d["total_ms"] / 1000
-        a = max((s for s in samples if s[0] <= t0), default=samples[0])
-        z = max((s for s in samples if s[0] <= end), default=samples[-1])
+    with Server(None if server == "floor" else binary, label or server) as srv:
+        if not srv.listening():
+            return {"server": srv.label, "error": "did not listen"}
+        t0, _, d = bench_broadcast(srv, n, 1, 300)
+        if isinstance(d, str):
+            return {"server": srv.label, "error": d}
+        d = d["connect"]
+        a, z = srv.cpu_at(t0), srv.cpu_at(t0 + d["total_ms"] / 1000)
+        if a is None or z is None:
+            return {"server": srv.label, "error": "no CPU samples"}
         ready = max(1, d["ready"])
-        return {"server": label or server, "n": n, "ready": d["ready"], "connect_per_s": d["rate_per_s"],
-                "user_us_per_conn": round((z[1] - a[1]) * 1e6 / ready, 1),
-                "sys_us_per_conn": round((z[2] - a[2]) * 1e6 / ready, 1)}
-    finally:
-        p.terminate(); p.wait()
-        subprocess.run(["rm", "-rf", data])
+        return {"server": srv.label, "n": n, "ready": d["ready"], "connect_per_s": d["rate_per_s"],
+                "user_us_per_conn": round((z[0] - a[0]) * 1e6 / ready, 1),
+                "sys_us_per_conn": round((z[1] - a[1]) * 1e6 / ready, 1)}
 
 
 def main():
@@ -97,9 +47,7 @@ def main():
     o = ap.parse_args()
     builds = [tuple(b.split("=", 1)) if "=" in b else ("ferrocable", b) for b in o.ferrocable]
     builds = builds or [("ferrocable", os.path.join(ROOT, "target/release/ferrocable"))]
-    if not os.path.exists("/tmp/floor-server"):
-        floor_c = os.path.join(ROOT, "../shared/peers/floor/floor.c")
-        subprocess.run(["cc", "-O2", "-o", "/tmp/floor-server", floor_c, "-lcrypto"], check=True)
+    build_floor()
     rows, reps = [], []
     for i in range(o.repeat):
         rep = {"floor": run("floor", o.n, None)}

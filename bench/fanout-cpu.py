@@ -13,81 +13,30 @@ Environment variables reach ferrocable (FERROCABLE_PING_INTERVAL_MS=600000: no p
     bench/fanout-cpu.py --n 19000 --repeat 4
     bench/fanout-cpu.py --n 19000 --repeat 4 --ferrocable old=/tmp/old/ferrocable --ferrocable new=target/release/ferrocable
 """
-import argparse, json, os, socket, statistics, subprocess, sys, threading, time
+import argparse, json, os, statistics, sys
 
-HZ = os.sysconf("SC_CLK_TCK")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from server_cpu import ROOT, Server, bench_broadcast, build_floor
+
 HOLD_S = 2.0  # the tool idles this long between connecting and the first round
 
 
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
-
-
-def wait_port(port, secs=30):
-    end = time.time() + secs
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close(); return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
-def cpu(pid):
-    try:
-        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        return int(f[11]) / HZ, int(f[12]) / HZ
-    except (OSError, IndexError):
-        return None
-
-
 def run(server, n, rounds, binary, label=None):
-    port = free_port()
-    data = f"/tmp/fanout-cpu-{port}"
-    if server == "floor":
-        cmd = ["/tmp/floor-server", str(port)]
-    else:
-        cmd = [binary, "serve", "--bind", f"127.0.0.1:{port}",
-               "--bench-channel", "--disable-forgery-protection", "--session-store", "memory", "--data-dir", data]
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        if not wait_port(port):
-            return {"server": label or server, "error": "did not listen"}
-        samples, stop = [], threading.Event()
-
-        def sample():
-            while not stop.is_set():
-                c = cpu(p.pid)
-                if c:
-                    samples.append((time.time(), *c))
-                time.sleep(0.01)
-
-        t = threading.Thread(target=sample, daemon=True); t.start()
-        time.sleep(0.05)
-        t0 = time.time()
-        out = subprocess.run([os.path.join(ROOT, "target/release/ferrocable-bench"), "broadcast", "--addr",
-                              f"127.0.0.1:{port}", "--n", str(n), "--rounds", str(rounds), "--concurrency", "500",
-                              "--server-pid", str(p.pid)],
-                             capture_output=True, text=True, timeout=900)
-        t1 = time.time()
-        stop.set(); t.join()
-        line = next((l for l in reversed(out.stdout.splitlines()) if l.startswith("{")), None)
-        if not line:
-            return {"server": label or server, "error": (out.stderr or out.stdout)[-300:]}
-        d = json.loads(line)
+    with Server(None if server == "floor" else binary, label or server) as srv:
+        if not srv.listening():
+            return {"server": srv.label, "error": "did not listen"}
+        t0, t1, d = bench_broadcast(srv, n, rounds, 900)
+        if isinstance(d, str):
+            return {"server": srv.label, "error": d}
         start = t0 + d["connect"]["total_ms"] / 1000 + HOLD_S
-        a = max((s for s in samples if s[0] <= start), default=samples[0])
-        z = max((s for s in samples if s[0] <= t1), default=samples[-1])
+        a, z = srv.cpu_at(start), srv.cpu_at(t1)
+        if a is None or z is None:
+            return {"server": srv.label, "error": "no CPU samples"}
         deliveries = max(1, d["connect"]["ready"] * rounds)
-        user, sys_ = (z[1] - a[1]) * 1e6 / deliveries, (z[2] - a[2]) * 1e6 / deliveries
-        return {"server": label or server, "n": n, "rounds": rounds, "ready": d["connect"]["ready"],
+        user, sys_ = (z[0] - a[0]) * 1e6 / deliveries, (z[1] - a[1]) * 1e6 / deliveries
+        return {"server": srv.label, "n": n, "rounds": rounds, "ready": d["connect"]["ready"],
                 "missing": d["broadcast"]["missing_total"], "last_p50_ms": d["broadcast"]["last_receiver_ms"].get("p50"),
                 "user_us_per_delivery": round(user, 2), "sys_us_per_delivery": round(sys_, 2),
                 "cpu_us_per_delivery": round(user + sys_, 2), "rss_per_conn_kib": d["idle"]["rss_per_conn_kb"]}
-    finally:
-        p.terminate(); p.wait()
-        subprocess.run(["rm", "-rf", data])
 
 
 def main():
@@ -101,9 +50,7 @@ def main():
     o = ap.parse_args()
     builds = [tuple(b.split("=", 1)) if "=" in b else ("ferrocable", b) for b in o.ferrocable]
     builds = builds or [("ferrocable", os.path.join(ROOT, "target/release/ferrocable"))]
-    if not os.path.exists("/tmp/floor-server"):
-        floor_c = os.path.join(ROOT, "../shared/peers/floor/floor.c")
-        subprocess.run(["cc", "-O2", "-o", "/tmp/floor-server", floor_c, "-lcrypto"], check=True)
+    build_floor()
     out = open(o.out, "a") if o.out else None
     rows, reps = [], []
     for i in range(o.repeat):
