@@ -651,11 +651,7 @@ impl NodeBuilder {
             p.start(hooks);
         }
         tokio::spawn(broadcaster(Arc::downgrade(&inner), append_queue));
-        tokio::spawn(heartbeat(
-            Arc::downgrade(&inner),
-            inner.config.ping_interval,
-            shutdown,
-        ));
+        start_heartbeat(Arc::downgrade(&inner), inner.config.ping_interval, shutdown);
         Node { inner }
     }
 }
@@ -701,36 +697,111 @@ const HEARTBEAT_SLICES: u32 = 16;
 /// give the same bytes to every connection, like a broadcast, a slice of the connections per
 /// tick; a busy direct-write connection holds it for half a period so a broadcast can carry it
 /// in the same write ([`Outbox::hold_ping`]).
-async fn heartbeat(node: std::sync::Weak<Inner>, period: Duration, shutdown: CancellationToken) {
-    // Periods under 16 ms (tests) still take two slices, so a held ping's flush half a period
-    // later is always some other tick's work.
-    let slices = if period >= Duration::from_millis(u64::from(HEARTBEAT_SLICES)) {
-        HEARTBEAT_SLICES
-    } else {
-        2
+struct Heartbeat {
+    slices: u32,
+    /// The slice the next tick pings.
+    slice: u32,
+    /// Time between ticks: a period over `slices`.
+    tick: Duration,
+}
+
+impl Heartbeat {
+    fn new(period: Duration) -> Self {
+        // Periods under 16 ms (tests) still take two slices, so a held ping's flush half a
+        // period later is always some other tick's work.
+        let slices = if period >= Duration::from_millis(u64::from(HEARTBEAT_SLICES)) {
+            HEARTBEAT_SLICES
+        } else {
+            2
+        };
+        Heartbeat {
+            slices,
+            slice: 0,
+            tick: (period / slices).max(Duration::from_micros(100)),
+        }
+    }
+
+    /// One tick: ping this tick's slice, send alone the pings of the slice pinged half a
+    /// period ago that no frame carried, and (once a period) expire presence records.
+    fn tick(&mut self, node: &Inner) {
+        let (slice, slices) = (self.slice, self.slices);
+        let at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let frame = ferrocable_websocket::frame::text(&ServerFrame::Ping { at }.encode());
+        let connections = &node.connections;
+        connections.for_each_in_slice(slice, slices, |outbox| outbox.hold_ping(frame.clone()));
+        let pinged_half_a_period_ago = (slice + slices - slices / 2) % slices;
+        connections.for_each_in_slice(pinged_half_a_period_ago, slices, |outbox| {
+            outbox.flush_ping()
+        });
+        if slice == 0 {
+            node.sweep_presence();
+        }
+        self.slice = (slice + 1) % slices;
+    }
+}
+
+/// Runs the heartbeat on a thread of its own, not as a task on the runtime's workers.
+///
+/// Why: a broadcast's fan-out runs on one worker, for ~100 ms at 19,000 subscribers, while
+/// the clients it writes to are woken on the same two cores. When that worker also woke every
+/// tick (every 187 ms) for the heartbeat, the kernel's scheduler (EEVDF, Linux 6.18 here)
+/// preempted it two to three times as often during fan-outs (`nonvoluntary_ctxt_switches`
+/// of the worker over 15 s of rounds to 19,000: 27,364–42,208, against 8,543–14,970 without
+/// a heartbeat) and the last receiver came 15–20 % later, although the pings cost no extra
+/// CPU there (a broadcast carries them). With the ticks on this thread the worker is
+/// preempted as often as without a heartbeat (11,344–13,873) and the last receiver p50 went
+/// from 206 to 188 ms (`bench/fanout-cpu.py`, 30 rounds, floor 169, no pings 178;
+/// docs/benchmarks.md, "The heartbeat on its own thread"). The tick never awaits: it takes
+/// outbox and registry locks for a few microseconds each and writes with non-blocking sends,
+/// so a plain thread is enough. Should the thread not start, the heartbeat runs as a task.
+fn start_heartbeat(node: std::sync::Weak<Inner>, period: Duration, shutdown: CancellationToken) {
+    let runtime = tokio::runtime::Handle::current();
+    let on_thread = {
+        let (node, shutdown) = (node.clone(), shutdown.clone());
+        move || {
+            // Presence expiry publishes through the pub/sub clients, which may spawn.
+            let _runtime = runtime.enter();
+            let mut heartbeat = Heartbeat::new(period);
+            let mut next = std::time::Instant::now() + heartbeat.tick;
+            loop {
+                std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                let Some(node) = node.upgrade() else { return };
+                heartbeat.tick(&node);
+                drop(node);
+                // A late tick delays the next ones rather than bunching them up.
+                next = (next + heartbeat.tick).max(std::time::Instant::now());
+            }
+        }
     };
-    let tick = (period / slices).max(Duration::from_micros(100));
-    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+    if let Err(error) = std::thread::Builder::new()
+        .name("ferrocable-heartbeat".into())
+        .spawn(on_thread)
+    {
+        tracing::warn!(%error, "heartbeat thread not started; the heartbeat runs as a task");
+        tokio::spawn(heartbeat_task(node, Heartbeat::new(period), shutdown));
+    }
+}
+
+/// The heartbeat as a task on the runtime: only when its thread could not be started.
+async fn heartbeat_task(
+    node: std::sync::Weak<Inner>,
+    mut heartbeat: Heartbeat,
+    shutdown: CancellationToken,
+) {
+    let start = tokio::time::Instant::now() + heartbeat.tick;
+    let mut interval = tokio::time::interval_at(start, heartbeat.tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut slice = 0u32;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = interval.tick() => {
                 let Some(node) = node.upgrade() else { return };
-                let at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-                let frame = ferrocable_websocket::frame::text(&ServerFrame::Ping { at }.encode());
-                let connections = &node.connections;
-                connections.for_each_in_slice(slice, slices, |outbox| outbox.hold_ping(frame.clone()));
-                // The slice pinged half a period ago: its pings no broadcast carried go alone.
-                let pinged_half_a_period_ago = (slice + slices - slices / 2) % slices;
-                connections.for_each_in_slice(pinged_half_a_period_ago, slices, |outbox| {
-                    outbox.flush_ping()
-                });
-                if slice == 0 {
-                    node.sweep_presence();
-                }
-                slice = (slice + 1) % slices;
+                heartbeat.tick(&node);
             }
         }
     }
@@ -917,5 +988,31 @@ mod tests {
         registry.for_each_in_slice(0, 2, |_| n += 1);
         registry.for_each_in_slice(1, 2, |_| n += 1);
         assert_eq!(n, 1000);
+    }
+
+    #[test]
+    fn the_heartbeat_pings_while_no_runtime_worker_is_free() {
+        // A current-thread runtime that nobody drives after the build: a heartbeat that
+        // needed a worker would never tick.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let config = NodeConfig {
+            ping_interval: Duration::from_millis(20),
+            ..NodeConfig::default()
+        };
+        let node = runtime.block_on(async { Node::builder().config(config).build() });
+        let outbox = Arc::new(Outbox::new(OutboxLimits::default()));
+        node.inner.connections.insert(1, outbox.clone());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while outbox.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let frames = outbox.take().frames;
+        let first = frames.front().expect("a ping within 5 s, the runtime idle");
+        let text = std::str::from_utf8(&first.bytes()[2..]).expect("a text frame");
+        assert!(text.starts_with(r#"{"type":"ping","message":"#), "{text}");
+        node.inner.shutdown.cancel();
     }
 }
