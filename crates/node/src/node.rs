@@ -772,7 +772,6 @@ fn start_heartbeat(node: std::sync::Weak<Inner>, period: Duration, shutdown: Can
                 }
                 let Some(node) = node.upgrade() else { return };
                 heartbeat.tick(&node);
-                drop(node);
                 // A late tick delays the next ones rather than bunching them up.
                 next = (next + heartbeat.tick).max(std::time::Instant::now());
             }
@@ -1013,6 +1012,40 @@ mod tests {
         let first = frames.front().expect("a ping within 5 s, the runtime idle");
         let text = std::str::from_utf8(&first.bytes()[2..]).expect("a text frame");
         assert!(text.starts_with(r#"{"type":"ping","message":"#), "{text}");
+        node.inner.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn the_fallback_heartbeat_task_pings_and_ends_with_its_token() {
+        // The node's own heartbeat (its thread) waits an hour: only the task pings here.
+        let config = NodeConfig {
+            ping_interval: Duration::from_secs(3600),
+            ..NodeConfig::default()
+        };
+        let node = Node::builder().config(config).build();
+        let outbox = Arc::new(Outbox::new(OutboxLimits::default()));
+        node.inner.connections.insert(1, outbox.clone());
+        let token = CancellationToken::new();
+        let task = tokio::spawn(heartbeat_task(
+            Arc::downgrade(&node.inner),
+            Heartbeat::new(Duration::from_millis(20)),
+            token.clone(),
+        ));
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while outbox.is_empty() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await
+        .expect("a ping from the task within 5 s");
+        let frames = outbox.take().frames;
+        let text = std::str::from_utf8(&frames[0].bytes()[2..]).expect("a text frame");
+        assert!(text.starts_with(r#"{"type":"ping","message":"#), "{text}");
+        token.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the task ends once its token is cancelled")
+            .expect("the task did not panic");
         node.inner.shutdown.cancel();
     }
 }
