@@ -11,6 +11,7 @@ pings, TOKIO_WORKER_THREADS=1 for a one-worker runtime).
 
     bench/connect-cpu.py --n 10000 --repeat 5
     bench/connect-cpu.py --n 10000 --repeat 8 --ferrocable a=/tmp/a/ferrocable --ferrocable b=target/release/ferrocable
+    bench/connect-cpu.py --n 19000 --repeat 4 --settle   # each run starts with TIME_WAIT drained
 
 With several `--ferrocable LABEL=PATH` builds, each repetition runs the floor, then the builds
 (their order reversed every other repetition), and the table adds each build's connect rate
@@ -18,10 +19,13 @@ against the first build's, per repetition.
 """
 import argparse, json, os, statistics, sys
 
-from server_cpu import ROOT, Server, bench_broadcast, build_floor
+from server_cpu import ROOT, Server, bench_broadcast, build_floor, settle
+
+SETTLE = False
 
 
 def run(server, n, binary, label=None):
+    waited = settle() if SETTLE else None
     with Server(None if server == "floor" else binary, label or server) as srv:
         if not srv.listening():
             return {"server": srv.label, "error": "did not listen"}
@@ -34,6 +38,7 @@ def run(server, n, binary, label=None):
             return {"server": srv.label, "error": "no CPU samples"}
         ready = max(1, d["ready"])
         return {"server": srv.label, "n": n, "ready": d["ready"], "connect_per_s": d["rate_per_s"],
+                "settled_s": waited,
                 "user_us_per_conn": round((z[0] - a[0]) * 1e6 / ready, 1),
                 "sys_us_per_conn": round((z[1] - a[1]) * 1e6 / ready, 1)}
 
@@ -44,7 +49,12 @@ def main():
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--ferrocable", action="append", default=[],
                     help="LABEL=PATH of a ferrocable binary (default: this checkout's release build)")
+    ap.add_argument("--settle", action="store_true",
+                    help="before each run, wait until fewer than 1,000 sockets are in TIME_WAIT "
+                         "(at 19,000 a run right after another is slowed by the port search)")
     o = ap.parse_args()
+    global SETTLE
+    SETTLE = o.settle
     builds = [tuple(b.split("=", 1)) if "=" in b else ("ferrocable", b) for b in o.ferrocable]
     builds = builds or [("ferrocable", os.path.join(ROOT, "target/release/ferrocable"))]
     build_floor()

@@ -651,7 +651,11 @@ impl NodeBuilder {
             p.start(hooks);
         }
         tokio::spawn(broadcaster(Arc::downgrade(&inner), append_queue));
-        start_heartbeat(Arc::downgrade(&inner), inner.config.ping_interval, shutdown);
+        tokio::spawn(heartbeat_task(
+            Arc::downgrade(&inner),
+            Heartbeat::new(inner.config.ping_interval),
+            shutdown,
+        ));
         Node { inner }
     }
 }
@@ -742,51 +746,17 @@ impl Heartbeat {
     }
 }
 
-/// Runs the heartbeat on a thread of its own, not as a task on the runtime's workers.
+/// The heartbeat, as a task on the runtime's workers.
 ///
-/// Why: a broadcast's fan-out runs on one worker, for ~100 ms at 19,000 subscribers, while
-/// the clients it writes to are woken on the same two cores. When that worker also woke every
-/// tick (every 187 ms) for the heartbeat, the kernel's scheduler (EEVDF, Linux 6.18 here)
-/// preempted it two to three times as often during fan-outs (`nonvoluntary_ctxt_switches`
-/// of the worker over 15 s of rounds to 19,000: 27,364–42,208, against 8,543–14,970 without
-/// a heartbeat) and the last receiver came 15–20 % later, although the pings cost no extra
-/// CPU there (a broadcast carries them). With the ticks on this thread the worker is
-/// preempted as often as without a heartbeat (11,344–13,873) and the last receiver p50 went
-/// from 206 to 188 ms (`bench/fanout-cpu.py`, 30 rounds, floor 169, no pings 178;
-/// docs/benchmarks.md, "The heartbeat on its own thread"). The tick never awaits: it takes
-/// outbox and registry locks for a few microseconds each and writes with non-blocking sends,
-/// so a plain thread is enough. Should the thread not start, the heartbeat runs as a task.
-fn start_heartbeat(node: std::sync::Weak<Inner>, period: Duration, shutdown: CancellationToken) {
-    let runtime = tokio::runtime::Handle::current();
-    let on_thread = {
-        let (node, shutdown) = (node.clone(), shutdown.clone());
-        move || {
-            // Presence expiry publishes through the pub/sub clients, which may spawn.
-            let _runtime = runtime.enter();
-            let mut heartbeat = Heartbeat::new(period);
-            let mut next = std::time::Instant::now() + heartbeat.tick;
-            loop {
-                std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
-                if shutdown.is_cancelled() {
-                    return;
-                }
-                let Some(node) = node.upgrade() else { return };
-                heartbeat.tick(&node);
-                // A late tick delays the next ones rather than bunching them up.
-                next = (next + heartbeat.tick).max(std::time::Instant::now());
-            }
-        }
-    };
-    if let Err(error) = std::thread::Builder::new()
-        .name("ferrocable-heartbeat".into())
-        .spawn(on_thread)
-    {
-        tracing::warn!(%error, "heartbeat thread not started; the heartbeat runs as a task");
-        tokio::spawn(heartbeat_task(node, Heartbeat::new(period), shutdown));
-    }
-}
-
-/// The heartbeat as a task on the runtime: only when its thread could not be started.
+/// Why a task and not a thread of its own: on its own thread (c7317db) the heartbeat's ticks
+/// no longer shared the fan-out's worker, and a single node's last receiver with pings on went
+/// from 1.25x to 1.01x the C floor's at 10,000 (pair.py, eight sets), but in the fleet (11
+/// nodes, 200,000 connections, Redis, `bench/fleet.sh`) the median round went from
+/// 2,225 / 2,083 ms (this task) to 3,121–3,549 ms, alternated on one box: ticks running beside
+/// every node's fan-outs on two saturated cores. Neither SCHED_BATCH for the thread (no
+/// wake-up preemption: 4,001 / 4,127 against 4,600 / 4,587 ms) nor nice 19 (the rounds were
+/// back, but only half to three quarters of the expected pings reached the clients) was a
+/// fix (docs/benchmarks.md, "The heartbeat back on the runtime").
 async fn heartbeat_task(
     node: std::sync::Weak<Inner>,
     mut heartbeat: Heartbeat,
@@ -989,35 +959,9 @@ mod tests {
         assert_eq!(n, 1000);
     }
 
-    #[test]
-    fn the_heartbeat_pings_while_no_runtime_worker_is_free() {
-        // A current-thread runtime that nobody drives after the build: a heartbeat that
-        // needed a worker would never tick.
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let config = NodeConfig {
-            ping_interval: Duration::from_millis(20),
-            ..NodeConfig::default()
-        };
-        let node = runtime.block_on(async { Node::builder().config(config).build() });
-        let outbox = Arc::new(Outbox::new(OutboxLimits::default()));
-        node.inner.connections.insert(1, outbox.clone());
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while outbox.is_empty() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let frames = outbox.take().frames;
-        let first = frames.front().expect("a ping within 5 s, the runtime idle");
-        let text = std::str::from_utf8(&first.bytes()[2..]).expect("a text frame");
-        assert!(text.starts_with(r#"{"type":"ping","message":"#), "{text}");
-        node.inner.shutdown.cancel();
-    }
-
     #[tokio::test]
-    async fn the_fallback_heartbeat_task_pings_and_ends_with_its_token() {
-        // The node's own heartbeat (its thread) waits an hour: only the task pings here.
+    async fn the_heartbeat_task_pings_and_ends_with_its_token() {
+        // The node's own heartbeat waits an hour: only the task started here pings.
         let config = NodeConfig {
             ping_interval: Duration::from_secs(3600),
             ..NodeConfig::default()
