@@ -21,11 +21,8 @@ import argparse, json, os, statistics, sys
 
 from server_cpu import ROOT, Server, bench_broadcast, build_floor, settle
 
-SETTLE = False
-
-
-def run(server, n, binary, label=None):
-    waited = settle() if SETTLE else None
+def run(server, n, binary, label=None, settle_first=False):
+    waited = settle() if settle_first else None
     with Server(None if server == "floor" else binary, label or server) as srv:
         if not srv.listening():
             return {"server": srv.label, "error": "did not listen"}
@@ -53,17 +50,15 @@ def main():
                     help="before each run, wait until fewer than 1,000 sockets are in TIME_WAIT "
                          "(at 19,000 a run right after another is slowed by the port search)")
     o = ap.parse_args()
-    global SETTLE
-    SETTLE = o.settle
     builds = [tuple(b.split("=", 1)) if "=" in b else ("ferrocable", b) for b in o.ferrocable]
     builds = builds or [("ferrocable", os.path.join(ROOT, "target/release/ferrocable"))]
     build_floor()
     rows, reps = [], []
     for i in range(o.repeat):
-        rep = {"floor": run("floor", o.n, None)}
+        rep = {"floor": run("floor", o.n, None, settle_first=o.settle)}
         print(json.dumps(rep["floor"]), flush=True)
         for label, path in (builds if i % 2 == 0 else builds[::-1]):
-            rep[label] = run("ferrocable", o.n, path, label)
+            rep[label] = run("ferrocable", o.n, path, label, settle_first=o.settle)
             print(json.dumps(rep[label]), flush=True)
         reps.append(rep)
         rows.extend(rep.values())

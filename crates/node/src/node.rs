@@ -975,13 +975,9 @@ mod tests {
             Heartbeat::new(Duration::from_millis(20)),
             token.clone(),
         ));
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while outbox.is_empty() {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        })
-        .await
-        .expect("a ping from the task within 5 s");
+        tokio::time::timeout(Duration::from_secs(5), outbox.ready())
+            .await
+            .expect("a ping from the task within 5 s");
         let frames = outbox.take().frames;
         let text = std::str::from_utf8(&frames[0].bytes()[2..]).expect("a text frame");
         assert!(text.starts_with(r#"{"type":"ping","message":"#), "{text}");
