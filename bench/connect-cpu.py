@@ -21,6 +21,7 @@ import argparse, json, os, statistics, sys
 
 from server_cpu import ROOT, Server, bench_broadcast, build_floor, settle
 
+
 def run(server, n, binary, label=None, settle_first=False):
     waited = settle() if settle_first else None
     with Server(None if server == "floor" else binary, label or server) as srv:

@@ -7,6 +7,7 @@
 #   REPEAT=7 NS="10000 19000" bench/floor-scaling.sh   # one run here is +-15 %: take medians
 #   bench/plot.py floor-table OUT                      # medians of each pair's ratios
 #   FERROCABLE_PING_INTERVAL_MS=600000 SERIES="ferrocable, pings off" NS="10000 19000" bench/floor-scaling.sh
+#   SETTLE=1 REPEAT=4 NS=10000 bench/floor-scaling.sh   # each run starts with TIME_WAIT drained
 # (ferrocable pings every connection every 3 s as Rails does; the floor never pings, so the
 # second form measures the fan-out alone.)
 set -euo pipefail
@@ -20,6 +21,8 @@ REPEAT=${REPEAT:-1}
 cargo build --release --bins >/dev/null
 REV=$(git rev-parse --short HEAD)
 for n in $NS; do for _ in $(seq "$REPEAT"); do
+  # SETTLE=1: start each run with TIME_WAIT drained (bench/server_cpu.py::settle).
+  [ -z "${SETTLE:-}" ] || python3 -c 'import sys; sys.path.insert(0, "bench"); import server_cpu; server_cpu.settle()'
   { python3 target/peers/floor/pair.py --n "$n" --rounds "$ROUNDS" || true; } | tee /dev/stderr | grep '^{' |
     N="$n" S="$SERIES" R="$REV" python3 -c '
 import json, os, sys

@@ -33,10 +33,11 @@ def cpu(pid):
 
 def time_wait():
     """Sockets in TIME_WAIT on this machine (/proc/net/sockstat's `tw`)."""
-    for line in open("/proc/net/sockstat"):
-        if line.startswith("TCP:"):
-            f = line.split()
-            return int(f[f.index("tw") + 1])
+    with open("/proc/net/sockstat") as f:
+        for line in f:
+            if line.startswith("TCP:"):
+                fields = line.split()
+                return int(fields[fields.index("tw") + 1])
     return 0
 
 

@@ -756,7 +756,11 @@ impl Heartbeat {
 /// every node's fan-outs on two saturated cores. Neither SCHED_BATCH for the thread (no
 /// wake-up preemption: 4,001 / 4,127 against 4,600 / 4,587 ms) nor nice 19 (the rounds were
 /// back, but only half to three quarters of the expected pings reached the clients) was a
-/// fix (docs/benchmarks.md, "The heartbeat back on the runtime").
+/// fix (docs/benchmarks.md, "The heartbeat back on the runtime"). Also tried and measured
+/// (docs/benchmarks.md, "The heartbeat's tick held while its node fans out"): this task
+/// waiting for the node's fan-outs to end before a tick (single node ~6 % faster, within the
+/// spread; the fleet no better), and the thread waiting likewise (single node at the pings-off
+/// level, the fleet's rounds ~1.8x slower).
 async fn heartbeat_task(
     node: std::sync::Weak<Inner>,
     mut heartbeat: Heartbeat,
