@@ -132,8 +132,6 @@ pub(crate) struct Inner {
     appends: tokio::sync::mpsc::Sender<PendingAppend>,
     pending_appends: std::sync::atomic::AtomicUsize,
     node_id: crate::pubsub::NodeId,
-    /// When the heartbeat's ticks are due; fan-outs run the due ones (see [`HeartbeatClock`]).
-    heartbeat: Arc<HeartbeatClock>,
 }
 
 /// A broadcast waiting for its broker append, in the broadcaster task's queue.
@@ -333,7 +331,6 @@ impl Inner {
                 self.metrics
                     .broadcast_deliveries
                     .inc_by(report.delivered as u64);
-                self.fanned_out();
             }
             Err(_) => {
                 self.metrics.pubsub_errors.inc();
@@ -453,19 +450,7 @@ impl Inner {
         self.metrics
             .broadcast_deliveries
             .inc_by(report.delivered as u64);
-        self.fanned_out();
         report
-    }
-
-    /// Called after each fan-out: runs the heartbeat's ticks that fell due, here, on a worker
-    /// that is awake anyway, so a busy node's heartbeat never wakes one (see
-    /// [`HeartbeatClock`]). One clock read and one atomic load when nothing is due.
-    pub(crate) fn fanned_out(&self) {
-        let clock = &self.heartbeat;
-        let now = tokio::time::Instant::now();
-        if clock.is_due(now) && clock.try_run_due(self, now) {
-            clock.rearm.notify_one();
-        }
     }
 }
 
@@ -626,7 +611,6 @@ impl NodeBuilder {
             self.config.max_presence_per_stream,
             self.config.presence_ttl,
         );
-        let heartbeat = Arc::new(HeartbeatClock::new(self.config.ping_interval));
         let inner = Arc::new(Inner {
             broker,
             appends,
@@ -648,7 +632,6 @@ impl NodeBuilder {
             node_id,
             started: std::time::Instant::now(),
             next_id: AtomicU64::new(1),
-            heartbeat,
         });
         let weak = Arc::downgrade(&inner);
         let hooks = crate::pubsub::PubSubHooks {
@@ -670,7 +653,7 @@ impl NodeBuilder {
         tokio::spawn(broadcaster(Arc::downgrade(&inner), append_queue));
         tokio::spawn(heartbeat_task(
             Arc::downgrade(&inner),
-            inner.heartbeat.clone(),
+            Heartbeat::new(inner.config.ping_interval),
             shutdown,
         ));
         Node { inner }
@@ -716,63 +699,33 @@ const HEARTBEAT_SLICES: u32 = 16;
 
 /// One timer for the whole node (as Rails does): every period, encode one `ping` frame and
 /// give the same bytes to every connection, like a broadcast, a slice of the connections per
-/// tick; a busy direct-write connection holds it for a quarter period so a broadcast can
-/// carry it in the same write ([`Outbox::hold_ping`]).
+/// tick; a busy direct-write connection holds it for half a period so a broadcast can carry it
+/// in the same write ([`Outbox::hold_ping`]).
 struct Heartbeat {
     slices: u32,
     /// The slice the next tick pings.
     slice: u32,
     /// Time between ticks: a period over `slices`.
     tick: Duration,
-    /// Ticks between holding a slice's pings and sending alone those no frame carried: a
-    /// quarter period.
-    hold_ticks: u32,
-    /// When the next tick is due.
-    next_due: tokio::time::Instant,
 }
 
 impl Heartbeat {
-    fn new(period: Duration, start: tokio::time::Instant) -> Self {
-        // Periods under 16 ms (tests) still take two slices, so a held ping's flush is always
-        // some other tick's work.
+    fn new(period: Duration) -> Self {
+        // Periods under 16 ms (tests) still take two slices, so a held ping's flush half a
+        // period later is always some other tick's work.
         let slices = if period >= Duration::from_millis(u64::from(HEARTBEAT_SLICES)) {
             HEARTBEAT_SLICES
         } else {
             2
         };
-        let tick = (period / slices).max(Duration::from_micros(100));
         Heartbeat {
             slices,
             slice: 0,
-            tick,
-            hold_ticks: (slices / 4).max(1),
-            next_due: start + tick,
+            tick: (period / slices).max(Duration::from_micros(100)),
         }
     }
 
-    /// How long past its due time a tick may wait for a fan-out to run it before the timer
-    /// does: a quarter period. With pings held a quarter period, a connection's pings are
-    /// at most 1.5 periods apart (4.5 s at Rails' 3 s; its client reconnects after 6 s).
-    fn slack(&self) -> Duration {
-        self.tick * self.hold_ticks
-    }
-
-    /// Runs every tick due at `now`, in order (a fan-out after a quiet spell runs several).
-    /// More than a period behind (a stalled node), every slice has been pinged once and the
-    /// schedule restarts from `now`.
-    fn run_due(&mut self, node: &Inner, now: tokio::time::Instant) {
-        let mut ran = 0;
-        while self.next_due <= now && ran < self.slices {
-            self.tick(node);
-            self.next_due += self.tick;
-            ran += 1;
-        }
-        if self.next_due <= now {
-            self.next_due = now + self.tick;
-        }
-    }
-
-    /// One tick: ping this tick's slice, send alone the pings of the slice pinged a quarter
+    /// One tick: ping this tick's slice, send alone the pings of the slice pinged half a
     /// period ago that no frame carried, and (once a period) expire presence records.
     fn tick(&mut self, node: &Inner) {
         let (slice, slices) = (self.slice, self.slices);
@@ -782,8 +735,8 @@ impl Heartbeat {
         let frame = ferrocable_websocket::frame::text(&ServerFrame::Ping { at }.encode());
         let connections = &node.connections;
         connections.for_each_in_slice(slice, slices, |outbox| outbox.hold_ping(frame.clone()));
-        let pinged_a_quarter_period_ago = (slice + slices - self.hold_ticks) % slices;
-        connections.for_each_in_slice(pinged_a_quarter_period_ago, slices, |outbox| {
+        let pinged_half_a_period_ago = (slice + slices - slices / 2) % slices;
+        connections.for_each_in_slice(pinged_half_a_period_ago, slices, |outbox| {
             outbox.flush_ping()
         });
         if slice == 0 {
@@ -793,92 +746,13 @@ impl Heartbeat {
     }
 }
 
-/// The heartbeat's schedule, shared by its timer task and the node's fan-outs: a tick that
-/// falls due while the node is busy runs at the end of the next fan-out, on a worker that is
-/// awake anyway, and the timer wakes a worker only when the node has been quiet for a
-/// quarter period past a due tick.
-///
-/// Why: the pings' work was never what cost a busy node; a runtime worker woken by the timer
-/// was. With the ticks on the timer alone, the worker that fans out woke between broadcasts
-/// and was then preempted ~10x as often during the next fan-out (38,167 involuntary context
-/// switches against 3,729 over 30 rounds of 10,000, pings off) and shared its core with a
-/// running load-tool thread in 59 % of samples against 9 %; a timer whose ticks did nothing
-/// at all cost as much, and so did ticks every 1.5 s instead of every 187 ms. The last
-/// receiver came ~25 % later (docs/benchmarks.md, "The heartbeat rides on the fan-outs").
-/// A thread of its own (c7317db) spared a single node but slowed the 11-node fleet; holding
-/// the timer's tick until a fan-out ended did not help, as the worker still woke.
-pub(crate) struct HeartbeatClock {
-    heartbeat: Mutex<Heartbeat>,
-    /// When the next tick is due, in microseconds since `origin`: what every fan-out reads
-    /// (one atomic load) to see whether it has a tick to run.
-    next_due: AtomicU64,
-    origin: tokio::time::Instant,
-    slack: Duration,
-    /// Tells the timer task that a fan-out ran the due ticks, so it sleeps to the new deadline
-    /// instead of waking at the old one.
-    rearm: tokio::sync::Notify,
-}
-
-impl HeartbeatClock {
-    fn new(period: Duration) -> Self {
-        let origin = tokio::time::Instant::now();
-        let heartbeat = Heartbeat::new(period, origin);
-        HeartbeatClock {
-            next_due: AtomicU64::new(micros(heartbeat.next_due - origin)),
-            slack: heartbeat.slack(),
-            heartbeat: Mutex::new(heartbeat),
-            origin,
-            rearm: tokio::sync::Notify::new(),
-        }
-    }
-
-    /// Whether a tick is due at `now`.
-    fn is_due(&self, now: tokio::time::Instant) -> bool {
-        micros(now.saturating_duration_since(self.origin)) >= self.next_due.load(Ordering::Acquire)
-    }
-
-    /// When the timer runs the next tick if no fan-out has: its due time plus the slack.
-    fn deadline(&self) -> tokio::time::Instant {
-        self.origin + Duration::from_micros(self.next_due.load(Ordering::Acquire)) + self.slack
-    }
-
-    /// A fan-out's turn: runs the due ticks unless someone else is running them (a fan-out
-    /// never waits for the heartbeat). Whether it ran them.
-    fn try_run_due(&self, node: &Inner, now: tokio::time::Instant) -> bool {
-        let Some(mut heartbeat) = self.heartbeat.try_lock() else {
-            return false;
-        };
-        self.run_locked(&mut heartbeat, node, now);
-        true
-    }
-
-    /// The timer's turn: runs the due ticks (the lock is held only by a tick, never across an
-    /// await).
-    fn run_due(&self, node: &Inner, now: tokio::time::Instant) {
-        let mut heartbeat = self.heartbeat.lock();
-        self.run_locked(&mut heartbeat, node, now);
-    }
-
-    fn run_locked(&self, heartbeat: &mut Heartbeat, node: &Inner, now: tokio::time::Instant) {
-        heartbeat.run_due(node, now);
-        let due = micros(heartbeat.next_due.saturating_duration_since(self.origin));
-        self.next_due.store(due, Ordering::Release);
-    }
-}
-
-/// Whole microseconds in `d`, saturating (584,000 years).
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// The heartbeat's timer, as a task on the runtime's workers: it runs the ticks no fan-out
-/// ran within their slack ([`HeartbeatClock`]), so a quiet node still pings every period.
+/// The heartbeat, as a task on the runtime's workers.
 ///
 /// Why a task and not a thread of its own: on its own thread (c7317db) the heartbeat's ticks
-/// no longer woke the fan-out's worker, and a single node's last receiver with pings on went
+/// no longer shared the fan-out's worker, and a single node's last receiver with pings on went
 /// from 1.25x to 1.01x the C floor's at 10,000 (pair.py, eight sets), but in the fleet (11
 /// nodes, 200,000 connections, Redis, `bench/fleet.sh`) the median round went from
-/// 2,225 / 2,083 ms (a task) to 3,121–3,549 ms, alternated on one box: ticks running beside
+/// 2,225 / 2,083 ms (this task) to 3,121–3,549 ms, alternated on one box: ticks running beside
 /// every node's fan-outs on two saturated cores. Neither SCHED_BATCH for the thread (no
 /// wake-up preemption: 4,001 / 4,127 against 4,600 / 4,587 ms) nor nice 19 (the rounds were
 /// back, but only half to three quarters of the expected pings reached the clients) was a
@@ -889,18 +763,18 @@ fn micros(d: Duration) -> u64 {
 /// level, the fleet's rounds ~1.8x slower).
 async fn heartbeat_task(
     node: std::sync::Weak<Inner>,
-    clock: Arc<HeartbeatClock>,
+    mut heartbeat: Heartbeat,
     shutdown: CancellationToken,
 ) {
+    let start = tokio::time::Instant::now() + heartbeat.tick;
+    let mut interval = tokio::time::interval_at(start, heartbeat.tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let deadline = clock.deadline();
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            // A fan-out ran the due ticks: sleep to the new deadline.
-            _ = clock.rearm.notified() => {}
-            _ = tokio::time::sleep_until(deadline) => {
+            _ = interval.tick() => {
                 let Some(node) = node.upgrade() else { return };
-                clock.run_due(&node, tokio::time::Instant::now());
+                heartbeat.tick(&node);
             }
         }
     }
@@ -961,7 +835,6 @@ impl Node {
             .metrics
             .broadcast_deliveries
             .inc_by(report.delivered as u64);
-        self.inner.fanned_out();
         report
     }
 
@@ -1090,112 +963,6 @@ mod tests {
         assert_eq!(n, 1000);
     }
 
-    /// A node whose heartbeat period is 1.6 s (16 ticks of 100 ms, 400 ms of slack) and 64
-    /// connections without sockets (pings queue), so every slice holds some.
-    fn node_with_64_connections(period: Duration) -> (Node, Vec<Arc<Outbox>>) {
-        let config = NodeConfig {
-            ping_interval: period,
-            ..NodeConfig::default()
-        };
-        let node = Node::builder().config(config).build();
-        let outboxes = (0..64u64)
-            .map(|id| {
-                let outbox = Arc::new(Outbox::new(OutboxLimits::default()));
-                node.inner.connections.insert(id, outbox.clone());
-                outbox
-            })
-            .collect();
-        (node, outboxes)
-    }
-
-    /// How many of `outboxes` got a frame since the last call (and empties them).
-    fn pinged(outboxes: &[Arc<Outbox>]) -> usize {
-        outboxes
-            .iter()
-            .filter(|o| !o.take().frames.is_empty())
-            .count()
-    }
-
-    /// Lets the heartbeat task run (the runtime is the test's own, current-thread).
-    async fn let_tasks_run() {
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_tick_due_on_a_busy_node_runs_at_the_next_fan_out_and_the_timer_waits_for_the_next() {
-        let (node, outboxes) = node_with_64_connections(Duration::from_millis(1600));
-        let start = tokio::time::Instant::now();
-        // The first tick is due at 100 ms; the timer would run it at 500 ms.
-        tokio::time::advance(Duration::from_millis(150)).await;
-        let_tasks_run().await;
-        assert_eq!(
-            pinged(&outboxes),
-            0,
-            "nothing runs a due tick before a fan-out or the slack"
-        );
-        node.broadcast("nobody-listens", "1").expect("valid JSON");
-        let first = pinged(&outboxes);
-        assert!(
-            (1..64).contains(&first),
-            "the fan-out ran the first tick: one slice pinged, got {first}"
-        );
-        let_tasks_run().await;
-        // Past the old deadline (500 ms) but before the new one (the next tick due at 200 ms,
-        // run by the timer at 600 ms): the timer was re-armed and stays asleep.
-        tokio::time::advance(start + Duration::from_millis(520) - tokio::time::Instant::now())
-            .await;
-        let_tasks_run().await;
-        assert_eq!(
-            pinged(&outboxes),
-            0,
-            "the timer did not wake at the old deadline"
-        );
-        // Quiet since: at 600 ms the timer runs the ticks due at 200..=600 ms (five slices).
-        tokio::time::advance(Duration::from_millis(90)).await;
-        let_tasks_run().await;
-        let later = pinged(&outboxes);
-        assert!(
-            later > first && later < 64,
-            "the timer ran the quiet node's due ticks: {later} pinged"
-        );
-        node.inner.shutdown.cancel();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_quiet_nodes_tick_runs_on_the_timer_a_quarter_period_late() {
-        let (node, outboxes) = node_with_64_connections(Duration::from_millis(1600));
-        tokio::time::advance(Duration::from_millis(499)).await;
-        let_tasks_run().await;
-        assert_eq!(
-            pinged(&outboxes),
-            0,
-            "due at 100 ms, its slack ends at 500 ms"
-        );
-        tokio::time::advance(Duration::from_millis(2)).await;
-        let_tasks_run().await;
-        assert!(
-            pinged(&outboxes) > 0,
-            "the timer ran the tick at the end of its slack"
-        );
-        node.inner.shutdown.cancel();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_heartbeat_more_than_a_period_behind_pings_everyone_once_and_starts_afresh() {
-        // The node's own heartbeat waits an hour: only the one made here pings.
-        let (node, outboxes) = node_with_64_connections(Duration::from_secs(3600));
-        let start = tokio::time::Instant::now();
-        let mut heartbeat = Heartbeat::new(Duration::from_millis(1600), start);
-        let now = start + Duration::from_secs(10);
-        heartbeat.run_due(&node.inner, now);
-        let frames: Vec<usize> = outboxes.iter().map(|o| o.take().frames.len()).collect();
-        assert!(frames.iter().all(|&n| n == 1), "one ping each: {frames:?}");
-        assert_eq!(heartbeat.next_due, now + Duration::from_millis(100));
-        node.inner.shutdown.cancel();
-    }
-
     #[tokio::test]
     async fn the_heartbeat_task_pings_and_ends_with_its_token() {
         // The node's own heartbeat waits an hour: only the task started here pings.
@@ -1209,7 +976,7 @@ mod tests {
         let token = CancellationToken::new();
         let task = tokio::spawn(heartbeat_task(
             Arc::downgrade(&node.inner),
-            Arc::new(HeartbeatClock::new(Duration::from_millis(20))),
+            Heartbeat::new(Duration::from_millis(20)),
             token.clone(),
         ));
         tokio::time::timeout(Duration::from_secs(5), outbox.ready())

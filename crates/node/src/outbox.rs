@@ -130,7 +130,7 @@ struct State {
     /// Whether pushes may write to the socket directly (until the connection needs its
     /// frames ordered by its task, or closes).
     direct: bool,
-    /// The heartbeat's ping, held for a quarter period on a direct-write connection so that a
+    /// The heartbeat's ping, held for half a period on a direct-write connection so that a
     /// broadcast arriving meanwhile carries it in the same write (see [`Outbox::hold_ping`]).
     ping: Option<Bytes>,
     /// Whether the heartbeat has pinged this connection before: the first ping is never
@@ -332,12 +332,11 @@ impl Outbox {
 
     /// The heartbeat's first pass. A busy direct-write connection (sent a frame since its last
     /// ping) holds its ping until the next frame written to it (both go in one `sendmsg`) or
-    /// [`Outbox::flush_ping`], a quarter period later, whichever comes first: a ping sweep is one
+    /// [`Outbox::flush_ping`], half a period later, whichever comes first: a ping sweep is one
     /// syscall per connection, and in the 200,000-connection fleet sweeps meeting broadcast
     /// rounds made the last receiver ~30 % later when each ping had a write of its own. A
     /// connection's first ping, an idle connection's and any other connection's go at once,
-    /// so pings are at most 1.5 periods apart (a tick may also run a quarter period late, see
-    /// the node's heartbeat clock) and the first keeps Rails' schedule.
+    /// so pings are at most 1.5 periods apart and the first keeps Rails' schedule.
     pub fn hold_ping(&self, frame: Bytes) {
         let mut s = self.state.lock();
         let hold = s.pinged && s.busy;
