@@ -760,7 +760,12 @@ impl Heartbeat {
 /// (docs/benchmarks.md, "The heartbeat's tick held while its node fans out"): this task
 /// waiting for the node's fan-outs to end before a tick (single node ~6 % faster, within the
 /// spread; the fleet no better), and the thread waiting likewise (single node at the pings-off
-/// level, the fleet's rounds ~1.8x slower).
+/// level, the fleet's rounds ~1.8x slower). What the pings cost a single node is this timer
+/// waking the worker that runs the next fan-out (it is the one parked on the runtime's driver):
+/// preempted ~10x as often during the rounds, even with ticks that do nothing
+/// (`bench/preemptions.sh`). Ticks run at the ends of fan-outs instead, the timer only for a
+/// quiet node (521dbd2), brought a single node to the floor's (1.03x at 10,000) but the fleet's
+/// rounds to ~2x in five of six runs (docs/benchmarks.md, "What the pings cost a single node").
 async fn heartbeat_task(
     node: std::sync::Weak<Inner>,
     mut heartbeat: Heartbeat,
