@@ -2,8 +2,8 @@
 # How often the server's threads are switched out during broadcast rounds, and (PLACEMENT=1)
 # how often the busiest worker shares its core with a running load-tool thread. Why: on this
 # 2-core box a runtime worker woken by a timer between broadcasts was preempted ~10x as often
-# during the next fan-out, which no CPU-per-delivery figure shows (docs/benchmarks.md, "The
-# heartbeat rides on the fan-outs").
+# during the next fan-out, which no CPU-per-delivery figure shows (docs/benchmarks.md, "What
+# the pings cost a single node").
 #
 #   bench/preemptions.sh target/release/ferrocable
 #   FERROCABLE_PING_INTERVAL_MS=600000 bench/preemptions.sh target/release/ferrocable  # no pings
@@ -59,7 +59,10 @@ while os.path.exists(f"/proc/{tool}"):
     except OSError:
         break
     time.sleep(0.002)
-busiest = collections.Counter(t for s, _ in samples for t, v in s.items() if v[0] == "R").most_common(1)[0][0]
+running_counts = collections.Counter(t for s, _ in samples for t, v in s.items() if v[0] == "R")
+if not running_counts:
+    sys.exit("no sample caught a server thread running")
+busiest = running_counts.most_common(1)[0][0]
 running = [(s[busiest][1], b) for s, b in samples if busiest in s and s[busiest][0] == "R"]
 shared = sum(1 for cpu, b in running if any(v == ("R", cpu) for v in b.values()))
 print(f"busiest worker running in {len(running)} samples; a running load-tool thread on its core in {shared}"

@@ -748,24 +748,13 @@ impl Heartbeat {
 
 /// The heartbeat, as a task on the runtime's workers.
 ///
-/// Why a task and not a thread of its own: on its own thread (c7317db) the heartbeat's ticks
-/// no longer shared the fan-out's worker, and a single node's last receiver with pings on went
-/// from 1.25x to 1.01x the C floor's at 10,000 (pair.py, eight sets), but in the fleet (11
-/// nodes, 200,000 connections, Redis, `bench/fleet.sh`) the median round went from
-/// 2,225 / 2,083 ms (this task) to 3,121–3,549 ms, alternated on one box: ticks running beside
-/// every node's fan-outs on two saturated cores. Neither SCHED_BATCH for the thread (no
-/// wake-up preemption: 4,001 / 4,127 against 4,600 / 4,587 ms) nor nice 19 (the rounds were
-/// back, but only half to three quarters of the expected pings reached the clients) was a
-/// fix (docs/benchmarks.md, "The heartbeat back on the runtime"). Also tried and measured
-/// (docs/benchmarks.md, "The heartbeat's tick held while its node fans out"): this task
-/// waiting for the node's fan-outs to end before a tick (single node ~6 % faster, within the
-/// spread; the fleet no better), and the thread waiting likewise (single node at the pings-off
-/// level, the fleet's rounds ~1.8x slower). What the pings cost a single node is this timer
-/// waking the worker that runs the next fan-out (it is the one parked on the runtime's driver):
-/// preempted ~10x as often during the rounds, even with ticks that do nothing
-/// (`bench/preemptions.sh`). Ticks run at the ends of fan-outs instead, the timer only for a
-/// quiet node (521dbd2), brought a single node to the floor's (1.03x at 10,000) but the fleet's
-/// rounds to ~2x in five of six runs (docs/benchmarks.md, "What the pings cost a single node").
+/// Why a task: on a thread of its own (c7317db) a single node's last receiver with pings on
+/// went from 1.25x to 1.01x the C floor's, but the 11-node fleet's median round went from
+/// ~2.2 s to 3.1–3.5 s; tried since and not kept (figures in docs/benchmarks.md): SCHED_BATCH
+/// or nice 19 for that thread, the tick waiting for fan-outs (as a task or a thread), and ticks
+/// run at fan-out ends (521dbd2: a single node at 1.03x, the fleet ~2x, no ping carried).
+/// What a single node pays is this timer waking the worker that runs the next fan-out, which
+/// is then preempted ~10x as often (`bench/preemptions.sh`).
 async fn heartbeat_task(
     node: std::sync::Weak<Inner>,
     mut heartbeat: Heartbeat,
