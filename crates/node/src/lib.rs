@@ -13,6 +13,7 @@ pub mod channel;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod connection;
+mod heartbeat;
 pub mod hub;
 pub mod ingress;
 pub mod jwt;

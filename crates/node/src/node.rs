@@ -3,12 +3,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use ferrocable_protocol::{
-    DEFAULT_MAX_COMMAND_BYTES, DisconnectReason, ServerFrame, StreamPosition,
-};
+use ferrocable_protocol::{DEFAULT_MAX_COMMAND_BYTES, DisconnectReason, StreamPosition};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use parking_lot::Mutex;
@@ -19,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{AllowAll, Authenticator, ConnectRequest, DynAuthenticator};
 use crate::broker::{Appended, Broker, BrokerError, HistoryLimits, MemoryBroker};
 use crate::channel::{Channel, DynChannel};
+use crate::heartbeat::{HeartbeatClock, Slices, heartbeat_task};
 use crate::hub::{BroadcastReport, ConnId, Hub};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, OutboxLimits};
@@ -132,6 +131,9 @@ pub(crate) struct Inner {
     appends: tokio::sync::mpsc::Sender<PendingAppend>,
     pending_appends: std::sync::atomic::AtomicUsize,
     node_id: crate::pubsub::NodeId,
+    /// The heartbeat's schedule, which large fan-outs read before they write (see
+    /// [`crate::heartbeat`]).
+    pub(crate) heartbeat: Arc<HeartbeatClock>,
 }
 
 /// A broadcast waiting for its broker append, in the broadcaster task's queue.
@@ -327,7 +329,9 @@ impl Inner {
         match serde_json::from_str::<&RawValue>(message) {
             Ok(raw) => {
                 self.metrics.pubsub_received.inc();
-                let report = self.hub.broadcast_at(stream, raw, None, position);
+                let report = self.fan_out_carrying_pings(stream, || {
+                    self.hub.broadcast_at(stream, raw, None, position)
+                });
                 self.metrics
                     .broadcast_deliveries
                     .inc_by(report.delivered as u64);
@@ -438,9 +442,10 @@ impl Inner {
         position: Option<StreamPosition>,
         published: bool,
     ) -> BroadcastReport {
-        let report = self
-            .hub
-            .broadcast_at(stream, message, except, position.as_ref());
+        let report = self.fan_out_carrying_pings(stream, || {
+            self.hub
+                .broadcast_at(stream, message, except, position.as_ref())
+        });
         if !published && let Some(p) = &self.pubsub {
             p.publish(
                 stream,
@@ -451,6 +456,37 @@ impl Inner {
             .broadcast_deliveries
             .inc_by(report.delivered as u64);
         report
+    }
+
+    /// Runs a fan-out to `stream`, first running the heartbeat's due ticks if the stream holds
+    /// at least a slice's worth of the node's connections, so its writes carry their pings and
+    /// the timer does not wake a worker between broadcasts ([`crate::heartbeat`]); the pings
+    /// it did not carry go alone once it is done. A smaller fan-out (a reflex's reply) is not
+    /// held up by a tick. One clock read and one atomic load when no tick is due.
+    pub(crate) fn fan_out_carrying_pings(
+        &self,
+        stream: &str,
+        fan_out: impl FnOnce() -> BroadcastReport,
+    ) -> BroadcastReport {
+        let clock = &self.heartbeat;
+        let now = tokio::time::Instant::now();
+        let held = if clock.is_due(now) && self.holds_a_slice(stream) {
+            clock.ride(self, now)
+        } else {
+            Slices::default()
+        };
+        let report = fan_out();
+        if !held.is_empty() {
+            crate::heartbeat::flush(self, held);
+        }
+        report
+    }
+
+    /// Whether `stream` has at least a heartbeat slice's worth of this node's connections.
+    fn holds_a_slice(&self, stream: &str) -> bool {
+        let subscribers = self.hub.subscriber_count(stream) as i64;
+        subscribers > 0
+            && subscribers * i64::from(self.heartbeat.slices()) >= self.metrics.connections.get()
     }
 }
 
@@ -611,6 +647,7 @@ impl NodeBuilder {
             self.config.max_presence_per_stream,
             self.config.presence_ttl,
         );
+        let heartbeat = Arc::new(HeartbeatClock::new(self.config.ping_interval));
         let inner = Arc::new(Inner {
             broker,
             appends,
@@ -632,6 +669,7 @@ impl NodeBuilder {
             node_id,
             started: std::time::Instant::now(),
             next_id: AtomicU64::new(1),
+            heartbeat,
         });
         let weak = Arc::downgrade(&inner);
         let hooks = crate::pubsub::PubSubHooks {
@@ -653,7 +691,7 @@ impl NodeBuilder {
         tokio::spawn(broadcaster(Arc::downgrade(&inner), append_queue));
         tokio::spawn(heartbeat_task(
             Arc::downgrade(&inner),
-            Heartbeat::new(inner.config.ping_interval),
+            inner.heartbeat.clone(),
             shutdown,
         ));
         Node { inner }
@@ -687,90 +725,6 @@ async fn broadcaster(
         let Some(node) = node.upgrade() else { return };
         node.fan_out(&stream, &message, except, appended);
         node.pending_appends.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// How many slices the heartbeat cuts a period into: each tick pings the connections of one
-/// slice of the registry's shards, so every connection still gets a ping every period, but a
-/// node's pings go out as 16 small sweeps rather than one burst. In the 200,000-connection
-/// fleet a whole-node sweep (one `send` per connection, all nodes at once) landed on some
-/// broadcast rounds and not others: rounds of ~2.3 s and rounds of ~4 s (docs/benchmarks.md).
-const HEARTBEAT_SLICES: u32 = 16;
-
-/// One timer for the whole node (as Rails does): every period, encode one `ping` frame and
-/// give the same bytes to every connection, like a broadcast, a slice of the connections per
-/// tick; a busy direct-write connection holds it for half a period so a broadcast can carry it
-/// in the same write ([`Outbox::hold_ping`]).
-struct Heartbeat {
-    slices: u32,
-    /// The slice the next tick pings.
-    slice: u32,
-    /// Time between ticks: a period over `slices`.
-    tick: Duration,
-}
-
-impl Heartbeat {
-    fn new(period: Duration) -> Self {
-        // Periods under 16 ms (tests) still take two slices, so a held ping's flush half a
-        // period later is always some other tick's work.
-        let slices = if period >= Duration::from_millis(u64::from(HEARTBEAT_SLICES)) {
-            HEARTBEAT_SLICES
-        } else {
-            2
-        };
-        Heartbeat {
-            slices,
-            slice: 0,
-            tick: (period / slices).max(Duration::from_micros(100)),
-        }
-    }
-
-    /// One tick: ping this tick's slice, send alone the pings of the slice pinged half a
-    /// period ago that no frame carried, and (once a period) expire presence records.
-    fn tick(&mut self, node: &Inner) {
-        let (slice, slices) = (self.slice, self.slices);
-        let at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let frame = ferrocable_websocket::frame::text(&ServerFrame::Ping { at }.encode());
-        let connections = &node.connections;
-        connections.for_each_in_slice(slice, slices, |outbox| outbox.hold_ping(frame.clone()));
-        let pinged_half_a_period_ago = (slice + slices - slices / 2) % slices;
-        connections.for_each_in_slice(pinged_half_a_period_ago, slices, |outbox| {
-            outbox.flush_ping()
-        });
-        if slice == 0 {
-            node.sweep_presence();
-        }
-        self.slice = (slice + 1) % slices;
-    }
-}
-
-/// The heartbeat, as a task on the runtime's workers.
-///
-/// Why a task: on a thread of its own (c7317db) a single node's last receiver with pings on
-/// went from 1.25x to 1.01x the C floor's, but the 11-node fleet's median round went from
-/// ~2.2 s to 3.1–3.5 s; tried since and not kept (figures in docs/benchmarks.md): SCHED_BATCH
-/// or nice 19 for that thread, the tick waiting for fan-outs (as a task or a thread), and ticks
-/// run at fan-out ends (521dbd2: a single node at 1.03x, the fleet ~2x, no ping carried).
-/// What a single node pays is this timer waking the worker that runs the next fan-out, which
-/// is then preempted ~10x as often (`bench/preemptions.sh`).
-async fn heartbeat_task(
-    node: std::sync::Weak<Inner>,
-    mut heartbeat: Heartbeat,
-    shutdown: CancellationToken,
-) {
-    let start = tokio::time::Instant::now() + heartbeat.tick;
-    let mut interval = tokio::time::interval_at(start, heartbeat.tick);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = interval.tick() => {
-                let Some(node) = node.upgrade() else { return };
-                heartbeat.tick(&node);
-            }
-        }
     }
 }
 
@@ -823,7 +777,9 @@ impl Node {
         raw: &RawValue,
         except: Option<ConnId>,
     ) -> BroadcastReport {
-        let report = self.inner.hub.broadcast(stream, raw, except);
+        let report = self
+            .inner
+            .fan_out_carrying_pings(stream, || self.inner.hub.broadcast(stream, raw, except));
         self.inner.metrics.broadcasts.inc();
         self.inner
             .metrics
@@ -926,6 +882,7 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::heartbeat::HEARTBEAT_SLICES;
 
     #[test]
     fn the_heartbeats_slices_reach_every_connection_once() {
@@ -955,35 +912,5 @@ mod tests {
         registry.for_each_in_slice(0, 2, |_| n += 1);
         registry.for_each_in_slice(1, 2, |_| n += 1);
         assert_eq!(n, 1000);
-    }
-
-    #[tokio::test]
-    async fn the_heartbeat_task_pings_and_ends_with_its_token() {
-        // The node's own heartbeat waits an hour: only the task started here pings.
-        let config = NodeConfig {
-            ping_interval: Duration::from_secs(3600),
-            ..NodeConfig::default()
-        };
-        let node = Node::builder().config(config).build();
-        let outbox = Arc::new(Outbox::new(OutboxLimits::default()));
-        node.inner.connections.insert(1, outbox.clone());
-        let token = CancellationToken::new();
-        let task = tokio::spawn(heartbeat_task(
-            Arc::downgrade(&node.inner),
-            Heartbeat::new(Duration::from_millis(20)),
-            token.clone(),
-        ));
-        tokio::time::timeout(Duration::from_secs(5), outbox.ready())
-            .await
-            .expect("a ping from the task within 5 s");
-        let frames = outbox.take().frames;
-        let text = std::str::from_utf8(&frames[0].bytes()[2..]).expect("a text frame");
-        assert!(text.starts_with(r#"{"type":"ping","message":"#), "{text}");
-        token.cancel();
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .expect("the task ends once its token is cancelled")
-            .expect("the task did not panic");
-        node.inner.shutdown.cancel();
     }
 }

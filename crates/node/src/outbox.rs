@@ -130,8 +130,8 @@ struct State {
     /// Whether pushes may write to the socket directly (until the connection needs its
     /// frames ordered by its task, or closes).
     direct: bool,
-    /// The heartbeat's ping, held for half a period on a direct-write connection so that a
-    /// broadcast arriving meanwhile carries it in the same write (see [`Outbox::hold_ping`]).
+    /// The heartbeat's ping, held on a direct-write connection (for the fan-out about to
+    /// start, or a quarter period) so that a broadcast carries it in the same write (see [`Outbox::hold_ping`]).
     ping: Option<Bytes>,
     /// Whether the heartbeat has pinged this connection before: the first ping is never
     /// held, so it keeps Rails' schedule (clients count the first period from connecting).
@@ -332,14 +332,29 @@ impl Outbox {
 
     /// The heartbeat's first pass. A busy direct-write connection (sent a frame since its last
     /// ping) holds its ping until the next frame written to it (both go in one `sendmsg`) or
-    /// [`Outbox::flush_ping`], half a period later, whichever comes first: a ping sweep is one
-    /// syscall per connection, and in the 200,000-connection fleet sweeps meeting broadcast
-    /// rounds made the last receiver ~30 % later when each ping had a write of its own. A
-    /// connection's first ping, an idle connection's and any other connection's go at once,
-    /// so pings are at most 1.5 periods apart and the first keeps Rails' schedule.
+    /// [`Outbox::flush_ping`] (after the fan-out that held it, or a quarter period later),
+    /// whichever comes first: a ping sweep is one syscall per connection, and in the
+    /// 200,000-connection fleet sweeps meeting broadcast rounds made the last receiver ~30 %
+    /// later when each ping had a write of its own. A connection's first ping, an idle
+    /// connection's and any other connection's go at once, so pings are at most 1.5 periods
+    /// apart (a tick runs at most a quarter period late) and the first keeps Rails' schedule.
     pub fn hold_ping(&self, frame: Bytes) {
+        self.hold(frame, false);
+    }
+
+    /// The heartbeat's first pass just before a fan-out that reaches this connection's slice:
+    /// any direct-write connection holds its ping, busy or not, first or not, since the
+    /// fan-out about to write carries it in the same write; [`Outbox::flush_ping`] sends it
+    /// alone right after the fan-out if this connection was not among its receivers. In the
+    /// 11-node fleet a round's fan-outs come ~10 s apart, so at the start of one hardly any
+    /// connection is busy, and the pings sent at once before the broadcast delayed it.
+    pub fn hold_ping_for_fan_out(&self, frame: Bytes) {
+        self.hold(frame, true);
+    }
+
+    fn hold(&self, frame: Bytes, always: bool) {
         let mut s = self.state.lock();
-        let hold = s.pinged && s.busy;
+        let hold = always || (s.pinged && s.busy);
         s.pinged = true;
         s.busy = false;
         if hold && s.direct && !s.closed && self.socket.is_some() {
@@ -353,6 +368,12 @@ impl Outbox {
             drop(s);
             self.push_tick(frame);
         }
+    }
+
+    /// Whether a ping is held for the next frame (tests).
+    #[cfg(test)]
+    pub(crate) fn holds_ping(&self) -> bool {
+        self.state.lock().ping.is_some()
     }
 
     /// The heartbeat's second pass: sends a ping no frame has carried yet.
@@ -569,12 +590,6 @@ mod tests {
         assert_eq!(o.len(), 1);
     }
 
-    impl Outbox {
-        fn holds_ping(&self) -> bool {
-            self.state.lock().ping.is_some()
-        }
-    }
-
     #[tokio::test]
     async fn a_busy_connections_ping_rides_with_the_next_frame_or_goes_alone_at_the_flush() {
         use tokio::io::AsyncReadExt;
@@ -613,6 +628,13 @@ mod tests {
         let mut got = [0u8; 3];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"P3x");
+        // Before a fan-out, even an idle connection holds its ping for the fan-out's frame.
+        o.hold_ping_for_fan_out(Bytes::from_static(b"Pf"));
+        assert!(o.holds_ping(), "held although idle");
+        o.try_push(Bytes::from_static(b"fan")).unwrap();
+        let mut got = [0u8; 5];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"Pffan");
         // Direct writes stopping queue a held ping for the task.
         o.hold_ping(Bytes::from_static(b"P4"));
         assert!(o.holds_ping());

@@ -1,0 +1,600 @@
+//! The node's heartbeat: one `ping` frame per period for every connection, encoded once and
+//! given to all, a slice of the connections per tick; ticks run at the start of the node's
+//! large fan-outs (the broadcast carries the pings in the same write) or, when no fan-out comes,
+//! on a timer a quarter period late.
+//!
+//! Why it rides on fan-outs: the pings' work was never what cost a busy node; a runtime worker
+//! woken by a timer between broadcasts was. With ticks on a timer alone, the worker that runs
+//! the next fan-out (the one parked on the runtime's driver) woke ~4 times per broadcast round
+//! and was then switched out ~10x as often during the fan-out (33,958–38,167 involuntary
+//! context switches over 30 rounds of 10,000 against 3,729–4,817 with pings off,
+//! `bench/preemptions.sh`); a timer whose ticks did nothing cost as much, and the last receiver
+//! came ~25 % later than the C floor's. Ticks run at fan-out *ends* (521dbd2) spared the single
+//! node but slowed the 11-node fleet ~2x: a node fans out once per ~2.6 s round there, so the
+//! end of a fan-out held a whole round's pings, and the flush a quarter period later sent them
+//! all alone at the start of the next round. At a fan-out's *start* the pings held go out with
+//! that very fan-out, and ticks that no fan-out takes run on the timer as before, spread out
+//! (docs/benchmarks.md, "The heartbeat at the start of fan-outs").
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::node::Inner;
+use ferrocable_protocol::ServerFrame;
+
+/// How many slices the heartbeat cuts a period into: each tick pings the connections of one
+/// slice of the registry's shards, so every connection still gets a ping every period, but a
+/// node's pings go out as 16 small sweeps rather than one burst. In the 200,000-connection
+/// fleet a whole-node sweep (one `send` per connection, all nodes at once) landed on some
+/// broadcast rounds and not others: rounds of ~2.3 s and rounds of ~4 s (docs/benchmarks.md).
+pub(crate) const HEARTBEAT_SLICES: u32 = 16;
+
+/// A set of slices (at most 32; the heartbeat uses 16 or 2): the ones a fan-out pinged before
+/// it wrote, whose held pings it sends alone once it is done.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Slices(u32);
+
+impl Slices {
+    /// Whether the set is empty (the usual case: no tick was due).
+    pub(crate) fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    fn insert(&mut self, slice: u32) {
+        self.0 |= 1 << slice;
+    }
+
+    fn iter(self) -> impl Iterator<Item = u32> {
+        (0..32).filter(move |s| self.0 & (1 << s) != 0)
+    }
+}
+
+/// The heartbeat's schedule: which slice the next tick pings and when it is due.
+struct Heartbeat {
+    slices: u32,
+    /// The slice the next tick pings.
+    slice: u32,
+    /// Time between ticks: a period over `slices`.
+    tick: Duration,
+    /// Ticks between holding a slice's pings and sending alone those no frame carried: a
+    /// quarter period.
+    hold_ticks: u32,
+    /// When the next tick is due.
+    next_due: Instant,
+}
+
+impl Heartbeat {
+    fn new(period: Duration, start: Instant) -> Self {
+        // Periods under 16 ms (tests) still take two slices, so a held ping's flush is always
+        // some other tick's work.
+        let slices = if period >= Duration::from_millis(u64::from(HEARTBEAT_SLICES)) {
+            HEARTBEAT_SLICES
+        } else {
+            2
+        };
+        let tick = (period / slices).max(Duration::from_micros(100));
+        Heartbeat {
+            slices,
+            slice: 0,
+            tick,
+            hold_ticks: (slices / 4).max(1),
+            next_due: start + tick,
+        }
+    }
+
+    /// How long past its due time a tick waits for a fan-out to take it before the timer runs
+    /// it: a quarter period (a broadcast round of pair.py is ~0.6 s, Rails' period 3 s). With
+    /// pings held a quarter period, a connection's pings are at most 1.5 periods apart, as
+    /// they were with pings held half a period on time (4.5 s at Rails' 3 s; its client
+    /// reconnects after 6 s).
+    fn slack(&self) -> Duration {
+        self.tick * self.hold_ticks
+    }
+
+    /// Runs, in order, every tick due at or before `upto`: each holds its slice's pings
+    /// ([`crate::outbox::Outbox::hold_ping`]), and the slice it pinged a quarter period before
+    /// is due to send alone the pings no frame carried. More than a period behind (a stalled
+    /// node), every slice is pinged once and the schedule restarts from `now`.
+    ///
+    /// `for_fan_out`: a fan-out about to write runs the ticks, so every connection holds its
+    /// ping for it ([`crate::outbox::Outbox::hold_ping_for_fan_out`]).
+    fn run_until(&mut self, node: &Inner, upto: Instant, now: Instant, for_fan_out: bool) -> Ran {
+        let mut ran = Ran::default();
+        if self.next_due > upto {
+            return ran;
+        }
+        let at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let frame = ferrocable_websocket::frame::text(&ServerFrame::Ping { at }.encode());
+        let mut ticks = 0;
+        while self.next_due <= upto && ticks < self.slices {
+            let slice = self.slice;
+            node.connections
+                .for_each_in_slice(slice, self.slices, |outbox| {
+                    if for_fan_out {
+                        outbox.hold_ping_for_fan_out(frame.clone());
+                    } else {
+                        outbox.hold_ping(frame.clone());
+                    }
+                });
+            ran.pinged.insert(slice);
+            ran.expired
+                .insert((slice + self.slices - self.hold_ticks) % self.slices);
+            if slice == 0 {
+                node.sweep_presence();
+            }
+            self.slice = (slice + 1) % self.slices;
+            self.next_due += self.tick;
+            ticks += 1;
+        }
+        if self.next_due <= upto {
+            self.next_due = now + self.tick;
+        }
+        ran
+    }
+}
+
+/// What a run of ticks did: the slices it pinged, and those whose quarter period of holding
+/// ran out.
+#[derive(Debug, Default, Clone, Copy)]
+struct Ran {
+    pinged: Slices,
+    expired: Slices,
+}
+
+/// Sends alone the pings held in `slices` that no frame carried.
+pub(crate) fn flush(node: &Inner, slices: Slices) {
+    let of = node.heartbeat.slices();
+    for slice in slices.iter() {
+        node.connections
+            .for_each_in_slice(slice, of, |outbox| outbox.flush_ping());
+    }
+}
+
+/// The heartbeat, shared by its timer task and the node's fan-outs.
+pub(crate) struct HeartbeatClock {
+    heartbeat: Mutex<Heartbeat>,
+    slices: u32,
+    /// When the next tick is due, in microseconds since `origin`: what every fan-out reads
+    /// (one atomic load) to see whether it has a tick to run.
+    next_due: AtomicU64,
+    origin: Instant,
+    slack: Duration,
+    /// Tells the timer task that a fan-out ran the due ticks, so it sleeps to the new deadline
+    /// instead of waking at the old one.
+    rearm: tokio::sync::Notify,
+}
+
+impl HeartbeatClock {
+    pub(crate) fn new(period: Duration) -> Self {
+        let origin = Instant::now();
+        let heartbeat = Heartbeat::new(period, origin);
+        HeartbeatClock {
+            next_due: AtomicU64::new(micros(heartbeat.next_due - origin)),
+            slices: heartbeat.slices,
+            slack: heartbeat.slack(),
+            heartbeat: Mutex::new(heartbeat),
+            origin,
+            rearm: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// How many slices a period has.
+    pub(crate) fn slices(&self) -> u32 {
+        self.slices
+    }
+
+    /// Whether a tick is due at `now`: one atomic load.
+    pub(crate) fn is_due(&self, now: Instant) -> bool {
+        micros(now.saturating_duration_since(self.origin)) >= self.next_due.load(Ordering::Acquire)
+    }
+
+    /// When the timer runs the next tick if no fan-out has: its due time plus the slack.
+    fn deadline(&self) -> Instant {
+        self.origin + Duration::from_micros(self.next_due.load(Ordering::Acquire)) + self.slack
+    }
+
+    /// A fan-out's turn, before it writes: runs the due ticks unless the timer or another
+    /// fan-out is running them (a fan-out never waits for the heartbeat). The slices to
+    /// [`flush`] once the fan-out is done.
+    pub(crate) fn ride(&self, node: &Inner, now: Instant) -> Slices {
+        let Some(mut heartbeat) = self.heartbeat.try_lock() else {
+            return Slices::default();
+        };
+        let ran = heartbeat.run_until(node, now, now, true);
+        self.store_next_due(&heartbeat);
+        drop(heartbeat);
+        if ran.pinged.is_empty() {
+            return Slices::default();
+        }
+        self.rearm.notify_one();
+        Slices(ran.pinged.0 | ran.expired.0)
+    }
+
+    /// The timer's turn: runs the tick a slack past due, and sends alone at once the held
+    /// pings whose quarter period is over (the ones pinged now stay held). The lock is held
+    /// by the tick only, never across an await.
+    ///
+    /// One tick per wake, however late the timer woke: the schedule moves on by the delay
+    /// instead (as a `tokio::time::interval` with `MissedTickBehavior::Delay`, which the
+    /// heartbeat was before). A node so busy that its timer runs late pings less often rather
+    /// than catching up in bursts: catching up doubled the 11-node fleet's rounds (9.5 s
+    /// against 18–21 s, `bench/fleet.sh`, docs/benchmarks.md).
+    fn run_late(&self, node: &Inner, now: Instant) {
+        let Some(upto) = now.checked_sub(self.slack) else {
+            return;
+        };
+        let mut heartbeat = self.heartbeat.lock();
+        let due = heartbeat.next_due;
+        if due > upto {
+            return;
+        }
+        let ran = heartbeat.run_until(node, due, now, false);
+        heartbeat.next_due = heartbeat.next_due.max(upto + heartbeat.tick);
+        self.store_next_due(&heartbeat);
+        drop(heartbeat);
+        flush(node, Slices(ran.expired.0 & !ran.pinged.0));
+    }
+
+    fn store_next_due(&self, heartbeat: &Heartbeat) {
+        let due = micros(heartbeat.next_due.saturating_duration_since(self.origin));
+        self.next_due.store(due, Ordering::Release);
+    }
+}
+
+/// Whole microseconds in `d`, saturating (584,000 years).
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The heartbeat's timer, as a task on the runtime's workers: it runs the ticks no fan-out
+/// took within their slack ([`HeartbeatClock`]), so a quiet node still pings every period.
+///
+/// Why a task and not a thread of its own: on its own thread (c7317db) a single node's last
+/// receiver with pings on went from 1.25x to 1.01x the C floor's at 10,000, but in the fleet
+/// (11 nodes, 200,000 connections, Redis, `bench/fleet.sh`) the median round went from
+/// ~2.2 s to 3.1–3.5 s: ticks running beside every node's fan-outs on two saturated cores.
+/// SCHED_BATCH or nice 19 for that thread did not help either (docs/benchmarks.md).
+pub(crate) async fn heartbeat_task(
+    node: std::sync::Weak<Inner>,
+    clock: Arc<HeartbeatClock>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let deadline = clock.deadline();
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            // A fan-out ran the due ticks: sleep to the new deadline.
+            _ = clock.rearm.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                let Some(node) = node.upgrade() else { return };
+                clock.run_late(&node, Instant::now());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+    use crate::node::{Node, NodeConfig};
+    use crate::outbox::{Outbox, OutboxLimits};
+    use ferrocable_protocol::Identifier;
+
+    /// A node with a 1.6 s period (16 ticks of 100 ms, 400 ms of slack) and 64 connections
+    /// (ids 0..64) whose outboxes are in `outboxes`; `subscribed` of them listen to "room".
+    fn node_with(outboxes: &[Arc<Outbox>], subscribed: impl Fn(u64) -> bool) -> Node {
+        let config = NodeConfig {
+            ping_interval: Duration::from_millis(1600),
+            ..NodeConfig::default()
+        };
+        let node = Node::builder().config(config).build();
+        let id = Identifier::new(r#"{"channel":"Room"}"#);
+        for (conn, outbox) in (0u64..).zip(outboxes) {
+            node.inner.connections.insert(conn, outbox.clone());
+            node.inner.metrics.connections.inc();
+            if subscribed(conn) {
+                node.inner.hub.attach("room", conn, &id, outbox);
+            }
+        }
+        node
+    }
+
+    /// 64 outboxes without sockets: pings and frames queue.
+    fn queued_outboxes() -> Vec<Arc<Outbox>> {
+        (0..64)
+            .map(|_| Arc::new(Outbox::new(OutboxLimits::default())))
+            .collect()
+    }
+
+    /// 64 outboxes writing to loopback sockets, and the client ends (blocking, so what a
+    /// direct write sent is there to read at once).
+    fn socket_outboxes() -> (Vec<Arc<Outbox>>, Vec<std::net::TcpStream>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        (0..64)
+            .map(|_| {
+                let client = std::net::TcpStream::connect(addr).expect("connect");
+                let (server, _) = listener.accept().expect("accept");
+                server.set_nonblocking(true).expect("nonblocking");
+                let server = tokio::net::TcpStream::from_std(server).expect("register");
+                let outbox = Outbox::new(OutboxLimits::default()).with_socket(server);
+                (Arc::new(outbox), client)
+            })
+            .unzip()
+    }
+
+    /// Everything a client end has received so far, as text.
+    fn received(client: &mut std::net::TcpStream) -> String {
+        client.set_nonblocking(true).expect("nonblocking");
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match client.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    }
+
+    /// The connections of `slice` (of 16), by id.
+    fn slice_of(node: &Node, outboxes: &[Arc<Outbox>], slice: u32) -> Vec<usize> {
+        let mut ids = Vec::new();
+        node.inner
+            .connections
+            .for_each_in_slice(slice, HEARTBEAT_SLICES, |o| {
+                ids.extend(outboxes.iter().position(|x| Arc::ptr_eq(x, o)));
+            });
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Which of `outboxes` got a frame since the last call (and empties them).
+    fn pinged(outboxes: &[Arc<Outbox>]) -> Vec<usize> {
+        (0..outboxes.len())
+            .filter(|&i| !outboxes[i].take().frames.is_empty())
+            .collect()
+    }
+
+    /// Lets the heartbeat task run (the runtime is the test's own, current-thread).
+    async fn let_tasks_run() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Moves the paused clock to `at` past `start`, letting the heartbeat task run.
+    async fn advance_to(start: Instant, at: u64) {
+        let to = start + Duration::from_millis(at);
+        tokio::time::advance(to.saturating_duration_since(Instant::now())).await;
+        let_tasks_run().await;
+    }
+
+    /// Like [`advance_to`], 10 ms at a time, so the timer wakes on time all along.
+    async fn step_to(start: Instant, at: u64) {
+        while Instant::now() < start + Duration::from_millis(at) {
+            let next =
+                (start + Duration::from_millis(at)).min(Instant::now() + Duration::from_millis(10));
+            tokio::time::advance(next - Instant::now()).await;
+            let_tasks_run().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tick_due_before_a_large_fan_out_runs_at_its_start_and_the_timer_sleeps_on() {
+        let outboxes = queued_outboxes();
+        let start = Instant::now();
+        let node = node_with(&outboxes, |_| true);
+        // The first tick is due at 100 ms; the timer would run it at 500 ms.
+        advance_to(start, 150).await;
+        assert_eq!(
+            pinged(&outboxes),
+            Vec::<usize>::new(),
+            "no tick before 500 ms"
+        );
+        node.broadcast("room", r#""news""#).expect("valid JSON");
+        let slice0 = slice_of(&node, &outboxes, 0);
+        assert!(!slice0.is_empty());
+        for (i, outbox) in outboxes.iter().enumerate() {
+            let frames = outbox.take().frames;
+            let texts: Vec<String> = frames
+                .iter()
+                .map(|f| String::from_utf8_lossy(f.bytes()).into_owned())
+                .collect();
+            if slice0.contains(&i) {
+                assert_eq!(texts.len(), 2, "ping and news for {i}: {texts:?}");
+                assert!(
+                    texts[0].contains(r#""type":"ping""#),
+                    "ping first: {texts:?}"
+                );
+                assert!(texts[1].contains("news"), "{texts:?}");
+            } else {
+                assert_eq!(texts.len(), 1, "news only for {i}: {texts:?}");
+                assert!(texts[0].contains("news"), "{texts:?}");
+            }
+        }
+        // Past the old deadline (500 ms) but before the new one (the next tick is due at
+        // 200 ms, run by the timer at 600 ms): the timer was re-armed and stays asleep.
+        advance_to(start, 590).await;
+        assert_eq!(pinged(&outboxes), Vec::<usize>::new(), "the timer slept on");
+        // Quiet since: at 600 ms the timer runs the tick due at 200 ms, one slice.
+        advance_to(start, 601).await;
+        assert_eq!(pinged(&outboxes), slice_of(&node, &outboxes, 1));
+        node.inner.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_small_fan_out_leaves_the_tick_to_the_timer() {
+        let outboxes = queued_outboxes();
+        let start = Instant::now();
+        // Two listeners of 64 connections: less than a slice's worth (4).
+        let node = node_with(&outboxes, |conn| conn < 2);
+        advance_to(start, 150).await;
+        node.broadcast("room", r#""reply""#).expect("valid JSON");
+        assert_eq!(pinged(&outboxes), vec![0, 1], "the reply only, no tick");
+        advance_to(start, 499).await;
+        assert_eq!(pinged(&outboxes), Vec::<usize>::new());
+        advance_to(start, 501).await;
+        assert_eq!(pinged(&outboxes), slice_of(&node, &outboxes, 0));
+        node.inner.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_nodes_ticks_run_on_the_timer_a_quarter_period_late_one_slice_each() {
+        let outboxes = queued_outboxes();
+        let start = Instant::now();
+        let node = node_with(&outboxes, |_| true);
+        advance_to(start, 499).await;
+        assert_eq!(
+            pinged(&outboxes),
+            Vec::<usize>::new(),
+            "due at 100 ms, slack to 500"
+        );
+        for slice in 0..HEARTBEAT_SLICES {
+            advance_to(start, 501 + 100 * u64::from(slice)).await;
+            assert_eq!(
+                pinged(&outboxes),
+                slice_of(&node, &outboxes, slice),
+                "slice {slice}"
+            );
+        }
+        node.inner.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_woken_late_runs_one_tick_and_moves_the_schedule_on() {
+        let outboxes = queued_outboxes();
+        let start = Instant::now();
+        let node = node_with(&outboxes, |_| true);
+        // Fifteen ticks are past their slack at 2 s; the timer wakes once, late.
+        advance_to(start, 2000).await;
+        assert_eq!(pinged(&outboxes), slice_of(&node, &outboxes, 0), "one tick");
+        // The next is due a tick after 1,600 ms (2 s less the slack): run at 2,100 ms.
+        advance_to(start, 2099).await;
+        assert_eq!(pinged(&outboxes), Vec::<usize>::new());
+        advance_to(start, 2101).await;
+        assert_eq!(pinged(&outboxes), slice_of(&node, &outboxes, 1));
+        node.inner.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_ping_rides_the_fan_out_and_one_it_did_not_carry_goes_alone_after_it() {
+        let (outboxes, mut clients) = socket_outboxes();
+        let start = Instant::now();
+        // Every fourth connection does not listen to the room.
+        let node = node_with(&outboxes, |conn| conn % 4 != 3);
+        // A first period on the timer: every connection gets its first ping, at once.
+        step_to(start, 2050).await;
+        for client in &mut clients {
+            assert_eq!(received(client).matches(r#""type":"ping""#).count(), 1);
+        }
+        // Traffic since for slice 0 only: busy, so the timer holds its next ping. The other
+        // slices are idle: the timer would send theirs at once, a fan-out holds them too.
+        let slice0 = slice_of(&node, &outboxes, 0);
+        for &i in &slice0 {
+            outboxes[i]
+                .try_push(bytes::Bytes::from_static(b"busy"))
+                .expect("pushed");
+            assert_eq!(received(&mut clients[i]), "busy");
+        }
+        // At 2,150 ms the timer has run slice 0's second tick (due at 1,700 ms; held), and
+        // those of slices 1–4 (due at 1,800–2,100 ms) wait for it: the fan-out takes them.
+        step_to(start, 2150).await;
+        let ridden: Vec<usize> = (0..5).flat_map(|s| slice_of(&node, &outboxes, s)).collect();
+        assert!(
+            slice0.iter().all(|&i| outboxes[i].holds_ping()),
+            "held by the timer"
+        );
+        let room = r#"{"news":1}"#;
+        let raw: &serde_json::value::RawValue = serde_json::from_str(room).expect("JSON");
+        node.inner.fan_out_carrying_pings("room", || {
+            for &i in &ridden {
+                assert!(
+                    outboxes[i].holds_ping(),
+                    "held before the fan-out wrote: {i}"
+                );
+            }
+            node.inner.hub.broadcast("room", raw, None)
+        });
+        for (i, client) in clients.iter_mut().enumerate() {
+            let got = received(client);
+            let (ping, news) = (got.find(r#""type":"ping""#), got.find(r#""news""#));
+            let listens = i % 4 != 3;
+            let in_a_ridden_slice = ridden.contains(&i);
+            match (listens, in_a_ridden_slice) {
+                // Carried: the ping first, in the fan-out's write.
+                (true, true) => assert!(ping.is_some() && ping < news, "{i}: {got}"),
+                // Not reached by the fan-out: sent alone once it was done.
+                (false, true) => assert!(ping.is_some() && news.is_none(), "{i}: {got}"),
+                (true, false) => assert!(ping.is_none() && news.is_some(), "{i}: {got}"),
+                (false, false) => assert_eq!(got, "", "{i}"),
+            }
+            assert!(!outboxes[i].holds_ping(), "nothing left held: {i}");
+        }
+        node.inner.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_heartbeat_more_than_a_period_behind_pings_everyone_once_and_starts_afresh() {
+        // The node's own heartbeat waits an hour: only the one made here pings.
+        let outboxes = queued_outboxes();
+        let config = NodeConfig {
+            ping_interval: Duration::from_secs(3600),
+            ..NodeConfig::default()
+        };
+        let node = Node::builder().config(config).build();
+        for (conn, outbox) in (0u64..).zip(&outboxes) {
+            node.inner.connections.insert(conn, outbox.clone());
+        }
+        let start = Instant::now();
+        let mut heartbeat = Heartbeat::new(Duration::from_millis(1600), start);
+        let now = start + Duration::from_secs(10);
+        let ran = heartbeat.run_until(&node.inner, now, now, false);
+        let frames: Vec<usize> = outboxes.iter().map(|o| o.take().frames.len()).collect();
+        assert!(frames.iter().all(|&n| n == 1), "one ping each: {frames:?}");
+        assert_eq!(ran.pinged.iter().count(), 16);
+        assert_eq!(heartbeat.next_due, now + Duration::from_millis(100));
+        node.inner.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn the_heartbeat_task_pings_and_ends_with_its_token() {
+        // The node's own heartbeat waits an hour: only the task started here pings.
+        let config = NodeConfig {
+            ping_interval: Duration::from_secs(3600),
+            ..NodeConfig::default()
+        };
+        let node = Node::builder().config(config).build();
+        let outbox = Arc::new(Outbox::new(OutboxLimits::default()));
+        node.inner.connections.insert(1, outbox.clone());
+        let token = CancellationToken::new();
+        let task = tokio::spawn(heartbeat_task(
+            Arc::downgrade(&node.inner),
+            Arc::new(HeartbeatClock::new(Duration::from_millis(20))),
+            token.clone(),
+        ));
+        tokio::time::timeout(Duration::from_secs(5), outbox.ready())
+            .await
+            .expect("a ping from the task within 5 s");
+        let frames = outbox.take().frames;
+        let text = std::str::from_utf8(&frames[0].bytes()[2..]).expect("a text frame");
+        assert!(text.starts_with(r#"{"type":"ping","message":"#), "{text}");
+        token.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the task ends once its token is cancelled")
+            .expect("the task did not panic");
+        node.inner.shutdown.cancel();
+    }
+}
