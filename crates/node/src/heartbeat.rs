@@ -8,12 +8,13 @@
 //! the next fan-out (the one parked on the runtime's driver) woke ~4 times per broadcast round
 //! and was then switched out ~10x as often during the fan-out (33,958–38,167 involuntary
 //! context switches over 30 rounds of 10,000 against 3,729–4,817 with pings off,
-//! `bench/preemptions.sh`); a timer whose ticks did nothing cost as much, and the last receiver
-//! came ~25 % later than the C floor's. Ticks run at fan-out *ends* (521dbd2) spared the single
-//! node but slowed the 11-node fleet ~2x: a node fans out once per ~2.6 s round there, so the
-//! end of a fan-out held a whole round's pings, and the flush a quarter period later sent them
-//! all alone at the start of the next round. At a fan-out's *start* the pings held go out with
-//! that very fan-out, and ticks that no fan-out takes run on the timer as before, spread out
+//! `bench/preemptions.sh`); a timer whose ticks did nothing cost as much. Here the fan-out's
+//! worker is switched out ~16,000–18,000 times, and the last receiver over 30 rounds of 10,000
+//! is 1.01x the C floor's against 1.11x with the timer alone. Ticks run at fan-out *ends*
+//! (521dbd2) spared the single node too but slowed the 11-node fleet ~2x: a node fans out once
+//! per round there, so the end of a fan-out held a whole round's pings and the flush sent them
+//! all alone at the start of the next round. At a fan-out's *start* the held pings go out with
+//! that very fan-out, and ticks no fan-out takes run on the timer, spread out as before
 //! (docs/benchmarks.md, "The heartbeat at the start of fan-outs").
 
 use std::sync::Arc;
@@ -224,8 +225,8 @@ impl HeartbeatClock {
     /// One tick per wake, however late the timer woke: the schedule moves on by the delay
     /// instead (as a `tokio::time::interval` with `MissedTickBehavior::Delay`, which the
     /// heartbeat was before). A node so busy that its timer runs late pings less often rather
-    /// than catching up in bursts: catching up doubled the 11-node fleet's rounds (9.5 s
-    /// against 18–21 s, `bench/fleet.sh`, docs/benchmarks.md).
+    /// than catching up in bursts: catching up doubled the 11-node fleet's median round
+    /// (18.3 and 20.6 s against 9.5 s, `bench/fleet.sh`, docs/benchmarks.md).
     fn run_late(&self, node: &Inner, now: Instant) {
         let Some(upto) = now.checked_sub(self.slack) else {
             return;
