@@ -12,10 +12,14 @@ Environment variables reach ferrocable (FERROCABLE_PING_INTERVAL_MS=600000: no p
 
     bench/fanout-cpu.py --n 19000 --repeat 4
     bench/fanout-cpu.py --n 19000 --repeat 4 --ferrocable old=/tmp/old/ferrocable --ferrocable new=target/release/ferrocable
+    bench/fanout-cpu.py --n 10000 --settle --ferrocable old=/tmp/old/ferrocable --ferrocable new=target/release/ferrocable
+
+--settle waits for TIME_WAIT sockets below 12,000 before each run (server_cpu.settle), as the
+30-round figures of docs/benchmarks.md since 2026-12-07 were taken.
 """
 import argparse, json, os, statistics, sys
 
-from server_cpu import ROOT, Server, bench_broadcast, build_floor
+from server_cpu import ROOT, Server, bench_broadcast, build_floor, settle
 
 HOLD_S = 2.0  # the tool idles this long between connecting and the first round
 
@@ -45,6 +49,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--repeat", type=int, default=4)
     ap.add_argument("--out", help="append each run's JSON line to this file too")
+    ap.add_argument("--settle", action="store_true", help="TIME_WAIT below 12,000 before each run")
     ap.add_argument("--ferrocable", action="append", default=[],
                     help="LABEL=PATH of a ferrocable binary (default: this checkout's release build)")
     o = ap.parse_args()
@@ -56,6 +61,8 @@ def main():
     for i in range(o.repeat):
         rep = {}
         for label, path in [("floor", None)] + (builds if i % 2 == 0 else builds[::-1]):
+            if o.settle:
+                settle(limit=12000)
             rep[label] = run("floor" if path is None else "ferrocable", o.n, o.rounds, path, label)
             rep[label]["repetition"] = i + 1
             line = json.dumps(rep[label])

@@ -309,6 +309,31 @@ mod tests {
         node
     }
 
+    /// A node as [`node_with`] over 64 outboxes without sockets, and the paused clock's start.
+    fn queued_node(subscribed: impl Fn(u64) -> bool) -> (Vec<Arc<Outbox>>, Instant, Node) {
+        let outboxes = queued_outboxes();
+        let start = Instant::now();
+        let node = node_with(&outboxes, subscribed);
+        (outboxes, start, node)
+    }
+
+    /// No connection pinged.
+    const NONE: Vec<usize> = Vec::new();
+
+    /// A node whose own heartbeat waits an hour, with `outboxes` as its connections: only a
+    /// heartbeat made by the test pings.
+    fn node_with_an_hours_period(outboxes: &[Arc<Outbox>]) -> Node {
+        let config = NodeConfig {
+            ping_interval: Duration::from_secs(3600),
+            ..NodeConfig::default()
+        };
+        let node = Node::builder().config(config).build();
+        for (conn, outbox) in (1u64..).zip(outboxes) {
+            node.inner.connections.insert(conn, outbox.clone());
+        }
+        node
+    }
+
     /// 64 outboxes without sockets: pings and frames queue.
     fn queued_outboxes() -> Vec<Arc<Outbox>> {
         (0..64)
@@ -394,16 +419,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_tick_due_before_a_large_fan_out_runs_at_its_start_and_the_timer_sleeps_on() {
-        let outboxes = queued_outboxes();
-        let start = Instant::now();
-        let node = node_with(&outboxes, |_| true);
+        let (outboxes, start, node) = queued_node(|_| true);
         // The first tick is due at 100 ms; the timer would run it at 500 ms.
         advance_to(start, 150).await;
-        assert_eq!(
-            pinged(&outboxes),
-            Vec::<usize>::new(),
-            "no tick before 500 ms"
-        );
+        assert_eq!(pinged(&outboxes), NONE, "no tick before 500 ms");
         node.broadcast("room", r#""news""#).expect("valid JSON");
         let slice0 = slice_of(&node, &outboxes, 0);
         assert!(!slice0.is_empty());
@@ -428,7 +447,7 @@ mod tests {
         // Past the old deadline (500 ms) but before the new one (the next tick is due at
         // 200 ms, run by the timer at 600 ms): the timer was re-armed and stays asleep.
         advance_to(start, 590).await;
-        assert_eq!(pinged(&outboxes), Vec::<usize>::new(), "the timer slept on");
+        assert_eq!(pinged(&outboxes), NONE, "the timer slept on");
         // Quiet since: at 600 ms the timer runs the tick due at 200 ms, one slice.
         advance_to(start, 601).await;
         assert_eq!(pinged(&outboxes), slice_of(&node, &outboxes, 1));
@@ -437,15 +456,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_small_fan_out_leaves_the_tick_to_the_timer() {
-        let outboxes = queued_outboxes();
-        let start = Instant::now();
         // Two listeners of 64 connections: less than a slice's worth (4).
-        let node = node_with(&outboxes, |conn| conn < 2);
+        let (outboxes, start, node) = queued_node(|conn| conn < 2);
         advance_to(start, 150).await;
         node.broadcast("room", r#""reply""#).expect("valid JSON");
         assert_eq!(pinged(&outboxes), vec![0, 1], "the reply only, no tick");
         advance_to(start, 499).await;
-        assert_eq!(pinged(&outboxes), Vec::<usize>::new());
+        assert_eq!(pinged(&outboxes), NONE);
         advance_to(start, 501).await;
         assert_eq!(pinged(&outboxes), slice_of(&node, &outboxes, 0));
         node.inner.shutdown.cancel();
@@ -453,15 +470,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_quiet_nodes_ticks_run_on_the_timer_a_quarter_period_late_one_slice_each() {
-        let outboxes = queued_outboxes();
-        let start = Instant::now();
-        let node = node_with(&outboxes, |_| true);
+        let (outboxes, start, node) = queued_node(|_| true);
         advance_to(start, 499).await;
-        assert_eq!(
-            pinged(&outboxes),
-            Vec::<usize>::new(),
-            "due at 100 ms, slack to 500"
-        );
+        assert_eq!(pinged(&outboxes), NONE, "due at 100 ms, slack to 500");
         for slice in 0..HEARTBEAT_SLICES {
             advance_to(start, 501 + 100 * u64::from(slice)).await;
             assert_eq!(
@@ -475,15 +486,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_timer_woken_late_runs_one_tick_and_moves_the_schedule_on() {
-        let outboxes = queued_outboxes();
-        let start = Instant::now();
-        let node = node_with(&outboxes, |_| true);
+        let (outboxes, start, node) = queued_node(|_| true);
         // Fifteen ticks are past their slack at 2 s; the timer wakes once, late.
         advance_to(start, 2000).await;
         assert_eq!(pinged(&outboxes), slice_of(&node, &outboxes, 0), "one tick");
         // The next is due a tick after 1,600 ms (2 s less the slack): run at 2,100 ms.
         advance_to(start, 2099).await;
-        assert_eq!(pinged(&outboxes), Vec::<usize>::new());
+        assert_eq!(pinged(&outboxes), NONE);
         advance_to(start, 2101).await;
         assert_eq!(pinged(&outboxes), slice_of(&node, &outboxes, 1));
         node.inner.shutdown.cancel();
@@ -548,16 +557,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_heartbeat_more_than_a_period_behind_pings_everyone_once_and_starts_afresh() {
-        // The node's own heartbeat waits an hour: only the one made here pings.
         let outboxes = queued_outboxes();
-        let config = NodeConfig {
-            ping_interval: Duration::from_secs(3600),
-            ..NodeConfig::default()
-        };
-        let node = Node::builder().config(config).build();
-        for (conn, outbox) in (0u64..).zip(&outboxes) {
-            node.inner.connections.insert(conn, outbox.clone());
-        }
+        let node = node_with_an_hours_period(&outboxes);
         let start = Instant::now();
         let mut heartbeat = Heartbeat::new(Duration::from_millis(1600), start);
         let now = start + Duration::from_secs(10);
@@ -571,14 +572,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_heartbeat_task_pings_and_ends_with_its_token() {
-        // The node's own heartbeat waits an hour: only the task started here pings.
-        let config = NodeConfig {
-            ping_interval: Duration::from_secs(3600),
-            ..NodeConfig::default()
-        };
-        let node = Node::builder().config(config).build();
         let outbox = Arc::new(Outbox::new(OutboxLimits::default()));
-        node.inner.connections.insert(1, outbox.clone());
+        let node = node_with_an_hours_period(std::slice::from_ref(&outbox));
         let token = CancellationToken::new();
         let task = tokio::spawn(heartbeat_task(
             Arc::downgrade(&node.inner),
