@@ -335,6 +335,8 @@ pub(crate) async fn worker(o: WorkerOptions) -> anyhow::Result<()> {
                     return;
                 }
             };
+            // Best effort: a socket the option failed on closes with a FIN, as before.
+            let _ = crate::client::leave_no_time_wait(&ws);
             let _ = ready_tx.send(Ok(took_us));
             drop(ready_tx);
             let mut seen = HashSet::new();
