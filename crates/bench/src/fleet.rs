@@ -211,12 +211,15 @@ pub(crate) async fn run(o: FleetOptions) -> anyhow::Result<()> {
     }
     let mem_idle = memory_of(&o.server_pids);
     let (mut pings, mut dropped) = (0u64, 0u64);
+    let mut idle_gaps = PingGaps::default();
     for w in &mut workers {
         w.tell("idle").await?;
         let v = w.next(Duration::from_secs(30)).await?;
         pings += v["pings"].as_u64().unwrap_or(0);
         dropped += v["dropped"].as_u64().unwrap_or(0);
+        idle_gaps.merge(&v);
     }
+    let mut pings_counted = pings;
 
     // Broadcast rounds, triggered through a connection of the coordinator's own to node 0.
     let mut all = Vec::new();
@@ -241,10 +244,13 @@ pub(crate) async fn run(o: FleetOptions) -> anyhow::Result<()> {
                     json!({"command": "message", "identifier": BENCH, "data": data}).to_string(),
                 ))
                 .await?;
-            let (mut received, mut round_max) = (0u64, 0f64);
+            let (mut received, mut round_max, mut pings_by_now) = (0u64, 0f64, 0u64);
+            let mut gaps = PingGaps::default();
             for w in &mut workers {
                 let v = w.next(o.round_timeout + Duration::from_secs(30)).await?;
                 received += v["received"].as_u64().unwrap_or(0);
+                pings_by_now += v["pings"].as_u64().unwrap_or(0);
+                gaps.merge(&v);
                 missing_total += v["missing"].as_u64().unwrap_or(0);
                 dups_total += v["duplicates"].as_u64().unwrap_or(0);
                 round_max = round_max.max(v["max_ms"].as_f64().unwrap_or(0.0));
@@ -258,7 +264,12 @@ pub(crate) async fn run(o: FleetOptions) -> anyhow::Result<()> {
             }
             progress("broadcast", round + 1, o.rounds, started);
             last.push(round_max);
-            per_round.push(json!({"round": round, "received": received, "expected": ready_total, "last_ms": (round_max * 1000.0).round() / 1000.0}));
+            // Pings the clients got since the last count (the hold's end, for the first
+            // round): how much of the heartbeat's work falls within the rounds.
+            per_round.push(json!({"round": round, "received": received, "expected": ready_total, "last_ms": (round_max * 1000.0).round() / 1000.0,
+                                  "pings": pings_by_now.saturating_sub(pings_counted),
+                                  "ping_gap_max_ms": gaps.max_ms, "ping_gaps_stale": gaps.stale}));
+            pings_counted = pings_by_now;
             tokio::time::sleep(Duration::from_millis(500)).await;
             // Drain anything the trigger connection got (its own copy of the broadcast).
             while let Ok(Some(_)) =
@@ -287,7 +298,8 @@ pub(crate) async fn run(o: FleetOptions) -> anyhow::Result<()> {
                     "concurrency_per_worker": o.concurrency, "time_ms": percentiles(connect_times)},
         "idle": {"hold_s": o.hold.as_secs(), "server_rss_kib_before": mem_before.0, "server_rss_kib": mem_idle.0,
                  "server_pss_kib": mem_idle.1, "rss_per_conn_kb": per_conn(mem_idle.0, mem_before.0),
-                 "pss_per_conn_kb": per_conn(mem_idle.1, mem_before.1), "pings": pings, "dropped": dropped},
+                 "pss_per_conn_kb": per_conn(mem_idle.1, mem_before.1), "pings": pings, "dropped": dropped,
+                 "ping_gap_max_ms": idle_gaps.max_ms, "ping_gaps_stale": idle_gaps.stale},
         "broadcast": {"latency_ms": percentiles(all), "last_receiver_ms": percentiles(last),
                       "missing_total": missing_total, "duplicates": dups_total, "per_round": per_round},
         "end": {"server_rss_kib": mem_end.0},
@@ -304,10 +316,43 @@ pub(crate) async fn run(o: FleetOptions) -> anyhow::Result<()> {
 
 /// What a worker's connections report.
 enum Event {
-    Broadcast { rid: u64, latency_us: u64 },
+    Broadcast {
+        rid: u64,
+        latency_us: u64,
+    },
     Duplicate,
-    Ping,
+    /// A ping, `gap_ms` after the connection's previous one (or its subscription).
+    Ping {
+        gap_ms: u64,
+    },
     Closed,
+}
+
+/// A gap between pings longer than this makes @rails/actioncable's `ConnectionMonitor`
+/// (`staleThreshold` 6 s) take the connection for stale and reconnect it.
+const STALE_MS: u64 = 6_000;
+
+/// The longest gap between two pings of a connection, and how many gaps passed
+/// [`STALE_MS`], since the last report.
+#[derive(Default)]
+struct PingGaps {
+    max_ms: u64,
+    stale: u64,
+}
+
+impl PingGaps {
+    fn record(&mut self, gap_ms: u64) {
+        self.max_ms = self.max_ms.max(gap_ms);
+        self.stale += u64::from(gap_ms > STALE_MS);
+    }
+
+    /// Adds a worker's report (`ping_gap_max_ms`, `ping_gaps_stale`).
+    fn merge(&mut self, report: &Value) {
+        self.max_ms = self
+            .max_ms
+            .max(report["ping_gap_max_ms"].as_u64().unwrap_or(0));
+        self.stale += report["ping_gaps_stale"].as_u64().unwrap_or(0);
+    }
 }
 
 /// One worker process: holds its share, answers the coordinator on stdin/stdout.
@@ -340,10 +385,13 @@ pub(crate) async fn worker(o: WorkerOptions) -> anyhow::Result<()> {
             let _ = ready_tx.send(Ok(took_us));
             drop(ready_tx);
             let mut seen = HashSet::new();
+            let mut last_ping = Instant::now();
             while let Some(Ok(m)) = ws.next().await {
                 let Some(text) = m.as_text() else { continue };
                 if text.starts_with("{\"type\":\"ping\"") {
-                    let _ = events_tx.send(Event::Ping);
+                    let gap_ms = last_ping.elapsed().as_millis() as u64;
+                    last_ping = Instant::now();
+                    let _ = events_tx.send(Event::Ping { gap_ms });
                     continue;
                 }
                 if !text.contains("\"action\":\"broadcast\"") {
@@ -405,13 +453,14 @@ pub(crate) async fn worker(o: WorkerOptions) -> anyhow::Result<()> {
     let closed = Arc::new(AtomicU64::new(0));
     let mut rounds: HashMap<u64, Vec<u64>> = HashMap::new();
     let mut duplicates = 0u64;
+    let mut gaps = PingGaps::default();
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     loop {
         tokio::select! {
             e = events.recv() => match e {
                 Some(Event::Broadcast { rid, latency_us }) => rounds.entry(rid).or_default().push(latency_us),
                 Some(Event::Duplicate) => duplicates += 1,
-                Some(Event::Ping) => { pings.fetch_add(1, Ordering::Relaxed); }
+                Some(Event::Ping { gap_ms }) => { pings.fetch_add(1, Ordering::Relaxed); gaps.record(gap_ms); }
                 Some(Event::Closed) => { closed.fetch_add(1, Ordering::Relaxed); }
                 None => {}
             },
@@ -421,7 +470,9 @@ pub(crate) async fn worker(o: WorkerOptions) -> anyhow::Result<()> {
                 if line == "quit" {
                     return Ok(());
                 } else if line == "idle" {
-                    out.write_all(say(json!({"pings": pings.load(Ordering::Relaxed), "dropped": closed.load(Ordering::Relaxed)})).as_bytes()).await?;
+                    let g = std::mem::take(&mut gaps);
+                    out.write_all(say(json!({"pings": pings.load(Ordering::Relaxed), "dropped": closed.load(Ordering::Relaxed),
+                        "ping_gap_max_ms": g.max_ms, "ping_gaps_stale": g.stale})).as_bytes()).await?;
                     out.flush().await?;
                 } else if let Some(rid) = line.strip_prefix("round ").and_then(|r| r.parse::<u64>().ok()) {
                     // Collect until every live connection has the round, or the timeout.
@@ -431,7 +482,7 @@ pub(crate) async fn worker(o: WorkerOptions) -> anyhow::Result<()> {
                         match tokio::time::timeout_at(deadline, events.recv()).await {
                             Ok(Some(Event::Broadcast { rid: r, latency_us })) => rounds.entry(r).or_default().push(latency_us),
                             Ok(Some(Event::Duplicate)) => duplicates += 1,
-                            Ok(Some(Event::Ping)) => { pings.fetch_add(1, Ordering::Relaxed); }
+                            Ok(Some(Event::Ping { gap_ms })) => { pings.fetch_add(1, Ordering::Relaxed); gaps.record(gap_ms); }
                             Ok(Some(Event::Closed)) => { closed.fetch_add(1, Ordering::Relaxed); }
                             _ => break,
                         }
@@ -440,10 +491,35 @@ pub(crate) async fn worker(o: WorkerOptions) -> anyhow::Result<()> {
                     let max_ms = lat.iter().copied().max().unwrap_or(0) as f64 / 1000.0;
                     let tenths: Vec<u64> = lat.iter().map(|us| us / 100).collect();
                     out.write_all(say(json!({"round": rid, "received": lat.len(), "missing": ok.saturating_sub(lat.len()),
-                        "duplicates": std::mem::take(&mut duplicates), "max_ms": max_ms, "lat_tenth_ms": tenths})).as_bytes()).await?;
+                        "duplicates": std::mem::take(&mut duplicates), "max_ms": max_ms, "lat_tenth_ms": tenths,
+                        "pings": pings.load(Ordering::Relaxed), "ping_gap_max_ms": gaps.max_ms, "ping_gaps_stale": gaps.stale})).as_bytes()).await?;
+                    gaps = PingGaps::default();
                     out.flush().await?;
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gap_past_the_clients_stale_threshold_counts_as_stale() {
+        let mut gaps = PingGaps::default();
+        for gap_ms in [100, STALE_MS, STALE_MS + 1, 2_000] {
+            gaps.record(gap_ms);
+        }
+        assert_eq!((gaps.max_ms, gaps.stale), (STALE_MS + 1, 1));
+    }
+
+    #[test]
+    fn workers_reports_merge_to_the_longest_gap_and_all_stale_ones() {
+        let mut gaps = PingGaps::default();
+        gaps.merge(&json!({"ping_gap_max_ms": 7_000, "ping_gaps_stale": 3}));
+        gaps.merge(&json!({"ping_gap_max_ms": 4_000, "ping_gaps_stale": 0}));
+        gaps.merge(&json!({"pings": 5}));
+        assert_eq!((gaps.max_ms, gaps.stale), (7_000, 3));
     }
 }
