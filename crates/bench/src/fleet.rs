@@ -7,7 +7,10 @@
 //! over `--server-pids`, pings received, drops), **broadcast** (R rounds: the coordinator
 //! asks node 0 to broadcast a timestamped payload; every worker times every reception
 //! against the wall clock and reports per round; last-receiver time across **all**
-//! receivers, percentiles over all receptions, missing and duplicates).
+//! receivers, percentiles over all receptions, missing and duplicates). The idle phase and
+//! every round also report the longest gap between two pings of one connection and how many
+//! gaps passed @rails/actioncable's 6 s stale threshold: a heartbeat that falls behind on an
+//! overloaded box makes rounds faster and real clients reconnect, and only this shows it.
 //!
 //! Coordinator ↔ worker protocol (one JSON object per line): workers print `ready`,
 //! `progress` and `round` lines on stdout; the coordinator writes `idle`, `round <rid>` and
