@@ -9,7 +9,7 @@
 #   FERROCABLE_PING_INTERVAL_MS=600000 bench/preemptions.sh target/release/ferrocable  # no pings
 #   PLACEMENT=1 bench/preemptions.sh /tmp/old/ferrocable   # samples every 2 ms (costs CPU)
 #
-# Env: N [10000], ROUNDS [30], PORT [3311]. One `ferrocable serve --bench-channel` on loopback,
+# Env: N [10000], ROUNDS [30], PORT [a free one, as bench/server_cpu.py picks]. One `ferrocable serve --bench-channel` on loopback,
 # `ferrocable-bench broadcast` against it; counts are read from /proc after the connect phase
 # and after the tool exits, so connecting is not counted. Prints the rounds' median last
 # receiver and, per server thread that switched more than 50 times, its voluntary and
@@ -17,7 +17,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:?usage: bench/preemptions.sh FERROCABLE_BINARY}
-N=${N:-10000}; ROUNDS=${ROUNDS:-30}; PORT=${PORT:-3311}
+N=${N:-10000}; ROUNDS=${ROUNDS:-30}
+PORT=${PORT:-$(python3 -c 'import sys; sys.path.insert(0, "bench"); import server_cpu; print(server_cpu.free_port())')}
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 work=$(mktemp -d)
 python3 -c 'import sys; sys.path.insert(0, "bench"); import server_cpu; server_cpu.settle(limit=12000)'
