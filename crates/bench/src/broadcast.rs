@@ -72,8 +72,7 @@ pub(crate) async fn run(o: Options) -> anyhow::Result<()> {
                     return;
                 }
             };
-            // Best effort: a socket the option failed on closes with a FIN, as before.
-            let _ = crate::client::leave_no_time_wait(&ws);
+            crate::client::leave_no_time_wait(&ws);
             let (out_tx, mut out_rx) = mpsc::unbounded_channel::<String>();
             let _ = ready_tx.send(Ok(out_tx));
             let mut seen = HashSet::new();

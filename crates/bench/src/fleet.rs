@@ -20,11 +20,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Semaphore, mpsc};
@@ -213,16 +213,14 @@ pub(crate) async fn run(o: FleetOptions) -> anyhow::Result<()> {
         eprintln!();
     }
     let mem_idle = memory_of(&o.server_pids);
-    let (mut pings, mut dropped) = (0u64, 0u64);
-    let mut idle_gaps = PingGaps::default();
+    let mut dropped = 0u64;
+    let mut idle_pings = PingStats::default();
     for w in &mut workers {
         w.tell("idle").await?;
         let v = w.next(Duration::from_secs(30)).await?;
-        pings += v["pings"].as_u64().unwrap_or(0);
         dropped += v["dropped"].as_u64().unwrap_or(0);
-        idle_gaps.merge(&v);
+        idle_pings.merge(&v);
     }
-    let mut pings_counted = pings;
 
     // Broadcast rounds, triggered through a connection of the coordinator's own to node 0.
     let mut all = Vec::new();
@@ -247,13 +245,12 @@ pub(crate) async fn run(o: FleetOptions) -> anyhow::Result<()> {
                     json!({"command": "message", "identifier": BENCH, "data": data}).to_string(),
                 ))
                 .await?;
-            let (mut received, mut round_max, mut pings_by_now) = (0u64, 0f64, 0u64);
-            let mut gaps = PingGaps::default();
+            let (mut received, mut round_max) = (0u64, 0f64);
+            let mut pings = PingStats::default();
             for w in &mut workers {
                 let v = w.next(o.round_timeout + Duration::from_secs(30)).await?;
                 received += v["received"].as_u64().unwrap_or(0);
-                pings_by_now += v["pings"].as_u64().unwrap_or(0);
-                gaps.merge(&v);
+                pings.merge(&v);
                 missing_total += v["missing"].as_u64().unwrap_or(0);
                 dups_total += v["duplicates"].as_u64().unwrap_or(0);
                 round_max = round_max.max(v["max_ms"].as_f64().unwrap_or(0.0));
@@ -267,12 +264,12 @@ pub(crate) async fn run(o: FleetOptions) -> anyhow::Result<()> {
             }
             progress("broadcast", round + 1, o.rounds, started);
             last.push(round_max);
-            // Pings the clients got since the last count (the hold's end, for the first
-            // round): how much of the heartbeat's work falls within the rounds.
-            per_round.push(json!({"round": round, "received": received, "expected": ready_total, "last_ms": (round_max * 1000.0).round() / 1000.0,
-                                  "pings": pings_by_now.saturating_sub(pings_counted),
-                                  "ping_gap_max_ms": gaps.max_ms, "ping_gaps_stale": gaps.stale}));
-            pings_counted = pings_by_now;
+            // With the pings the clients got since the last report (the hold's end, for the
+            // first round): how much of the heartbeat's work falls within the rounds.
+            per_round.push(pings.added_to(
+                json!({"round": round, "received": received, "expected": ready_total,
+                                                 "last_ms": (round_max * 1000.0).round() / 1000.0}),
+            ));
             tokio::time::sleep(Duration::from_millis(500)).await;
             // Drain anything the trigger connection got (its own copy of the broadcast).
             while let Ok(Some(_)) =
@@ -299,10 +296,9 @@ pub(crate) async fn run(o: FleetOptions) -> anyhow::Result<()> {
         "connect": {"ready": ready_total, "failed": o.n - ready_total, "errors": errors,
                     "total_ms": connect_ms.round(), "rate_per_s": (ready_total as f64 / (connect_ms / 1000.0)).round(),
                     "concurrency_per_worker": o.concurrency, "time_ms": percentiles(connect_times)},
-        "idle": {"hold_s": o.hold.as_secs(), "server_rss_kib_before": mem_before.0, "server_rss_kib": mem_idle.0,
+        "idle": idle_pings.added_to(json!({"hold_s": o.hold.as_secs(), "server_rss_kib_before": mem_before.0, "server_rss_kib": mem_idle.0,
                  "server_pss_kib": mem_idle.1, "rss_per_conn_kb": per_conn(mem_idle.0, mem_before.0),
-                 "pss_per_conn_kb": per_conn(mem_idle.1, mem_before.1), "pings": pings, "dropped": dropped,
-                 "ping_gap_max_ms": idle_gaps.max_ms, "ping_gaps_stale": idle_gaps.stale},
+                 "pss_per_conn_kb": per_conn(mem_idle.1, mem_before.1), "dropped": dropped})),
         "broadcast": {"latency_ms": percentiles(all), "last_receiver_ms": percentiles(last),
                       "missing_total": missing_total, "duplicates": dups_total, "per_round": per_round},
         "end": {"server_rss_kib": mem_end.0},
@@ -335,26 +331,65 @@ enum Event {
 /// (`staleThreshold` 6 s) take the connection for stale and reconnect it.
 const STALE_MS: u64 = 6_000;
 
-/// The longest gap between two pings of a connection, and how many gaps passed
-/// [`STALE_MS`], since the last report.
-#[derive(Default)]
-struct PingGaps {
-    max_ms: u64,
-    stale: u64,
+/// The pings clients received since the last report: how many, the longest gap between two
+/// pings of one connection, and how many gaps passed [`STALE_MS`]. Its fields are the ones
+/// worker reports and the result carry, under these names.
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+struct PingStats {
+    pings: u64,
+    ping_gap_max_ms: u64,
+    ping_gaps_stale: u64,
 }
 
-impl PingGaps {
+impl PingStats {
     fn record(&mut self, gap_ms: u64) {
-        self.max_ms = self.max_ms.max(gap_ms);
-        self.stale += u64::from(gap_ms > STALE_MS);
+        self.pings += 1;
+        self.ping_gap_max_ms = self.ping_gap_max_ms.max(gap_ms);
+        self.ping_gaps_stale += u64::from(gap_ms > STALE_MS);
     }
 
-    /// Adds a worker's report (`ping_gap_max_ms`, `ping_gaps_stale`).
+    /// Adds a worker's report (a JSON object carrying these fields; missing ones count 0).
     fn merge(&mut self, report: &Value) {
-        self.max_ms = self
-            .max_ms
-            .max(report["ping_gap_max_ms"].as_u64().unwrap_or(0));
-        self.stale += report["ping_gaps_stale"].as_u64().unwrap_or(0);
+        let other = PingStats::deserialize(report).unwrap_or_default();
+        self.pings += other.pings;
+        self.ping_gap_max_ms = self.ping_gap_max_ms.max(other.ping_gap_max_ms);
+        self.ping_gaps_stale += other.ping_gaps_stale;
+    }
+
+    /// `report` (a JSON object) with these fields added.
+    fn added_to(&self, mut report: Value) -> Value {
+        if let (Some(fields), Ok(Value::Object(mine))) =
+            (report.as_object_mut(), serde_json::to_value(self))
+        {
+            fields.extend(mine);
+        }
+        report
+    }
+}
+
+/// What a worker's connections reported since the coordinator last asked: fed by both the
+/// idle loop and a round's collection, so each event is counted the same way in either.
+#[derive(Default)]
+struct Tally {
+    /// Latencies (µs) per round id.
+    rounds: HashMap<u64, Vec<u64>>,
+    duplicates: u64,
+    /// Connections that ended (never reset: the live count is `ok - closed`).
+    closed: u64,
+    pings: PingStats,
+}
+
+impl Tally {
+    fn record(&mut self, event: Event) {
+        match event {
+            Event::Broadcast { rid, latency_us } => {
+                self.rounds.entry(rid).or_default().push(latency_us)
+            }
+            Event::Duplicate => self.duplicates += 1,
+            Event::Ping { gap_ms } => self.pings.record(gap_ms),
+            Event::Closed => self.closed += 1,
+        }
     }
 }
 
@@ -383,8 +418,7 @@ pub(crate) async fn worker(o: WorkerOptions) -> anyhow::Result<()> {
                     return;
                 }
             };
-            // Best effort: a socket the option failed on closes with a FIN, as before.
-            let _ = crate::client::leave_no_time_wait(&ws);
+            crate::client::leave_no_time_wait(&ws);
             let _ = ready_tx.send(Ok(took_us));
             drop(ready_tx);
             let mut seen = HashSet::new();
@@ -392,8 +426,9 @@ pub(crate) async fn worker(o: WorkerOptions) -> anyhow::Result<()> {
             while let Some(Ok(m)) = ws.next().await {
                 let Some(text) = m.as_text() else { continue };
                 if text.starts_with("{\"type\":\"ping\"") {
-                    let gap_ms = last_ping.elapsed().as_millis() as u64;
-                    last_ping = Instant::now();
+                    let now = Instant::now();
+                    let gap_ms = (now - last_ping).as_millis() as u64;
+                    last_ping = now;
                     let _ = events_tx.send(Event::Ping { gap_ms });
                     continue;
                 }
@@ -451,52 +486,36 @@ pub(crate) async fn worker(o: WorkerOptions) -> anyhow::Result<()> {
     .await?;
     out.flush().await?;
 
-    // Counters and per-round receptions, fed by the connections.
-    let pings = Arc::new(AtomicU64::new(0));
-    let closed = Arc::new(AtomicU64::new(0));
-    let mut rounds: HashMap<u64, Vec<u64>> = HashMap::new();
-    let mut duplicates = 0u64;
-    let mut gaps = PingGaps::default();
+    let mut tally = Tally::default();
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     loop {
         tokio::select! {
-            e = events.recv() => match e {
-                Some(Event::Broadcast { rid, latency_us }) => rounds.entry(rid).or_default().push(latency_us),
-                Some(Event::Duplicate) => duplicates += 1,
-                Some(Event::Ping { gap_ms }) => { pings.fetch_add(1, Ordering::Relaxed); gaps.record(gap_ms); }
-                Some(Event::Closed) => { closed.fetch_add(1, Ordering::Relaxed); }
-                None => {}
-            },
+            e = events.recv() => if let Some(e) = e { tally.record(e) },
             line = stdin.next_line() => {
                 let Some(line) = line? else { return Ok(()) };
                 let line = line.trim();
                 if line == "quit" {
                     return Ok(());
                 } else if line == "idle" {
-                    let g = std::mem::take(&mut gaps);
-                    out.write_all(say(json!({"pings": pings.load(Ordering::Relaxed), "dropped": closed.load(Ordering::Relaxed),
-                        "ping_gap_max_ms": g.max_ms, "ping_gaps_stale": g.stale})).as_bytes()).await?;
+                    let pings = std::mem::take(&mut tally.pings);
+                    out.write_all(say(pings.added_to(json!({"dropped": tally.closed}))).as_bytes()).await?;
                     out.flush().await?;
                 } else if let Some(rid) = line.strip_prefix("round ").and_then(|r| r.parse::<u64>().ok()) {
                     // Collect until every live connection has the round, or the timeout.
                     let deadline = tokio::time::Instant::now() + o.round_timeout;
-                    let expected = ok.saturating_sub(closed.load(Ordering::Relaxed) as usize);
-                    while rounds.get(&rid).map_or(0, Vec::len) < expected {
+                    let expected = ok.saturating_sub(tally.closed as usize);
+                    while tally.rounds.get(&rid).map_or(0, Vec::len) < expected {
                         match tokio::time::timeout_at(deadline, events.recv()).await {
-                            Ok(Some(Event::Broadcast { rid: r, latency_us })) => rounds.entry(r).or_default().push(latency_us),
-                            Ok(Some(Event::Duplicate)) => duplicates += 1,
-                            Ok(Some(Event::Ping { gap_ms })) => { pings.fetch_add(1, Ordering::Relaxed); gaps.record(gap_ms); }
-                            Ok(Some(Event::Closed)) => { closed.fetch_add(1, Ordering::Relaxed); }
+                            Ok(Some(e)) => tally.record(e),
                             _ => break,
                         }
                     }
-                    let lat = rounds.remove(&rid).unwrap_or_default();
+                    let lat = tally.rounds.remove(&rid).unwrap_or_default();
                     let max_ms = lat.iter().copied().max().unwrap_or(0) as f64 / 1000.0;
                     let tenths: Vec<u64> = lat.iter().map(|us| us / 100).collect();
-                    out.write_all(say(json!({"round": rid, "received": lat.len(), "missing": ok.saturating_sub(lat.len()),
-                        "duplicates": std::mem::take(&mut duplicates), "max_ms": max_ms, "lat_tenth_ms": tenths,
-                        "pings": pings.load(Ordering::Relaxed), "ping_gap_max_ms": gaps.max_ms, "ping_gaps_stale": gaps.stale})).as_bytes()).await?;
-                    gaps = PingGaps::default();
+                    let pings = std::mem::take(&mut tally.pings);
+                    out.write_all(say(pings.added_to(json!({"round": rid, "received": lat.len(), "missing": ok.saturating_sub(lat.len()),
+                        "duplicates": std::mem::take(&mut tally.duplicates), "max_ms": max_ms, "lat_tenth_ms": tenths}))).as_bytes()).await?;
                     out.flush().await?;
                 }
             }
@@ -510,19 +529,67 @@ mod tests {
 
     #[test]
     fn a_gap_past_the_clients_stale_threshold_counts_as_stale() {
-        let mut gaps = PingGaps::default();
+        let mut stats = PingStats::default();
         for gap_ms in [100, STALE_MS, STALE_MS + 1, 2_000] {
-            gaps.record(gap_ms);
+            stats.record(gap_ms);
         }
-        assert_eq!((gaps.max_ms, gaps.stale), (STALE_MS + 1, 1));
+        assert_eq!(
+            (stats.pings, stats.ping_gap_max_ms, stats.ping_gaps_stale),
+            (4, STALE_MS + 1, 1)
+        );
     }
 
     #[test]
     fn workers_reports_merge_to_the_longest_gap_and_all_stale_ones() {
-        let mut gaps = PingGaps::default();
-        gaps.merge(&json!({"ping_gap_max_ms": 7_000, "ping_gaps_stale": 3}));
-        gaps.merge(&json!({"ping_gap_max_ms": 4_000, "ping_gaps_stale": 0}));
-        gaps.merge(&json!({"pings": 5}));
-        assert_eq!((gaps.max_ms, gaps.stale), (7_000, 3));
+        let mut stats = PingStats::default();
+        stats.merge(&json!({"ping_gap_max_ms": 7_000, "ping_gaps_stale": 3, "pings": 10}));
+        stats.merge(&json!({"ping_gap_max_ms": 4_000, "ping_gaps_stale": 0, "round": 1}));
+        stats.merge(&json!({"pings": 5}));
+        assert_eq!(
+            (stats.pings, stats.ping_gap_max_ms, stats.ping_gaps_stale),
+            (15, 7_000, 3)
+        );
+    }
+
+    #[test]
+    fn a_report_carries_the_stats_beside_its_own_fields_and_reads_back_whole() {
+        let stats = PingStats {
+            pings: 9,
+            ping_gap_max_ms: 6_500,
+            ping_gaps_stale: 2,
+        };
+        let report = stats.added_to(json!({"round": 3}));
+        assert_eq!(report["round"], 3);
+        let mut back = PingStats::default();
+        back.merge(&report);
+        assert_eq!(back, stats);
+    }
+
+    #[test]
+    fn a_tally_counts_each_event_once_and_keeps_rounds_apart() {
+        let mut tally = Tally::default();
+        for e in [
+            Event::Broadcast {
+                rid: 1,
+                latency_us: 10,
+            },
+            Event::Broadcast {
+                rid: 2,
+                latency_us: 20,
+            },
+            Event::Broadcast {
+                rid: 1,
+                latency_us: 30,
+            },
+            Event::Duplicate,
+            Event::Ping { gap_ms: 7_000 },
+            Event::Closed,
+        ] {
+            tally.record(e);
+        }
+        assert_eq!(tally.rounds[&1], vec![10, 30]);
+        assert_eq!(tally.rounds[&2], vec![20]);
+        assert_eq!((tally.duplicates, tally.closed), (1, 1));
+        assert_eq!((tally.pings.pings, tally.pings.ping_gaps_stale), (1, 1));
     }
 }
