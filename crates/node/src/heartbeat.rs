@@ -204,6 +204,13 @@ impl HeartbeatClock {
     /// A fan-out's turn, before it writes: runs the due ticks unless the timer or another
     /// fan-out is running them (a fan-out never waits for the heartbeat). The slices to
     /// [`flush`] once the fan-out is done.
+    ///
+    /// Every due tick, up to a period's worth, however late: unlike the timer (one tick per
+    /// wake), a fan-out catches up, so a node whose timer runs late still pings each connection
+    /// about once a period as long as it fans out. In the overloaded 11-node fleet that is ~2x
+    /// the pings of the timer-only heartbeat, whose lag left 70,000–81,000 connections a round
+    /// over @rails/actioncable's 6 s stale threshold against 4,500–21,000 here, and it costs
+    /// the rounds ~40 % (docs/benchmarks.md, "what the fleet's pings cost").
     pub(crate) fn ride(&self, node: &Inner, now: Instant) -> Slices {
         let Some(mut heartbeat) = self.heartbeat.try_lock() else {
             return Slices::default();
