@@ -219,7 +219,9 @@ pub(crate) async fn run(o: FleetOptions) -> anyhow::Result<()> {
         w.tell("idle").await?;
         let v = w.next(Duration::from_secs(30)).await?;
         dropped += v["dropped"].as_u64().unwrap_or(0);
-        idle_pings.merge(&v);
+        idle_pings
+            .merge(&v)
+            .context("a worker's idle report: ping figures")?;
     }
 
     // Broadcast rounds, triggered through a connection of the coordinator's own to node 0.
@@ -250,7 +252,9 @@ pub(crate) async fn run(o: FleetOptions) -> anyhow::Result<()> {
             for w in &mut workers {
                 let v = w.next(o.round_timeout + Duration::from_secs(30)).await?;
                 received += v["received"].as_u64().unwrap_or(0);
-                pings.merge(&v);
+                pings
+                    .merge(&v)
+                    .context("a worker's round report: ping figures")?;
                 missing_total += v["missing"].as_u64().unwrap_or(0);
                 dups_total += v["duplicates"].as_u64().unwrap_or(0);
                 round_max = round_max.max(v["max_ms"].as_f64().unwrap_or(0.0));
@@ -349,12 +353,14 @@ impl PingStats {
         self.ping_gaps_stale += u64::from(gap_ms > STALE_MS);
     }
 
-    /// Adds a worker's report (a JSON object carrying these fields; missing ones count 0).
-    fn merge(&mut self, report: &Value) {
-        let other = PingStats::deserialize(report).unwrap_or_default();
+    /// Adds a worker's report (a JSON object carrying these fields; missing ones count 0,
+    /// one that is not a count is an error).
+    fn merge(&mut self, report: &Value) -> serde_json::Result<()> {
+        let other = PingStats::deserialize(report)?;
         self.pings += other.pings;
         self.ping_gap_max_ms = self.ping_gap_max_ms.max(other.ping_gap_max_ms);
         self.ping_gaps_stale += other.ping_gaps_stale;
+        Ok(())
     }
 
     /// `report` (a JSON object) with these fields added.
@@ -542,13 +548,25 @@ mod tests {
     #[test]
     fn workers_reports_merge_to_the_longest_gap_and_all_stale_ones() {
         let mut stats = PingStats::default();
-        stats.merge(&json!({"ping_gap_max_ms": 7_000, "ping_gaps_stale": 3, "pings": 10}));
-        stats.merge(&json!({"ping_gap_max_ms": 4_000, "ping_gaps_stale": 0, "round": 1}));
-        stats.merge(&json!({"pings": 5}));
+        for report in [
+            json!({"ping_gap_max_ms": 7_000, "ping_gaps_stale": 3, "pings": 10}),
+            json!({"ping_gap_max_ms": 4_000, "ping_gaps_stale": 0, "round": 1}),
+            json!({"pings": 5}),
+        ] {
+            stats.merge(&report).expect("well-formed");
+        }
         assert_eq!(
             (stats.pings, stats.ping_gap_max_ms, stats.ping_gaps_stale),
             (15, 7_000, 3)
         );
+    }
+
+    #[test]
+    fn a_report_whose_ping_figure_is_not_a_count_is_an_error() {
+        let mut stats = PingStats::default();
+        assert!(stats.merge(&json!({"pings": "many"})).is_err());
+        assert!(stats.merge(&json!({"ping_gap_max_ms": -1})).is_err());
+        assert_eq!(stats, PingStats::default(), "nothing added");
     }
 
     #[test]
@@ -561,7 +579,7 @@ mod tests {
         let report = stats.added_to(json!({"round": 3}));
         assert_eq!(report["round"], 3);
         let mut back = PingStats::default();
-        back.merge(&report);
+        back.merge(&report).expect("its own fields");
         assert_eq!(back, stats);
     }
 
