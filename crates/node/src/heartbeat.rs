@@ -16,6 +16,12 @@
 //! all alone at the start of the next round. At a fan-out's *start* the held pings go out with
 //! that very fan-out, and ticks no fan-out takes run on the timer, spread out as before
 //! (docs/benchmarks.md, "The heartbeat at the start of fan-outs").
+//!
+//! Each slice keeps its own due time, and a fan-out to nearly every connection pings early
+//! the slices that would otherwise fall to the timer before the next such fan-out: a slice a
+//! fan-out pinged is due again a period after that ping, so in the fleet, where a node fans out
+//! about once a period, the slices gather on the fan-outs and stay there (docs/benchmarks.md,
+//! "Slices that stay on the fan-outs").
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,23 +56,40 @@ impl Slices {
         self.0 |= 1 << slice;
     }
 
+    fn contains(self, slice: u32) -> bool {
+        self.0 & (1 << slice) != 0
+    }
+
     fn iter(self) -> impl Iterator<Item = u32> {
         (0..32).filter(move |s| self.0 & (1 << s) != 0)
     }
 }
 
-/// The heartbeat's schedule: which slice the next tick pings and when it is due.
+/// The heartbeat's schedule: when each slice is next due, and when the pings the timer held
+/// for busy connections are to go alone.
+///
+/// A due time per slice, not one cursor over the slices in turn: a slice a fan-out pinged is
+/// next due a period after *that* ping, early or late, so a node whose large fan-outs come
+/// up to a period and a quarter apart keeps its slices on them and they keep riding. With one
+/// cursor the schedule stays fixed: only the slices due within the quarter period before a
+/// fan-out can ride it, about a fifth of them when fan-outs come ~3.5 s apart (the 11-node
+/// fleet) with Rails' 3 s period. And a slice pinged early keeps its old due time, so its
+/// next gap could reach 1.75 periods. The timer keeps each slice on its own schedule, a
+/// period apart, so a quiet node still pings every period.
 struct Heartbeat {
     slices: u32,
-    /// The slice the next tick pings.
-    slice: u32,
-    /// Time between ticks: a period over `slices`.
+    period: Duration,
+    /// A period over `slices`: how far apart the slices first fall due, and how soon after a
+    /// late timer run the next overdue slice runs.
     tick: Duration,
-    /// Ticks between holding a slice's pings and sending alone those no frame carried: a
-    /// quarter period.
-    hold_ticks: u32,
-    /// When the next tick is due.
-    next_due: Instant,
+    /// A quarter period: how long past due a slice waits for a fan-out before the timer pings
+    /// it, how long the timer's held pings wait for a frame to carry them, and how early a
+    /// large fan-out may ping a slice.
+    slack: Duration,
+    /// When each slice is next due.
+    due: Vec<Instant>,
+    /// When each slice's pings held by the timer go alone if no frame has carried them.
+    flush_at: Vec<Option<Instant>>,
 }
 
 impl Heartbeat {
@@ -81,68 +104,127 @@ impl Heartbeat {
         let tick = (period / slices).max(Duration::from_micros(100));
         Heartbeat {
             slices,
-            slice: 0,
+            period,
             tick,
-            hold_ticks: (slices / 4).max(1),
-            next_due: start + tick,
+            // A quarter period (a broadcast round of pair.py is ~0.6 s, Rails' period 3 s).
+            // With pings held a quarter period after running a quarter period late, a
+            // connection's pings are at most 1.5 periods apart (4.5 s at Rails' 3 s; its
+            // client reconnects after 6 s).
+            slack: tick * (slices / 4).max(1),
+            due: (1..=slices).map(|k| start + tick * k).collect(),
+            flush_at: vec![None; slices as usize],
         }
     }
 
-    /// How long past its due time a tick waits for a fan-out to take it before the timer runs
-    /// it: a quarter period (a broadcast round of pair.py is ~0.6 s, Rails' period 3 s). With
-    /// pings held a quarter period, a connection's pings are at most 1.5 periods apart, as
-    /// they were with pings held half a period on time (4.5 s at Rails' 3 s; its client
-    /// reconnects after 6 s).
-    fn slack(&self) -> Duration {
-        self.tick * self.hold_ticks
+    /// When the first slice falls due.
+    fn next_due(&self) -> Instant {
+        self.due.iter().copied().min().unwrap_or_else(Instant::now)
     }
 
-    /// Runs, in order, every tick due at or before `upto`: each holds its slice's pings
-    /// ([`crate::outbox::Outbox::hold_ping`]), and the slice it pinged a quarter period before
-    /// is due to send alone the pings no frame carried. More than a period behind (a stalled
-    /// node), every slice is pinged once and the schedule restarts from `now`.
-    ///
-    /// `for_fan_out`: a fan-out about to write runs the ticks, so every connection holds its
-    /// ping for it ([`crate::outbox::Outbox::hold_ping_for_fan_out`]).
-    fn run_until(&mut self, node: &Inner, upto: Instant, now: Instant, for_fan_out: bool) -> Ran {
-        let mut ran = Ran::default();
-        if self.next_due > upto {
-            return ran;
-        }
-        let at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let frame = ferrocable_websocket::frame::text(&ServerFrame::Ping { at }.encode());
-        let mut ticks = 0;
-        while self.next_due <= upto && ticks < self.slices {
-            let slice = self.slice;
-            node.connections
-                .for_each_in_slice(slice, self.slices, |outbox| {
-                    if for_fan_out {
-                        outbox.hold_ping_for_fan_out(frame.clone());
-                    } else {
-                        outbox.hold_ping(frame.clone());
-                    }
-                });
-            ran.pinged.insert(slice);
-            ran.expired
-                .insert((slice + self.slices - self.hold_ticks) % self.slices);
-            if slice == 0 {
-                node.sweep_presence();
+    /// When the timer next has work: a slice a slack past due, or held pings to send alone.
+    fn deadline(&self) -> Instant {
+        let ping = self.next_due() + self.slack;
+        self.flush_at
+            .iter()
+            .flatten()
+            .fold(ping, |at, &f| at.min(f))
+    }
+
+    /// Pings every connection of `slice` with `frame`: held for the fan-out about to write
+    /// ([`crate::outbox::Outbox::hold_ping_for_fan_out`]), or by the timer
+    /// ([`crate::outbox::Outbox::hold_ping`], held only by busy connections).
+    fn ping(node: &Inner, slices: u32, slice: u32, frame: &bytes::Bytes, for_fan_out: bool) {
+        node.connections.for_each_in_slice(slice, slices, |outbox| {
+            if for_fan_out {
+                outbox.hold_ping_for_fan_out(frame.clone());
+            } else {
+                outbox.hold_ping(frame.clone());
             }
-            self.slice = (slice + 1) % self.slices;
-            self.next_due += self.tick;
-            ticks += 1;
+        });
+        if slice == 0 {
+            node.sweep_presence();
         }
-        if self.next_due <= upto {
-            self.next_due = now + self.tick;
+    }
+
+    /// A fan-out's ticks: pings every slice due by `upto` (at or after `now`: a large fan-out
+    /// may ping a slice early), each next due a period from `now`. Returns the slices pinged
+    /// and those whose timer-held pings are past their slack, all to [`flush`] once the
+    /// fan-out has written.
+    ///
+    /// However late: a slice more than a period behind (a stalled node) is pinged once, and
+    /// due again a period on.
+    fn run_for_fan_out(&mut self, node: &Inner, upto: Instant, now: Instant) -> Ran {
+        let mut ran = Ran::default();
+        let frame = ping_frame();
+        for slice in 0..self.slices {
+            let k = slice as usize;
+            if self.due[k] <= upto {
+                Heartbeat::ping(node, self.slices, slice, &frame, true);
+                self.due[k] = now + self.period;
+                self.flush_at[k] = None;
+                ran.pinged.insert(slice);
+            } else if self.flush_at[k].is_some_and(|at| at <= now) {
+                self.flush_at[k] = None;
+                ran.expired.insert(slice);
+            }
+        }
+        ran
+    }
+
+    /// The timer's tick: pings the slices longest overdue, if they are a slack past due, and
+    /// takes the held pings past their slack. Returns what it did; the caller [`flush`]es
+    /// `expired`.
+    ///
+    /// The slices longest overdue are those due at the earliest due time: one slice, or the
+    /// slices a fan-out pinged together (all due a period after it) when no fan-out came to
+    /// take them. Released one per tick instead, the last of 16 would go a period late (a gap
+    /// of 2.75 periods: 8.3 s at Rails' 3 s, past its client's 6 s).
+    ///
+    /// One due time per wake, however late the timer woke: the other overdue slices move on
+    /// by the delay instead (as a `tokio::time::interval` with `MissedTickBehavior::Delay`,
+    /// which the heartbeat was before). A node so busy that its timer runs late pings less
+    /// often rather than catching up in bursts: catching up doubled the 11-node fleet's median
+    /// round (18.3 and 20.6 s against 9.5 s, `bench/fleet.sh`, docs/benchmarks.md).
+    fn run_late(&mut self, node: &Inner, now: Instant) -> Ran {
+        let mut ran = Ran::default();
+        let oldest = self.next_due();
+        if let Some(upto) = now.checked_sub(self.slack).filter(|&upto| oldest <= upto) {
+            let delay = upto - oldest;
+            let next = upto + self.tick;
+            let frame = ping_frame();
+            for slice in 0..self.slices {
+                let k = slice as usize;
+                if self.due[k] == oldest {
+                    Heartbeat::ping(node, self.slices, slice, &frame, false);
+                    self.flush_at[k] = Some(now + self.slack);
+                    self.due[k] = upto + self.period;
+                    ran.pinged.insert(slice);
+                } else if self.due[k] < next {
+                    self.due[k] = (self.due[k] + delay).max(next);
+                }
+            }
+        }
+        for slice in 0..self.slices {
+            let k = slice as usize;
+            if !ran.pinged.contains(slice) && self.flush_at[k].is_some_and(|at| at <= now) {
+                self.flush_at[k] = None;
+                ran.expired.insert(slice);
+            }
         }
         ran
     }
 }
 
-/// What a run of ticks did: the slices it pinged, and those whose quarter period of holding
-/// ran out.
+/// The ping frame, encoded once for every connection a run of ticks pings.
+fn ping_frame() -> bytes::Bytes {
+    let at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    ferrocable_websocket::frame::text(&ServerFrame::Ping { at }.encode())
+}
+
+/// What a run of ticks did: the slices it pinged, and those whose held pings ran out of
+/// slack.
 #[derive(Debug, Default, Clone, Copy)]
 struct Ran {
     pinged: Slices,
@@ -162,9 +244,12 @@ pub(crate) fn flush(node: &Inner, slices: Slices) {
 pub(crate) struct HeartbeatClock {
     heartbeat: Mutex<Heartbeat>,
     slices: u32,
-    /// When the next tick is due, in microseconds since `origin`: what every fan-out reads
-    /// (one atomic load) to see whether it has a tick to run.
+    /// When the first slice falls due, in microseconds since `origin`: what every fan-out
+    /// reads (one atomic load) to see whether it has a tick to run.
     next_due: AtomicU64,
+    /// When the last fan-out to (nearly) every connection ran, in microseconds since
+    /// `origin` (0: none yet): the gap to the next one says which slices to ping early.
+    last_whole_fan_out: AtomicU64,
     origin: Instant,
     slack: Duration,
     /// Tells the timer task that a fan-out ran the due ticks, so it sleeps to the new deadline
@@ -177,9 +262,10 @@ impl HeartbeatClock {
         let origin = Instant::now();
         let heartbeat = Heartbeat::new(period, origin);
         HeartbeatClock {
-            next_due: AtomicU64::new(micros(heartbeat.next_due - origin)),
+            next_due: AtomicU64::new(micros(heartbeat.next_due() - origin)),
+            last_whole_fan_out: AtomicU64::new(0),
             slices: heartbeat.slices,
-            slack: heartbeat.slack(),
+            slack: heartbeat.slack,
             heartbeat: Mutex::new(heartbeat),
             origin,
             rearm: tokio::sync::Notify::new(),
@@ -191,67 +277,74 @@ impl HeartbeatClock {
         self.slices
     }
 
-    /// Whether a tick is due at `now`: one atomic load.
-    pub(crate) fn is_due(&self, now: Instant) -> bool {
-        micros(now.saturating_duration_since(self.origin)) >= self.next_due.load(Ordering::Acquire)
+    /// How early a fan-out may ping a slice: a quarter period.
+    pub(crate) fn slack(&self) -> Duration {
+        self.slack
     }
 
-    /// When the timer runs the next tick if no fan-out has: its due time plus the slack.
-    fn deadline(&self) -> Instant {
-        self.origin + Duration::from_micros(self.next_due.load(Ordering::Acquire)) + self.slack
+    /// Whether a slice is due at `at`: one atomic load.
+    pub(crate) fn is_due(&self, at: Instant) -> bool {
+        micros(at.saturating_duration_since(self.origin)) >= self.next_due.load(Ordering::Acquire)
     }
 
-    /// A fan-out's turn, before it writes: runs the due ticks unless the timer or another
-    /// fan-out is running them (a fan-out never waits for the heartbeat). The slices to
-    /// [`flush`] once the fan-out is done.
+    /// A fan-out to (nearly) every connection of the node is about to write at `now`: how
+    /// early it pings slices. A slice falls to the timer a slack past due; one due before the
+    /// next such fan-out less the slack would go alone, so this one pings it early, at most a
+    /// slack early. The next fan-out is guessed a gap like the last one away. Fan-outs closer
+    /// together than the slack ping nothing early (pair.py's rounds, ~0.6 s apart).
+    pub(crate) fn early_for_whole_fan_out(&self, now: Instant) -> Duration {
+        let at = micros(now.saturating_duration_since(self.origin)).max(1);
+        let last = self.last_whole_fan_out.swap(at, Ordering::AcqRel);
+        if last == 0 || last >= at {
+            return Duration::ZERO;
+        }
+        let gap = Duration::from_micros(at - last);
+        gap.saturating_sub(self.slack).min(self.slack)
+    }
+
+    /// A fan-out's turn, before it writes: pings the slices due by `upto` (`now`, or later for
+    /// a fan-out to nearly every connection), unless the timer or another fan-out holds the
+    /// schedule (a fan-out never waits for the heartbeat). The slices to [`flush`] once the
+    /// fan-out is done.
     ///
-    /// Every due tick, up to a period's worth, however late: unlike the timer (one tick per
-    /// wake), a fan-out catches up, so a node whose timer runs late still pings each connection
-    /// about once a period as long as it fans out. In the overloaded 11-node fleet that is ~2x
-    /// the pings of the timer-only heartbeat, whose lag left 70,000–81,000 connections a round
-    /// over @rails/actioncable's 6 s stale threshold against 4,500–21,000 here, and it costs
-    /// the rounds ~40 % (docs/benchmarks.md, "what the fleet's pings cost").
-    pub(crate) fn ride(&self, node: &Inner, now: Instant) -> Slices {
+    /// Every due slice, however late: unlike the timer (one slice per wake), a fan-out catches
+    /// up, so a node whose timer runs late still pings each connection about once a period as
+    /// long as it fans out. In the overloaded 11-node fleet that is ~2x the pings of the
+    /// timer-only heartbeat, whose lag left 70,000–81,000 connections a round over
+    /// @rails/actioncable's 6 s stale threshold against 4,500–21,000 here
+    /// (docs/benchmarks.md, "what the fleet's pings cost").
+    pub(crate) fn ride(&self, node: &Inner, upto: Instant, now: Instant) -> Slices {
         let Some(mut heartbeat) = self.heartbeat.try_lock() else {
             return Slices::default();
         };
-        let ran = heartbeat.run_until(node, now, now, true);
+        let ran = heartbeat.run_for_fan_out(node, upto, now);
         self.store_next_due(&heartbeat);
         drop(heartbeat);
-        if ran.pinged.is_empty() {
+        if ran.pinged.is_empty() && ran.expired.is_empty() {
             return Slices::default();
         }
         self.rearm.notify_one();
         Slices(ran.pinged.0 | ran.expired.0)
     }
 
-    /// The timer's turn: runs the tick a slack past due, and sends alone at once the held
-    /// pings whose quarter period is over (the ones pinged now stay held). The lock is held
-    /// by the tick only, never across an await.
-    ///
-    /// One tick per wake, however late the timer woke: the schedule moves on by the delay
-    /// instead (as a `tokio::time::interval` with `MissedTickBehavior::Delay`, which the
-    /// heartbeat was before). A node so busy that its timer runs late pings less often rather
-    /// than catching up in bursts: catching up doubled the 11-node fleet's median round
-    /// (18.3 and 20.6 s against 9.5 s, `bench/fleet.sh`, docs/benchmarks.md).
+    /// When the timer next has work (see [`Heartbeat::deadline`]).
+    fn deadline(&self) -> Instant {
+        self.heartbeat.lock().deadline()
+    }
+
+    /// The timer's turn: the tick a slack past due, and the held pings whose slack is over
+    /// sent alone (the ones pinged now stay held). The lock is held by the tick only, never
+    /// across an await.
     fn run_late(&self, node: &Inner, now: Instant) {
-        let Some(upto) = now.checked_sub(self.slack) else {
-            return;
-        };
         let mut heartbeat = self.heartbeat.lock();
-        let due = heartbeat.next_due;
-        if due > upto {
-            return;
-        }
-        let ran = heartbeat.run_until(node, due, now, false);
-        heartbeat.next_due = heartbeat.next_due.max(upto + heartbeat.tick);
+        let ran = heartbeat.run_late(node, now);
         self.store_next_due(&heartbeat);
         drop(heartbeat);
-        flush(node, Slices(ran.expired.0 & !ran.pinged.0));
+        flush(node, ran.expired);
     }
 
     fn store_next_due(&self, heartbeat: &Heartbeat) {
-        let due = micros(heartbeat.next_due.saturating_duration_since(self.origin));
+        let due = micros(heartbeat.next_due().saturating_duration_since(self.origin));
         self.next_due.store(due, Ordering::Release);
     }
 }
@@ -549,14 +642,33 @@ mod tests {
             let (ping, news) = (got.find(r#""type":"ping""#), got.find(r#""news""#));
             let listens = i % 4 != 3;
             let in_a_ridden_slice = ridden.contains(&i);
+            let held_by_the_timer = slice0.contains(&i);
             match (listens, in_a_ridden_slice) {
                 // Carried: the ping first, in the fan-out's write.
                 (true, true) => assert!(ping.is_some() && ping < news, "{i}: {got}"),
-                // Not reached by the fan-out: sent alone once it was done.
+                // The timer's held ping waits out its slack (to 2,500 ms) for a frame.
+                (false, true) if held_by_the_timer => {
+                    assert_eq!(got, "", "{i}");
+                    assert!(outboxes[i].holds_ping(), "still held: {i}");
+                    continue;
+                }
+                // Pinged for the fan-out but not reached by it: sent alone once it was done.
                 (false, true) => assert!(ping.is_some() && news.is_none(), "{i}: {got}"),
                 (true, false) => assert!(ping.is_none() && news.is_some(), "{i}: {got}"),
                 (false, false) => assert_eq!(got, "", "{i}"),
             }
+            assert!(!outboxes[i].holds_ping(), "nothing left held: {i}");
+        }
+        // At 2,500 ms the timer sends alone the held pings no frame carried.
+        step_to(start, 2510).await;
+        for (i, client) in clients.iter_mut().enumerate() {
+            let got = received(client);
+            let expected = usize::from(slice0.contains(&i) && i % 4 == 3);
+            assert_eq!(
+                got.matches(r#""type":"ping""#).count(),
+                expected,
+                "{i}: {got}"
+            );
             assert!(!outboxes[i].holds_ping(), "nothing left held: {i}");
         }
         node.inner.shutdown.cancel();
@@ -569,11 +681,147 @@ mod tests {
         let start = Instant::now();
         let mut heartbeat = Heartbeat::new(Duration::from_millis(1600), start);
         let now = start + Duration::from_secs(10);
-        let ran = heartbeat.run_until(&node.inner, now, now, false);
+        let ran = heartbeat.run_for_fan_out(&node.inner, now, now);
         let frames: Vec<usize> = outboxes.iter().map(|o| o.take().frames.len()).collect();
         assert!(frames.iter().all(|&n| n == 1), "one ping each: {frames:?}");
         assert_eq!(ran.pinged.iter().count(), 16);
-        assert_eq!(heartbeat.next_due, now + Duration::from_millis(100));
+        let period_on = now + Duration::from_millis(1600);
+        assert!(heartbeat.due.iter().all(|&due| due == period_on));
+        node.inner.shutdown.cancel();
+    }
+
+    /// Moves the clock to `at` ms past `start` and broadcasts "room" to every connection of
+    /// `node`: the connections pinged alone since the last call, and those whose ping the
+    /// broadcast carried (the ping first in their frames).
+    async fn broadcast_at(
+        node: &Node,
+        outboxes: &[Arc<Outbox>],
+        start: Instant,
+        at: u64,
+    ) -> (Vec<usize>, Vec<usize>) {
+        step_to(start, at).await;
+        let alone = pinged(outboxes);
+        node.broadcast("room", r#""news""#).expect("valid JSON");
+        let mut carried = Vec::new();
+        for (i, outbox) in outboxes.iter().enumerate() {
+            let frames = outbox.take().frames;
+            let texts: Vec<String> = frames
+                .iter()
+                .map(|f| String::from_utf8_lossy(f.bytes()).into_owned())
+                .collect();
+            assert!(
+                texts.last().is_some_and(|t| t.contains("news")),
+                "{i}: {texts:?}"
+            );
+            match texts.len() {
+                1 => {}
+                2 if texts[0].contains(r#""type":"ping""#) => carried.push(i),
+                _ => panic!("{i}: {texts:?}"),
+            }
+        }
+        (alone, carried)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fan_outs_to_everyone_about_a_period_apart_carry_every_ping_and_the_timer_sends_none() {
+        // A period of 1.6 s and broadcasts 1.9 s apart (as the fleet's ~3.5 s rounds against
+        // Rails' 3 s): pinging early gathers the slices on the broadcasts, where they stay.
+        let (outboxes, start, node) = queued_node(|_| true);
+        let everyone: Vec<usize> = (0..64).collect();
+        let mut carried_per_round = Vec::new();
+        for round in 0..10 {
+            let at = 50 + 1900 * round;
+            let (alone, carried) = broadcast_at(&node, &outboxes, start, at).await;
+            carried_per_round.push(carried.len());
+            if round >= 5 {
+                assert_eq!(alone, NONE, "round {round}: no ping alone since the last");
+                assert_eq!(carried, everyone, "round {round}: every ping carried");
+            }
+        }
+        // The first broadcast has no gap to go by; the slices then gather on the broadcasts.
+        assert_eq!(carried_per_round[..5], [0, 32, 44, 56, 64]);
+        node.inner.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_stay_within_a_period_and_a_half_whatever_the_fan_outs_gaps() {
+        // A period of 1.6 s; broadcasts to everyone at uneven gaps, some a few ticks apart,
+        // some longer than a period and a quarter (the timer's turn).
+        let (outboxes, start, node) = queued_node(|_| true);
+        let gaps = [
+            300, 2500, 1900, 700, 3100, 1750, 150, 1200, 2200, 1650, 40, 2900,
+        ];
+        let mut fan_outs = Vec::new();
+        let mut at = 0;
+        for round in 0..3 {
+            for gap in gaps {
+                at += gap + 7 * round;
+                fan_outs.push(at);
+            }
+        }
+        let mut last_ping = [0u64; 64];
+        let mut widest = 0;
+        let mut pings = 0;
+        let mut now = 0;
+        for fan_out in fan_outs {
+            while now < fan_out {
+                now = (now + 10).min(fan_out);
+                advance_to(start, now).await;
+                if now == fan_out {
+                    node.broadcast("room", r#""news""#).expect("valid JSON");
+                }
+                for (i, outbox) in outboxes.iter().enumerate() {
+                    let frames = outbox.take().frames;
+                    if frames
+                        .iter()
+                        .any(|f| f.bytes().windows(13).any(|w| w == br#""type":"ping""#))
+                    {
+                        widest = widest.max(now - last_ping[i]);
+                        last_ping[i] = now;
+                        pings += 1;
+                    }
+                }
+            }
+        }
+        assert!(pings >= 64 * (now / 2400), "{pings} pings in {now} ms");
+        assert!(widest <= 2400, "a gap of {widest} ms between two pings");
+        node.inner.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fan_outs_closer_than_a_quarter_period_ping_nothing_early() {
+        let (outboxes, start, node) = queued_node(|_| true);
+        // 200 ms apart (slack 400 ms): at 250 ms, slices 0 and 1 (due at 100 and 200 ms) ride,
+        // not slice 2 (due at 300 ms).
+        assert_eq!(
+            broadcast_at(&node, &outboxes, start, 50).await,
+            (NONE, NONE)
+        );
+        let (alone, carried) = broadcast_at(&node, &outboxes, start, 250).await;
+        assert_eq!(alone, NONE);
+        let mut due: Vec<usize> = (0..2).flat_map(|s| slice_of(&node, &outboxes, s)).collect();
+        due.sort_unstable();
+        assert_eq!(carried, due);
+        node.inner.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slice_pinged_early_is_next_due_a_period_after_that_ping() {
+        let outboxes = queued_outboxes();
+        let node = node_with_an_hours_period(&outboxes);
+        let start = Instant::now();
+        let mut heartbeat = Heartbeat::new(Duration::from_millis(1600), start);
+        let ms = |n: u64| start + Duration::from_millis(n);
+        // At 150 ms with 300 ms early: slices 0–3 (due at 100–400 ms), 4 (500 ms) not.
+        let ran = heartbeat.run_for_fan_out(&node.inner, ms(450), ms(150));
+        assert_eq!(ran.pinged.iter().collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        assert!(heartbeat.due[..4].iter().all(|&d| d == ms(1750)));
+        assert_eq!(heartbeat.due[4], ms(500));
+        // The timer keeps a late slice on its own schedule: slice 4 (due at 500 ms) run at
+        // 900 ms is next due at 2,100 ms.
+        let ran = heartbeat.run_late(&node.inner, ms(900));
+        assert_eq!(ran.pinged.iter().collect::<Vec<_>>(), vec![4]);
+        assert_eq!(heartbeat.due[4], ms(2100));
         node.inner.shutdown.cancel();
     }
 

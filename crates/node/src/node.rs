@@ -462,7 +462,8 @@ impl Inner {
     /// at least a slice's worth of the node's connections, so its writes carry their pings and
     /// the timer does not wake a worker between broadcasts ([`crate::heartbeat`]); the pings
     /// it did not carry go alone once it is done. A smaller fan-out (a reflex's reply) is not
-    /// held up by a tick. One clock read and one atomic load when no tick is due.
+    /// held up by a tick. One clock read and one atomic load when no slice is due within a
+    /// quarter period.
     pub(crate) fn fan_out_carrying_pings(
         &self,
         stream: &str,
@@ -470,8 +471,8 @@ impl Inner {
     ) -> BroadcastReport {
         let clock = &self.heartbeat;
         let now = tokio::time::Instant::now();
-        let held = if clock.is_due(now) && self.holds_a_slice(stream) {
-            clock.ride(self, now)
+        let held = if clock.is_due(now + clock.slack()) {
+            self.ride_heartbeat(stream, now)
         } else {
             Slices::default()
         };
@@ -482,11 +483,28 @@ impl Inner {
         report
     }
 
-    /// Whether `stream` has at least a heartbeat slice's worth of this node's connections.
-    fn holds_a_slice(&self, stream: &str) -> bool {
+    /// The heartbeat's part of a fan-out to `stream` when a slice is due within the slack:
+    /// nothing if the stream holds less than a slice's worth of the node's connections (a
+    /// reflex's reply is never held up); the slices due now if it holds more; and, if it holds
+    /// nearly every connection (three in four), also those the next such fan-out would come
+    /// too late for ([`HeartbeatClock::early_for_whole_fan_out`]).
+    fn ride_heartbeat(&self, stream: &str, now: tokio::time::Instant) -> Slices {
+        let clock = &self.heartbeat;
         let subscribers = self.hub.subscriber_count(stream) as i64;
-        subscribers > 0
-            && subscribers * i64::from(self.heartbeat.slices()) >= self.metrics.connections.get()
+        let connections = self.metrics.connections.get();
+        if subscribers == 0 || subscribers * i64::from(clock.slices()) < connections {
+            return Slices::default();
+        }
+        let early = if subscribers * 4 >= connections * 3 {
+            clock.early_for_whole_fan_out(now)
+        } else {
+            Duration::ZERO
+        };
+        if clock.is_due(now + early) {
+            clock.ride(self, now + early, now)
+        } else {
+            Slices::default()
+        }
     }
 }
 
