@@ -434,6 +434,16 @@ mod tests {
         node
     }
 
+    /// A heartbeat schedule of the test's own (a 1.6 s period from now) over a node of 64
+    /// queued outboxes whose own heartbeat waits an hour.
+    fn a_heartbeat_of_its_own() -> (Vec<Arc<Outbox>>, Node, Instant, Heartbeat) {
+        let outboxes = queued_outboxes();
+        let node = node_with_an_hours_period(&outboxes);
+        let start = Instant::now();
+        let heartbeat = Heartbeat::new(Duration::from_millis(1600), start);
+        (outboxes, node, start, heartbeat)
+    }
+
     /// 64 outboxes without sockets: pings and frames queue.
     fn queued_outboxes() -> Vec<Arc<Outbox>> {
         (0..64)
@@ -486,6 +496,15 @@ mod tests {
         ids
     }
 
+    /// The frames queued on `outbox` since the last call, as text (and empties it).
+    fn taken_texts(outbox: &Outbox) -> Vec<String> {
+        let frames = outbox.take().frames;
+        frames
+            .iter()
+            .map(|f| String::from_utf8_lossy(f.bytes()).into_owned())
+            .collect()
+    }
+
     /// Which of `outboxes` got a frame since the last call (and empties them).
     fn pinged(outboxes: &[Arc<Outbox>]) -> Vec<usize> {
         (0..outboxes.len())
@@ -527,11 +546,7 @@ mod tests {
         let slice0 = slice_of(&node, &outboxes, 0);
         assert!(!slice0.is_empty());
         for (i, outbox) in outboxes.iter().enumerate() {
-            let frames = outbox.take().frames;
-            let texts: Vec<String> = frames
-                .iter()
-                .map(|f| String::from_utf8_lossy(f.bytes()).into_owned())
-                .collect();
+            let texts = taken_texts(outbox);
             if slice0.contains(&i) {
                 assert_eq!(texts.len(), 2, "ping and news for {i}: {texts:?}");
                 assert!(
@@ -676,10 +691,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_heartbeat_more_than_a_period_behind_pings_everyone_once_and_starts_afresh() {
-        let outboxes = queued_outboxes();
-        let node = node_with_an_hours_period(&outboxes);
-        let start = Instant::now();
-        let mut heartbeat = Heartbeat::new(Duration::from_millis(1600), start);
+        let (outboxes, node, start, mut heartbeat) = a_heartbeat_of_its_own();
         let now = start + Duration::from_secs(10);
         let ran = heartbeat.run_for_fan_out(&node.inner, now, now);
         let frames: Vec<usize> = outboxes.iter().map(|o| o.take().frames.len()).collect();
@@ -704,11 +716,7 @@ mod tests {
         node.broadcast("room", r#""news""#).expect("valid JSON");
         let mut carried = Vec::new();
         for (i, outbox) in outboxes.iter().enumerate() {
-            let frames = outbox.take().frames;
-            let texts: Vec<String> = frames
-                .iter()
-                .map(|f| String::from_utf8_lossy(f.bytes()).into_owned())
-                .collect();
+            let texts = taken_texts(outbox);
             assert!(
                 texts.last().is_some_and(|t| t.contains("news")),
                 "{i}: {texts:?}"
@@ -807,10 +815,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_slice_pinged_early_is_next_due_a_period_after_that_ping() {
-        let outboxes = queued_outboxes();
-        let node = node_with_an_hours_period(&outboxes);
-        let start = Instant::now();
-        let mut heartbeat = Heartbeat::new(Duration::from_millis(1600), start);
+        let (_outboxes, node, start, mut heartbeat) = a_heartbeat_of_its_own();
         let ms = |n: u64| start + Duration::from_millis(n);
         // At 150 ms with 300 ms early: slices 0–3 (due at 100–400 ms), 4 (500 ms) not.
         let ran = heartbeat.run_for_fan_out(&node.inner, ms(450), ms(150));
