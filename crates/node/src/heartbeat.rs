@@ -19,8 +19,9 @@
 //!
 //! Each slice keeps its own due time, and a fan-out to nearly every connection pings early
 //! the slices that would otherwise fall to the timer before the next such fan-out: a slice a
-//! fan-out pinged is due again a period after that ping, so in the fleet, where a node fans out
-//! about once a period, the slices gather on the fan-outs and stay there (docs/benchmarks.md,
+//! fan-out pinged is due again a period after that ping, so where a node's large fan-outs come
+//! up to a period and a quarter apart (the 11-node fleet's come ~3.5 s apart at Rails' 3 s),
+//! the slices gather on them and stay there, as the tests below show (docs/benchmarks.md,
 //! "Slices that stay on the fan-outs").
 
 use std::sync::Arc;
