@@ -57,10 +57,6 @@ impl Slices {
         self.0 |= 1 << slice;
     }
 
-    fn contains(self, slice: u32) -> bool {
-        self.0 & (1 << slice) != 0
-    }
-
     fn iter(self) -> impl Iterator<Item = u32> {
         (0..32).filter(move |s| self.0 & (1 << s) != 0)
     }
@@ -164,11 +160,9 @@ impl Heartbeat {
                 self.due[k] = now + self.period;
                 self.flush_at[k] = None;
                 ran.pinged.insert(slice);
-            } else if self.flush_at[k].is_some_and(|at| at <= now) {
-                self.flush_at[k] = None;
-                ran.expired.insert(slice);
             }
         }
+        ran.expired = self.take_expired(now);
         ran
     }
 
@@ -205,14 +199,22 @@ impl Heartbeat {
                 }
             }
         }
-        for slice in 0..self.slices {
-            let k = slice as usize;
-            if !ran.pinged.contains(slice) && self.flush_at[k].is_some_and(|at| at <= now) {
-                self.flush_at[k] = None;
-                ran.expired.insert(slice);
+        ran.expired = self.take_expired(now);
+        ran
+    }
+
+    /// The slices whose timer-held pings are past their slack at `now`, no longer held. A
+    /// slice pinged at `now` is never among them: a fan-out's ping holds nothing for later,
+    /// and the timer's is held until a slack after `now`.
+    fn take_expired(&mut self, now: Instant) -> Slices {
+        let mut expired = Slices::default();
+        for (slice, at) in (0..self.slices).zip(self.flush_at.iter_mut()) {
+            if at.is_some_and(|at| at <= now) {
+                *at = None;
+                expired.insert(slice);
             }
         }
-        ran
+        expired
     }
 }
 
