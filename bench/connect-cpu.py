@@ -12,6 +12,7 @@ pings, TOKIO_WORKER_THREADS=1 for a one-worker runtime).
     bench/connect-cpu.py --n 10000 --repeat 5
     bench/connect-cpu.py --n 10000 --repeat 8 --ferrocable a=/tmp/a/ferrocable --ferrocable b=target/release/ferrocable
     bench/connect-cpu.py --n 19000 --repeat 4 --settle   # each run starts with TIME_WAIT drained
+    bench/connect-cpu.py --n 19000 --repeat 6 --source-ips 4   # clients from 127.0.0.1..4
 
 With several `--ferrocable LABEL=PATH` builds, each repetition runs the floor, then the builds
 (their order reversed every other repetition), and the table adds each build's connect rate
@@ -22,12 +23,12 @@ import argparse, json, os, statistics, sys
 from server_cpu import ROOT, Server, bench_broadcast, build_floor, settle
 
 
-def run(server, n, binary, label=None, settle_first=False):
+def run(server, n, binary, label=None, settle_first=False, source_ips=0):
     waited = settle() if settle_first else None
     with Server(None if server == "floor" else binary, label or server) as srv:
         if not srv.listening():
             return {"server": srv.label, "error": "did not listen"}
-        t0, _, d = bench_broadcast(srv, n, 1, 300)
+        t0, _, d = bench_broadcast(srv, n, 1, 300, source_ips)
         if isinstance(d, str):
             return {"server": srv.label, "error": d}
         d = d["connect"]
@@ -36,7 +37,7 @@ def run(server, n, binary, label=None, settle_first=False):
             return {"server": srv.label, "error": "no CPU samples"}
         ready = max(1, d["ready"])
         return {"server": srv.label, "n": n, "ready": d["ready"], "connect_per_s": d["rate_per_s"],
-                "settled_s": waited,
+                "settled_s": waited, "source_ips": source_ips,
                 "user_us_per_conn": round((z[0] - a[0]) * 1e6 / ready, 1),
                 "sys_us_per_conn": round((z[1] - a[1]) * 1e6 / ready, 1)}
 
@@ -50,16 +51,21 @@ def main():
     ap.add_argument("--settle", action="store_true",
                     help="before each run, wait until fewer than 1,000 sockets are in TIME_WAIT "
                          "(at 19,000 a run right after another is slowed by the port search)")
+    ap.add_argument("--source-ips", type=int, default=0,
+                    help="connect from 127.0.0.1..=127.0.0.K (0: the default source, as pair.py). With one "
+                         "source, past ~14,000 sockets the kernel's search for a free ephemeral port makes "
+                         "the tool CPU-bound and both servers' rates fall ~3x")
     o = ap.parse_args()
     builds = [tuple(b.split("=", 1)) if "=" in b else ("ferrocable", b) for b in o.ferrocable]
     builds = builds or [("ferrocable", os.path.join(ROOT, "target/release/ferrocable"))]
     build_floor()
     rows, reps = [], []
     for i in range(o.repeat):
-        rep = {"floor": run("floor", o.n, None, settle_first=o.settle)}
+        rep = {"floor": run("floor", o.n, None, settle_first=o.settle, source_ips=o.source_ips)}
         print(json.dumps(rep["floor"]), flush=True)
         for label, path in (builds if i % 2 == 0 else builds[::-1]):
-            rep[label] = run("ferrocable", o.n, path, label, settle_first=o.settle)
+            rep[label] = run("ferrocable", o.n, path, label, settle_first=o.settle,
+                              source_ips=o.source_ips)
             print(json.dumps(rep[label]), flush=True)
         reps.append(rep)
         rows.extend(rep.values())

@@ -111,13 +111,15 @@ class Server:
         return False
 
 
-def bench_broadcast(server, n, rounds, timeout):
+def bench_broadcast(server, n, rounds, timeout, source_ips=0):
     """Runs `ferrocable-bench broadcast` against `server` (500 connections in flight, as pair.py
-    runs it); returns (start time, end time, the tool's JSON result or an error string)."""
+    runs it; from `source_ips` loopback addresses, 0 for the default source as pair.py does);
+    returns (start time, end time, the tool's JSON result or an error string)."""
     t0 = time.time()
     out = subprocess.run([os.path.join(ROOT, "target/release/ferrocable-bench"), "broadcast", "--addr",
                           f"127.0.0.1:{server.port}", "--n", str(n), "--rounds", str(rounds),
-                          "--concurrency", "500", "--server-pid", str(server.proc.pid)],
+                          "--concurrency", "500", "--server-pid", str(server.proc.pid),
+                          "--source-ips", str(source_ips)],
                          capture_output=True, text=True, timeout=timeout)
     t1 = time.time()
     server.stop_sampling()
