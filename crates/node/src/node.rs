@@ -462,8 +462,8 @@ impl Inner {
     /// at least a slice's worth of the node's connections, so its writes carry their pings and
     /// the timer does not wake a worker between broadcasts ([`crate::heartbeat`]); the pings
     /// it did not carry go alone once it is done. A smaller fan-out (a reflex's reply) is not
-    /// held up by a tick. One clock read and one atomic load when no slice is due within a
-    /// quarter period.
+    /// held up by a tick. When no slice is due within a quarter period: one clock read, two
+    /// atomic loads, and a store after a fan-out to nearly every connection.
     pub(crate) fn fan_out_carrying_pings(
         &self,
         stream: &str,
@@ -480,6 +480,8 @@ impl Inner {
         if !held.is_empty() {
             crate::heartbeat::flush(self, held);
         }
+        let reached = i64::try_from(report.delivered).unwrap_or(i64::MAX);
+        clock.fan_out_done(now, reached, self.metrics.connections.get());
         report
     }
 
@@ -495,7 +497,7 @@ impl Inner {
         if subscribers == 0 || subscribers * i64::from(clock.slices()) < connections {
             return Slices::default();
         }
-        let early = if subscribers * 4 >= connections * 3 {
+        let early = if crate::heartbeat::reaches_nearly_all(subscribers, connections) {
             clock.early_for_whole_fan_out(now)
         } else {
             Duration::ZERO
