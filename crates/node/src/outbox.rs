@@ -204,6 +204,19 @@ impl Outbox {
         self
     }
 
+    /// Queues `head`, bytes the socket owes its peer before any frame (the handshake's 101,
+    /// not yet written), to go first and in the same write as the connection's first frames:
+    /// pushes queue behind it rather than write ahead of it, and the connection's task, woken
+    /// at once, writes them all with one `sendmsg`. The 101 and the `welcome` then cost one
+    /// write instead of two, and the client one wake-up instead of two.
+    pub fn with_pending_head(mut self, head: Bytes) -> Self {
+        let s = self.state.get_mut();
+        s.bytes += head.len();
+        s.frames.push_back(OutFrame::Plain(head));
+        self.ready.notify_one();
+        self
+    }
+
     /// Makes the heartbeat wake the connection's task every period.
     pub fn with_ticks(mut self) -> Self {
         self.ticks = true;
@@ -588,6 +601,41 @@ mod tests {
         o.stop_direct_writes();
         o.try_push(Bytes::from_static(b"three")).unwrap();
         assert_eq!(o.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_pending_head_goes_first_and_in_one_write_with_the_first_frames() {
+        use std::future::Future;
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let server = listener.accept().await.unwrap().0;
+        let o = Outbox::new(OutboxLimits::default())
+            .with_socket(server)
+            .with_pending_head(Bytes::from_static(b"HEAD"));
+        // Pushes queue behind the head instead of writing ahead of it.
+        o.try_push(Bytes::from_static(b"welcome")).unwrap();
+        o.try_push(Bytes::from_static(b"confirm")).unwrap();
+        assert_eq!(o.len(), 3);
+        let mut peeked = [std::mem::MaybeUninit::<u8>::uninit(); 16];
+        let nothing = socket2::SockRef::from(&client).peek(&mut peeked);
+        assert_eq!(
+            nothing.map_err(|e| e.kind()).err(),
+            Some(io::ErrorKind::WouldBlock),
+            "nothing written yet"
+        );
+        // The task is woken at once (a stored permit), and its flush writes all three.
+        let mut ready = std::pin::pin!(o.ready());
+        let woken =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(ready.as_mut().poll(cx).is_ready()))
+                .await;
+        assert!(woken, "the task's wake-up is stored");
+        assert_eq!(o.flush().unwrap(), Flushed::Empty);
+        let mut got = [0u8; 18];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"HEADwelcomeconfirm");
     }
 
     #[tokio::test]

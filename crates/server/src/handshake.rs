@@ -18,11 +18,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use ferrocable_node::ConnectRequest;
 use ferrocable_node::websocket::{Decoder, Transport};
 use ferrocable_protocol::Subprotocol;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -58,7 +59,7 @@ pub(crate) enum FirstRequest {
     /// For hyper: the socket, with the bytes read from it so far in front.
     Http(Prefixed),
     /// Nothing to serve: the peer left or failed before a whole request head, took longer than
-    /// [`HEAD_TIMEOUT`], the node began shutting down meanwhile, or the 101 could not be written.
+    /// [`HEAD_TIMEOUT`], or the node began shutting down meanwhile.
     Gone,
 }
 
@@ -89,7 +90,7 @@ impl CableHandshake {
     /// otherwise gives the socket back for hyper.
     pub(crate) async fn serve(
         &self,
-        mut stream: TcpStream,
+        stream: TcpStream,
         remote: SocketAddr,
         shutdown: &CancellationToken,
     ) -> FirstRequest {
@@ -118,13 +119,9 @@ impl CableHandshake {
         let Ok(Accepted { accept, protocol }) = check_upgrade(&self.state, &headers, false) else {
             return FirstRequest::Http(Prefixed::new(stream, head));
         };
-        if let Err(e) = stream
-            .write_all(&switching_protocols(&accept, protocol))
-            .await
-        {
-            debug!(%remote, error = %e, "could not write the 101");
-            return FirstRequest::Gone;
-        }
+        // The 101 goes with the connection: admitted at once, it leaves in the same write as
+        // the `welcome` (one syscall per connection fewer).
+        let response = Bytes::from(switching_protocols(&accept, protocol));
         // Bytes the client sent after its request head are the WebSocket's.
         let decoder = Decoder::with_buffered(&head[head_len..]);
         drop(head);
@@ -136,8 +133,13 @@ impl CableHandshake {
         });
         let node = self.state.node.clone();
         self.state.node.spawn_tracked(async move {
-            node.run_connection(Transport::Tcp(Box::new(stream)), decoder, request)
-                .await;
+            node.run_connection_with_response(
+                Transport::Tcp(Box::new(stream)),
+                decoder,
+                request,
+                response,
+            )
+            .await;
         });
         FirstRequest::Upgraded
     }
@@ -303,7 +305,7 @@ impl AsyncWrite for Prefixed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const UPGRADE: &[u8] = b"GET /cable?token=a HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\
         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: a2V5\r\n\r\n";
