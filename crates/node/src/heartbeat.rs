@@ -369,7 +369,7 @@ impl HeartbeatClock {
 /// Whether a fan-out to `reached` of a node's `connections` reaches nearly all of them (three
 /// in four): one that may ping slices early.
 pub(crate) fn reaches_nearly_all(reached: i64, connections: i64) -> bool {
-    reached > 0 && reached * 4 >= connections * 3
+    reached > 0 && reached.saturating_mul(4) >= connections.saturating_mul(3)
 }
 
 /// Whole microseconds in `d`, saturating (584,000 years).

@@ -499,6 +499,17 @@ impl Outbox {
     }
 }
 
+/// A connected pair on loopback: the server's end, the client's (tests of sockets in
+/// outboxes and connections).
+#[cfg(test)]
+pub(crate) async fn tcp_pair() -> (TcpStream, TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    (listener.accept().await.unwrap().0, client)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -579,11 +590,7 @@ mod tests {
 
     /// A connected pair: the server end inside an outbox, the client end.
     async fn tcp_outbox(limits: OutboxLimits) -> (Outbox, tokio::net::TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
+        let (server, client) = tcp_pair().await;
         (Outbox::new(limits).with_socket(server), client)
     }
 
@@ -607,14 +614,8 @@ mod tests {
     async fn a_pending_head_goes_first_and_in_one_write_with_the_first_frames() {
         use std::future::Future;
         use tokio::io::AsyncReadExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let server = listener.accept().await.unwrap().0;
-        let o = Outbox::new(OutboxLimits::default())
-            .with_socket(server)
-            .with_pending_head(Bytes::from_static(b"HEAD"));
+        let (o, mut client) = tcp_outbox(OutboxLimits::default()).await;
+        let o = o.with_pending_head(Bytes::from_static(b"HEAD"));
         // Pushes queue behind the head instead of writing ahead of it.
         o.try_push(Bytes::from_static(b"welcome")).unwrap();
         o.try_push(Bytes::from_static(b"confirm")).unwrap();

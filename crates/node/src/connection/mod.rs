@@ -311,9 +311,10 @@ async fn open(
         }
     };
     debug!(conn = id, ?remote, "connection opened");
-    if sid.is_some() && !write_response(node, transport, response.take()).await {
-        // An extended session's welcome waits for its commit to the session store: the 101
-        // does not.
+    // Only a plain TCP socket's outbox can carry the 101 with the welcome, and an extended
+    // session's welcome waits for its commit to the session store, which the 101 does not.
+    let rides_welcome = sid.is_none() && matches!(transport, Transport::Tcp(_));
+    if !rides_welcome && !write_response(node, transport, response.take()).await {
         return None;
     }
 
@@ -337,9 +338,6 @@ async fn open(
         }
         other => {
             *transport = other;
-            if !write_response(node, transport, response.take()).await {
-                return None;
-            }
             Arc::new(outbox)
         }
     };
@@ -1172,15 +1170,6 @@ mod tests {
         assert!(size <= 576, "connection future grew to {size} bytes");
     }
 
-    /// A connected pair on loopback: the server's end, the client's.
-    async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        (listener.accept().await.unwrap().0, client)
-    }
-
     const RESPONSE: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\n\r\n";
 
     /// Reads exactly `n` bytes, failing (not hanging) if they do not come within 5 s.
@@ -1194,24 +1183,34 @@ mod tests {
         got
     }
 
-    #[tokio::test]
-    async fn a_connection_admitted_at_once_writes_its_101_then_its_welcome() {
-        let node = crate::Node::builder().build();
-        let (server, mut client) = tcp_pair().await;
+    /// Runs a connection on `node` over loopback with its 101 left to it; the client's end.
+    async fn connect_leaving_the_101(node: &crate::Node) -> tokio::net::TcpStream {
+        let (server, client) = crate::outbox::tcp_pair().await;
         tokio::spawn(node.run_connection_with_response(
             Transport::Tcp(Box::new(server)),
             Decoder::new(),
             Box::new(ConnectRequest::default()),
             Bytes::from_static(RESPONSE),
         ));
-        let welcome = frame::text(&ServerFrame::Welcome.encode());
+        client
+    }
+
+    fn welcome() -> Bytes {
+        frame::text(&ServerFrame::Welcome.encode())
+    }
+
+    #[tokio::test]
+    async fn a_connection_admitted_at_once_writes_its_101_then_its_welcome() {
+        let node = crate::Node::builder().build();
+        let mut client = connect_leaving_the_101(&node).await;
+        let welcome = welcome();
         let got = read_n(&mut client, RESPONSE.len() + welcome.len()).await;
         assert_eq!(&got[..RESPONSE.len()], RESPONSE);
         assert_eq!(&got[RESPONSE.len()..], &welcome[..]);
         node.inner.shutdown.cancel();
     }
 
-    /// Admits every connection, but only once `open` is notified.
+    /// Admits every connection, but only once its gate is notified.
     struct Gate(Arc<tokio::sync::Notify>);
 
     impl crate::auth::Authenticator for Gate {
@@ -1230,17 +1229,11 @@ mod tests {
         let node = crate::Node::builder()
             .authenticator(Gate(gate.clone()))
             .build();
-        let (server, mut client) = tcp_pair().await;
-        tokio::spawn(node.run_connection_with_response(
-            Transport::Tcp(Box::new(server)),
-            Decoder::new(),
-            Box::new(ConnectRequest::default()),
-            Bytes::from_static(RESPONSE),
-        ));
+        let mut client = connect_leaving_the_101(&node).await;
         // The authenticator is still waiting: the 101 came without the welcome.
         assert_eq!(read_n(&mut client, RESPONSE.len()).await, RESPONSE);
         gate.notify_one();
-        let welcome = frame::text(&ServerFrame::Welcome.encode());
+        let welcome = welcome();
         assert_eq!(read_n(&mut client, welcome.len()).await, &welcome[..]);
         node.inner.shutdown.cancel();
     }
